@@ -1,0 +1,119 @@
+"""The frozen mask autoencoder behind one small interface.
+
+LEAF encodes the ground-truth mask (replicated to 3 channels, in [-1, 1]) to a latent and decodes the predicted
+latent back to a mask. Any of these models can play that part:
+
+* diffusers ``AutoencoderKL`` (CompVis kl-f8 / Stable Diffusion VAEs: the paper's choice), input in [-1, 1];
+* diffusers ``AutoencoderTiny`` (TAESD family as packaged by diffusers), input in [-1, 1];
+* :class:`~leafseg.models.taef2.TAEF2` (FLUX.2 tiny autoencoder, our module), input in [0, 1].
+
+The functions below hide those differences: :func:`encode` takes [-1, 1] images and returns *unscaled* latents
+(the distribution's mode for KL models), :func:`decode` returns [-1, 1] images. Multiplying by
+:func:`latent_scale` is left to the caller, as in LDM.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny
+
+from .taef2 import TAEF2
+
+MaskAutoencoder = AutoencoderKL | AutoencoderTiny | TAEF2
+SUPPORTED_AUTOENCODERS = (AutoencoderKL, AutoencoderTiny, TAEF2)
+
+
+def _check(ae) -> None:
+    if not isinstance(ae, SUPPORTED_AUTOENCODERS):
+        names = ", ".join(c.__name__ for c in SUPPORTED_AUTOENCODERS)
+        raise TypeError(f"unsupported autoencoder {type(ae).__name__}; expected one of {names}")
+
+
+def latent_scale(ae: MaskAutoencoder) -> float:
+    """The factor s with z = s * E(x) (LDM's scale_factor, diffusers' ``scaling_factor``)."""
+    _check(ae)
+    return float(ae.config.scaling_factor)
+
+
+def latent_channels(ae: MaskAutoencoder) -> int:
+    _check(ae)
+    return int(ae.config.latent_channels)
+
+
+def downscale_factor(ae: MaskAutoencoder) -> int:
+    """Spatial reduction from image to latent (8 for every supported family's usual configs)."""
+    _check(ae)
+    if isinstance(ae, AutoencoderKL):
+        return 2 ** (len(ae.config.block_out_channels) - 1)
+    if isinstance(ae, AutoencoderTiny):
+        # EncoderTiny: the first block keeps the resolution, every later block starts with a stride-2 conv.
+        return 2 ** (len(ae.config.encoder_block_out_channels) - 1)
+    return 8
+
+
+def encode(ae: MaskAutoencoder, images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images (B, 3, H, W) -> unscaled latents (B, C, H/f, W/f)."""
+    _check(ae)
+    if isinstance(ae, AutoencoderKL):
+        return ae.encode(images).latent_dist.mode()
+    if isinstance(ae, AutoencoderTiny):
+        return ae.encode(images).latents
+    return ae.encode((images + 1) / 2)
+
+
+def decode(ae: MaskAutoencoder, latents: torch.Tensor) -> torch.Tensor:
+    """Unscaled latents -> images in [-1, 1] (clamped)."""
+    _check(ae)
+    if isinstance(ae, (AutoencoderKL, AutoencoderTiny)):
+        out = ae.decode(latents).sample
+    else:
+        out = ae.decode(latents) * 2 - 1
+    return out.clamp(-1, 1)
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def load_autoencoder(kind: str, path: str | Path | None = None, config: dict | None = None,
+                     scaling_factor: float | None = None) -> MaskAutoencoder:
+    """Build the frozen mask autoencoder, offline.
+
+    kind ``taef2``: ``path`` is a folder holding ``taef2_encoder.pth`` and ``taef2_decoder.pth`` (or a diffusers
+    folder written by ``save_pretrained``). kind ``diffusers``: ``path`` is a diffusers model folder
+    (``AutoencoderKL`` or ``AutoencoderTiny``, picked from its config.json), e.g. a Stable Diffusion ``vae/``
+    folder. kind ``kl``: a randomly initialised ``AutoencoderKL`` from ``config`` (for tests; or fitted by the demo).
+    ``scaling_factor`` overrides the model's own.
+    """
+    if kind == "taef2":
+        if path is None:
+            raise ValueError("autoencoder.kind=taef2 needs autoencoder.path (folder with taef2_{encoder,decoder}.pth)")
+        folder = Path(path)
+        if (folder / "config.json").is_file():
+            ae = TAEF2.from_pretrained(folder, local_files_only=True)
+        else:
+            ae = TAEF2.from_taesd_weights(folder / "taef2_encoder.pth", folder / "taef2_decoder.pth")
+    elif kind == "diffusers":
+        if path is None:
+            raise ValueError("autoencoder.kind=diffusers needs autoencoder.path (a diffusers model folder)")
+        folder = Path(path)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file}: no diffusers config.json in the autoencoder folder")
+        class_name = json.loads(config_file.read_text()).get("_class_name", "AutoencoderKL")
+        classes = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny, "TAEF2": TAEF2}
+        if class_name not in classes:
+            raise ValueError(f"{config_file}: unsupported autoencoder class {class_name!r}; expected {sorted(classes)}")
+        ae = classes[class_name].from_pretrained(folder, local_files_only=True)
+    elif kind == "kl":
+        ae = AutoencoderKL(**dict(config or {}))
+    else:
+        raise ValueError(f"unknown autoencoder.kind {kind!r}; expected taef2, diffusers or kl")
+    if scaling_factor is not None:
+        ae.register_to_config(scaling_factor=float(scaling_factor))
+    return freeze(ae)

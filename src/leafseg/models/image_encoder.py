@@ -1,0 +1,92 @@
+"""The trainable image encoder E_theta: a copy of the mask autoencoder's encoder, initialised from it.
+
+LEAF (after SDSeg) conditions the denoiser on z^x = E_theta(image) * s, where E_theta starts as the frozen
+autoencoder's encoder (plus its ``quant_conv`` for KL models, taking the distribution's mode) and is fine-tuned with
+dropout 0.2 inside its residual blocks. Only the encoder half is kept: the copy carries no decoder weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, AutoencoderTiny
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from .autoencoder import MaskAutoencoder
+from .taef2 import TAEF2, build_taef2_encoder
+
+FAMILIES = {"kl": AutoencoderKL, "tiny": AutoencoderTiny, "taef2": TAEF2}
+
+
+def family_of(ae: MaskAutoencoder) -> str:
+    for name, cls in FAMILIES.items():
+        if isinstance(ae, cls):
+            return name
+    raise TypeError(f"unsupported autoencoder {type(ae).__name__}")
+
+
+class ImageEncoder(ModelMixin, ConfigMixin):
+    """E_theta: [-1, 1] image (B, 3, H, W) -> unscaled latent (B, C, H/8, W/8).
+
+    ``family`` and ``autoencoder_config`` say which encoder to build (the config is the autoencoder's own, so a
+    saved ImageEncoder rebuilds exactly); ``dropout`` is applied before the last conv of every residual block, as
+    LDM's encoder does with its dropout argument.
+    """
+
+    @register_to_config
+    def __init__(self, family: str, autoencoder_config: dict, dropout: float = 0.0):
+        super().__init__()
+        if family not in FAMILIES:
+            raise ValueError(f"unknown image encoder family {family!r}; expected one of {sorted(FAMILIES)}")
+        config = {k: v for k, v in dict(autoencoder_config).items() if not k.startswith("_")}
+        if family == "taef2":
+            self.encoder = build_taef2_encoder(int(config.get("latent_channels", 32)))
+            self.quant_conv = None
+        else:
+            # Build the whole model from its config and keep the encoder half; under from_pretrained this runs on
+            # empty (meta) weights, so the discarded decoder costs nothing there.
+            full = FAMILIES[family](**config)
+            self.encoder = full.encoder
+            self.quant_conv = getattr(full, "quant_conv", None) if family == "kl" else None
+            del full
+        self._set_dropout(float(dropout))
+
+    def _set_dropout(self, p: float) -> None:
+        if self.config.family == "kl":
+            for module in self.encoder.modules():
+                if isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
+                    module.dropout.p = p
+            return
+        # TAESD-style blocks are conv-ReLU-conv-ReLU-conv: drop after the second ReLU, before the last conv.
+        for module in self.encoder.modules():
+            conv = getattr(module, "conv", None)
+            if isinstance(conv, torch.nn.Sequential) and len(conv) == 5:
+                conv[3].register_forward_hook(self._dropout_hook)
+
+    def _dropout_hook(self, module, inputs, output):
+        p = float(self.config.dropout)
+        return F.dropout(output, p=p, training=self.training) if p > 0 else output
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        family = self.config.family
+        if family == "taef2":
+            return self.encoder((images + 1) / 2)
+        if family == "tiny":
+            return self.encoder(images)  # EncoderTiny maps [-1, 1] to [0, 1] itself
+        moments = self.encoder(images)
+        if self.quant_conv is not None:
+            moments = self.quant_conv(moments)
+        mean, _logvar = moments.chunk(2, dim=1)
+        return mean  # the mode of the diagonal Gaussian
+
+    @classmethod
+    def from_autoencoder(cls, ae: MaskAutoencoder, dropout: float = 0.0) -> "ImageEncoder":
+        family = family_of(ae)
+        model = cls(family=family, autoencoder_config=dict(ae.config), dropout=dropout)
+        model.encoder.load_state_dict(copy.deepcopy(ae.encoder.state_dict()))
+        if model.quant_conv is not None:
+            model.quant_conv.load_state_dict(ae.quant_conv.state_dict())
+        return model.to(dtype=next(ae.parameters()).dtype)

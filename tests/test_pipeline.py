@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from leafseg.diffusion import PREDICTION_TYPES, predict_x0
+from leafseg.models import autoencoder as ae_ops
+from leafseg.models.image_encoder import ImageEncoder
+from leafseg.pipeline import LeafSegPipeline
+from tiny import tiny_autoencoder, tiny_pipeline
+
+
+def images(n=2, h=40, w=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, h, w, generator=g) for _ in range(n)]
+
+
+def test_image_encoder_starts_as_the_autoencoder_encoder():
+    ae = tiny_autoencoder()
+    enc = ImageEncoder.from_autoencoder(ae, dropout=0.2).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), ae_ops.encode(ae, x))
+    # only the encoder half is copied
+    n_enc = sum(p.numel() for p in ae.encoder.parameters()) + sum(p.numel() for p in ae.quant_conv.parameters())
+    assert sum(p.numel() for p in enc.parameters()) == n_enc
+    dropouts = [m.p for m in enc.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(p == 0.2 for p in dropouts)
+
+
+@pytest.mark.parametrize("kind", PREDICTION_TYPES)
+def test_single_step_is_x0_from_t999(kind):
+    pipe = tiny_pipeline(kind)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    latents = pipe.predict_latents(x, num_inference_steps=1, seed=7)[0]
+    # by hand: z_T from the seed, t = 999, x0 from the UNet output under the parameterisation
+    scale = ae_ops.latent_scale(pipe.autoencoder)
+    with torch.no_grad():
+        zx = pipe.image_encoder(x) * scale
+        z_t = torch.randn(zx.shape[1:], generator=torch.Generator().manual_seed(7)).expand_as(zx)
+        t = torch.tensor([999, 999])
+        out = pipe.unet(torch.cat([zx, z_t], 1), t).sample
+        expected = predict_x0(kind, pipe.scheduler, out, z_t, t)
+    torch.testing.assert_close(latents, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_outputs_at_input_size_and_types():
+    pipe = tiny_pipeline()
+    pil = Image.fromarray((np.random.default_rng(0).random((30, 50, 3)) * 255).astype(np.uint8))
+    out = pipe([pil, images(1, 17, 23)[0]])
+    assert [m.shape for m in out.masks] == [(30, 50), (17, 23)]
+    assert out.masks[0].dtype == bool and out.probabilities[0].dtype == np.float32
+    assert out.uncertainty is None
+    p = out.probabilities[0]
+    assert p.min() >= 0 and p.max() <= 1
+    np.testing.assert_array_equal(out.masks[0], p > 0.5)
+
+
+def test_ensemble_probability_and_uncertainty():
+    pipe = tiny_pipeline()
+    out = pipe(images(2), ensemble_size=3, seed=0)
+    assert len(out.uncertainty) == 2 and out.uncertainty[0].shape == (40, 24)
+    assert (out.uncertainty[0] >= 0).all()
+    # the ensemble mean is the mean of the members' soft masks
+    members = [pipe(images(2), seed=k).probabilities[0] for k in range(3)]
+    np.testing.assert_allclose(out.probabilities[0], np.mean(members, axis=0), atol=1e-5)
+
+
+def test_multistep_ddim_runs_and_differs():
+    pipe = tiny_pipeline("epsilon")
+    one = pipe(images(1), num_inference_steps=1).probabilities[0]
+    five = pipe(images(1), num_inference_steps=5).probabilities[0]
+    assert one.shape == five.shape and not np.allclose(one, five)
+
+
+def test_determinism_and_batch_independence():
+    pipe = tiny_pipeline()
+    a = pipe(images(3), seed=5).probabilities
+    b = pipe(images(3), seed=5).probabilities
+    c = pipe(images(3)[1:2], seed=5).probabilities  # the same image alone in its batch
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(a[1], c[0], atol=1e-5)
+    d = pipe(images(3), seed=6).probabilities
+    assert not np.allclose(a[0], d[0])
+
+
+def test_save_load_round_trip_has_only_inference_networks(tmp_path):
+    pipe = tiny_pipeline("v_prediction")
+    pipe.save_pretrained(tmp_path / "model")
+    loaded = LeafSegPipeline.from_pretrained(tmp_path / "model", local_files_only=True)
+    assert loaded.scheduler.config.prediction_type == "v_prediction"
+    assert loaded.resolution == pipe.resolution == 32
+    expected = sum(p.numel() for m in (pipe.autoencoder, pipe.image_encoder, pipe.unet) for p in m.parameters())
+    got = sum(p.numel() for m in (loaded.autoencoder, loaded.image_encoder, loaded.unet) for p in m.parameters())
+    assert got == expected
+    from safetensors.torch import load_file
+    on_disk = sum(t.numel() for f in (tmp_path / "model").rglob("*.safetensors") for t in load_file(f).values())
+    assert on_disk == expected  # nothing else (no projector, no teacher) was written
+    x = images(2)
+    np.testing.assert_array_equal(pipe(x, seed=1).probabilities[0], loaded(x, seed=1).probabilities[0])
+
+
+def test_bad_inputs():
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError):
+        pipe(torch.rand(4, 8, 8))
+    with pytest.raises(ValueError):
+        pipe(images(1), ensemble_size=0)

@@ -1,0 +1,33 @@
+"""Tiny random components shared by the fast tests (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL
+
+from leafseg.diffusion import make_scheduler
+from leafseg.models.denoiser import build_unet
+from leafseg.models.image_encoder import ImageEncoder
+from leafseg.pipeline import LeafSegPipeline
+
+TINY_AE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 8, 8, 8],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 32, "mid_block_add_attention": False,
+}
+TINY_UNET = {"block_out_channels": [16, 32], "norm_num_groups": 8, "attention_head_dim": 8,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+
+
+def tiny_autoencoder(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(**TINY_AE).eval()
+
+
+def tiny_pipeline(prediction_type: str = "sample", seed: int = 0, resolution: int = 32) -> LeafSegPipeline:
+    ae = tiny_autoencoder(seed)
+    image_encoder = ImageEncoder.from_autoencoder(ae, dropout=0.2).eval()
+    torch.manual_seed(seed + 1)
+    unet = build_unet(latent_channels=4, sample_size=resolution // 8, **TINY_UNET).eval()
+    return LeafSegPipeline(autoencoder=ae, image_encoder=image_encoder, unet=unet,
+                           scheduler=make_scheduler(prediction_type))
