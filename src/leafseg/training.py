@@ -1,0 +1,439 @@
+"""LEAF training under accelerate: one script for one CPU, one GPU or ``accelerate launch --num_processes N``.
+
+One step (LEAF.md, "Training step"): z^x = E_theta(image) * s; z0 = E(mask) * s (frozen); t ~ U{0..T-1};
+z_t = sqrt(abar) z0 + sqrt(1 - abar) eps; pred, h = f_theta([z^x, z_t], t); loss = L1(pred, target) +
+lambda * mean(-cos(phi(h), teacher tokens)).
+
+Everything random in a step (batch order, flips, t, eps) is drawn from generators seeded by (seed, step, rank), so
+a resumed run continues exactly as an uninterrupted one, and each rank reads its own shard of every global batch.
+Frozen, deterministic quantities (mask latents and teacher tokens, per training image and flip) are computed once
+and cached on disk in the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import UNet2DModel
+from diffusers.optimization import get_constant_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import data as D
+from .config import to_container
+from .diffusion import add_noise, make_scheduler, training_target
+from .metrics import dice as dice_score
+from .models import autoencoder as ae_ops
+from .models.alignment import Projector, alignment_loss, feature_map_to_tokens
+from .models.denoiser import DownBlockFeatures, build_unet, down_block_grids, load_pretrained_unet
+from .models.image_encoder import ImageEncoder
+from .pipeline import LeafSegPipeline
+
+CHECKPOINT = "checkpoint-last"
+BEST, LAST = "model-best", "model-last"
+
+
+# ------------------------------------------------------------------------------------------------ randomness
+
+def seeded(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of integers (seed, step, rank, ...), independent across tuples."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator("cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def batch_indices(n: int, batch_size: int, world: int, rank: int, step: int, seed: int) -> torch.Tensor:
+    """This rank's sample indices at ``step``: epoch-wise seeded permutations, global batch split across ranks."""
+    per_step = batch_size * world
+    steps_per_epoch = max(1, n // per_step)
+    epoch, k = divmod(step, steps_per_epoch)
+    perm = torch.randperm(n, generator=seeded(seed, 1, epoch))
+    while len(perm) < per_step:  # fewer images than one global batch: wrap around
+        perm = torch.cat([perm, perm])
+    chunk = perm[k * per_step:(k + 1) * per_step]
+    return chunk[rank * batch_size:(rank + 1) * batch_size]
+
+
+def flip_codes(hflip: bool, vflip: bool) -> list[tuple[bool, bool]]:
+    return [(h, v) for v in ((False, True) if vflip else (False,)) for h in ((False, True) if hflip else (False,))]
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+def build_components(cfg: DictConfig) -> dict:
+    """Autoencoder (frozen), image encoder (copy of its encoder), UNet (2C in), scheduler."""
+    ac = cfg.autoencoder
+    ae = ae_ops.load_autoencoder(ac.kind, ac.path, to_container(ac)["config"], ac.scaling_factor)
+    factor = ae_ops.downscale_factor(ae)
+    if cfg.data.resolution % factor:
+        raise ValueError(f"data.resolution {cfg.data.resolution} must be a multiple of the autoencoder's {factor}")
+    latent_size = cfg.data.resolution // factor
+    channels = ae_ops.latent_channels(ae)
+    image_encoder = ImageEncoder.from_autoencoder(ae, dropout=cfg.image_encoder.dropout)
+    uc = to_container(cfg.unet)
+    pretrained = uc.pop("pretrained")
+    if pretrained:
+        unet = load_pretrained_unet(pretrained, channels, sample_size=latent_size)
+    else:
+        unet = build_unet(channels, latent_size, **uc)
+    scheduler = make_scheduler(**to_container(cfg.diffusion))
+    return {"autoencoder": ae, "image_encoder": image_encoder, "unet": unet, "scheduler": scheduler}
+
+
+class LeafTrainingModel(torch.nn.Module):
+    """The trainable networks in one module (one DDP wrapper), returning the loss terms."""
+
+    def __init__(self, image_encoder: ImageEncoder, unet: UNet2DModel, projector: Projector | None, scheduler,
+                 cfg: DictConfig, latent_scale: float):
+        super().__init__()
+        self.image_encoder, self.unet, self.projector = image_encoder, unet, projector
+        self.scheduler = scheduler
+        self.prediction_type = cfg.diffusion.prediction_type
+        self.loss_kind = cfg.loss.kind
+        self.align_layer = int(cfg.align.layer)
+        self.align_weight = float(cfg.align.weight)
+        self.quirk = bool(cfg.align.reference_batch_quirk)
+        self.latent_scale = latent_scale
+        if self.loss_kind not in ("l1", "l2"):
+            raise ValueError(f"loss.kind must be l1 or l2, got {self.loss_kind!r}")
+
+    def forward(self, images: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                teacher_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        zx = self.image_encoder(images) * self.latent_scale
+        z_t = add_noise(self.scheduler, z0, noise, t)
+        with DownBlockFeatures(self.unet, self.align_layer) as features:
+            pred = self.unet(torch.cat([zx, z_t.to(zx.dtype)], dim=1), t).sample
+        target = training_target(self.prediction_type, self.scheduler, z0, noise, t)
+        loss_fn = F.l1_loss if self.loss_kind == "l1" else F.mse_loss
+        loss_main = loss_fn(pred.float(), target.float())
+        out = {"loss_main": loss_main, "loss": loss_main}
+        if self.projector is not None and teacher_tokens is not None:
+            projected = self.projector(feature_map_to_tokens(features.value))
+            loss_align = alignment_loss(projected, teacher_tokens, self.quirk)
+            out["loss_align"] = loss_align
+            out["loss"] = loss_main + self.align_weight * loss_align
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------- caches
+
+@torch.no_grad()
+def compute_cache(fn, images_u8: torch.Tensor, codes, device, batch: int, desc: str) -> torch.Tensor:
+    """fn(images in [0, 1] on device) for every image and flip code -> (N, len(codes), ...) on CPU."""
+    slots = []
+    for h, v in codes:
+        parts = []
+        for i in tqdm(range(0, len(images_u8), batch), desc=f"{desc} (flip h={int(h)} v={int(v)})", leave=False):
+            x = D.flip(images_u8[i:i + batch], h, v).to(device).float() / 255
+            parts.append(fn(x).float().cpu())
+        slots.append(torch.cat(parts))
+    return torch.stack(slots, dim=1)
+
+
+def mirror_tokens(tokens: torch.Tensor, grid: int, hflip: bool, vflip: bool) -> torch.Tensor:
+    """Flip (N, grid*grid, D) row-major tokens as the image would be flipped."""
+    n, _, d = tokens.shape
+    return D.flip(tokens.view(n, grid, grid, d).permute(0, 3, 1, 2), hflip, vflip).permute(0, 2, 3, 1).reshape(
+        n, grid * grid, d)
+
+
+def cached(path: Path, accelerator: Accelerator, build) -> torch.Tensor:
+    """Load ``path`` or build it on the main process (atomic write), then share through the file."""
+    if not path.exists() and accelerator.is_main_process:
+        tensor = build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        save_file({"value": tensor.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+    return load_file(str(path))["value"]
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place; the old one is removed only after the new one is there."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_pipeline(components: dict, model: LeafTrainingModel, ema: EMAModel | None, path: Path) -> None:
+    """Write the inference pipeline (EMA UNet if any; no projector, no teacher) atomically."""
+    unet = model.unet
+    if ema is not None:
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+    try:
+        pipe = LeafSegPipeline(autoencoder=components["autoencoder"], image_encoder=model.image_encoder,
+                               unet=unet, scheduler=components["scheduler"])
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        replace_dir(tmp, path)
+    finally:
+        if ema is not None:
+            ema.restore(unet.parameters())
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    best_val_dice: float | None
+    best_step: int | None
+    history: list[dict]
+
+
+def resolve_mixed_precision(value: str | bool) -> str:
+    if value is False:  # YAML reads an unquoted `no` as false
+        value = "no"
+    if value == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if value not in ("no", "bf16", "fp16"):
+        raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------------ train
+
+def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
+    tc, ac = cfg.train, cfg.align
+    run_dir = Path(cfg.run.output_dir)
+    if tc.num_threads:
+        torch.set_num_threads(int(tc.num_threads))
+    accelerator = Accelerator(
+        # cpu=True on machines without CUDA lets `accelerate launch --multi_gpu --num_processes N` (torchrun) run N
+        # CPU processes over gloo instead of silently falling back to N independent single-process runs.
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=resolve_mixed_precision(tc.mixed_precision), log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    checkpoint = run_dir / CHECKPOINT
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint.exists() and not resume:
+            raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
+                                  "or choose another run.output_dir")
+        if not resume:
+            OmegaConf.save(cfg, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+
+    # data -------------------------------------------------------------------------------------------------
+    pairs = D.find_pairs(cfg.data.root, cfg.data.images, cfg.data.masks)
+    split_file = Path(cfg.data.split_file or run_dir / "split.json")
+    sc = cfg.data.split
+    if accelerator.is_main_process:
+        D.load_or_create_split(split_file, [p.stem for p in pairs], sc.train, sc.val, sc.test, sc.seed)
+    accelerator.wait_for_everyone()
+    split = D.read_split(split_file, [p.stem for p in pairs])
+    train_pairs, val_pairs = D.select(pairs, split["train"]), D.select(pairs, split["val"])
+    if tc.val_max_images:
+        val_pairs = val_pairs[: int(tc.val_max_images)]
+    res = int(cfg.data.resolution)
+    train_images, train_masks = D.load_arrays(train_pairs, res, "loading train")
+    val_images, val_masks = D.load_arrays(val_pairs, res, "loading val") if val_pairs else (None, None)
+
+    # models -----------------------------------------------------------------------------------------------
+    set_seed(int(cfg.run.seed))  # identical initialisation on every rank
+    components = build_components(cfg)
+    ae = components["autoencoder"].to(device)
+    scale = ae_ops.latent_scale(ae)
+    unet: UNet2DModel = components["unet"]
+    latent_size = int(unet.config.sample_size)
+    grid = down_block_grids(unet, latent_size)[int(ac.layer)]
+    teacher = projector = None
+    if ac.enabled:
+        from .models.teacher import build_teacher
+
+        teacher = build_teacher(ac.teacher, checkpoint=ac.teacher_checkpoint, layer=ac.teacher_layer,
+                                image_size=ac.teacher_image_size).to(device)
+        channels = unet.down_blocks[int(ac.layer)].resnets[-1].out_channels
+        projector = Projector(channels, teacher.feature_dim, int(ac.projector_dim))
+    model = LeafTrainingModel(components["image_encoder"], unet, projector, components["scheduler"], cfg, scale)
+
+    # frozen targets, once per training image and flip -----------------------------------------------------
+    codes = flip_codes(cfg.data.hflip, cfg.data.vflip)
+    key = _digest(split["train"], codes, res, cfg.autoencoder.kind, str(cfg.autoencoder.path), scale)
+    mask_u8 = train_masks[:, None].expand(-1, 3, -1, -1).to(torch.uint8) * 255
+    z0_cache = cached(run_dir / "cache" / f"mask-latents-{key}.safetensors", accelerator, lambda: compute_cache(
+        lambda m: ae_ops.encode(ae, m * 2 - 1) * scale, mask_u8, codes, device, 16, "mask latents"))
+    tokens_cache = None
+    if ac.flip_tokens not in ("recompute", "mirror"):
+        raise ValueError(f"align.flip_tokens must be recompute or mirror, got {ac.flip_tokens!r}")
+    if teacher is not None and ac.cache:
+        tkey = _digest(key, teacher.name, grid, ac.flip_tokens)
+
+        def build_tokens():
+            if ac.flip_tokens == "recompute":
+                return compute_cache(lambda x: teacher(x, grid).half(), train_images, codes, device, 8,
+                                     "teacher tokens")
+            plain = compute_cache(lambda x: teacher(x, grid).half(), train_images, [(False, False)], device, 8,
+                                  "teacher tokens")[:, 0]
+            return torch.stack([mirror_tokens(plain, grid, h, v) for h, v in codes], dim=1)
+
+        tokens_cache = cached(run_dir / "cache" / f"teacher-{tkey}.safetensors", accelerator, build_tokens)
+
+    # optimisation -----------------------------------------------------------------------------------------
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tuple(tc.adam_betas))
+    lr_scheduler = get_constant_schedule_with_warmup(optimizer, int(tc.warmup_steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    base = accelerator.unwrap_model(model)
+    ema = None
+    if tc.ema.enabled:
+        ema = EMAModel(base.unet.parameters(), decay=tc.ema.decay, use_ema_warmup=tc.ema.warmup,
+                       power=tc.ema.power, model_cls=UNet2DModel, model_config=base.unet.config)
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+
+    state = {"step": 0, "best_val_dice": None, "best_step": None, "history": []}
+    if resume:
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"{checkpoint}: nothing to resume")
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if accelerator.is_main_process:
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                for k, v in _flatten(to_container(cfg)).items()}
+        accelerator.init_trackers("leafseg", config=flat)
+
+    def save_checkpoint():
+        tmp = run_dir / f".{CHECKPOINT}.tmp"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            D.write_json_atomic(state, tmp / "trainer_state.json")
+            replace_dir(tmp, checkpoint)
+            export_pipeline(components, base, ema, run_dir / LAST)
+        accelerator.wait_for_everyone()
+
+    def validate() -> float:
+        """Mean per-image Dice on the val split at the processing resolution (single step, EMA UNet)."""
+        if ema is not None:
+            ema.store(base.unet.parameters())
+            ema.copy_to(base.unet.parameters())
+        base.eval()
+        try:
+            pipe = LeafSegPipeline(ae, base.image_encoder, base.unet, components["scheduler"])
+            pipe.set_progress_bar_config(disable=True)
+            scores = []
+            for i in range(0, len(val_images), 16):
+                x = val_images[i:i + 16].to(device).float() / 255 * 2 - 1
+                with accelerator.autocast():
+                    soft = pipe.latents_to_soft_masks(pipe.predict_latents(x)[0])
+                for pred, gt in zip((soft > 0.5).cpu().numpy(), val_masks[i:i + 16].numpy()):
+                    scores.append(dice_score(pred, gt))
+            return float(np.mean(scores))
+        finally:
+            base.train()
+            if ema is not None:
+                ema.restore(base.unet.parameters())
+
+    # loop -------------------------------------------------------------------------------------------------
+    seen = []
+    n_train, bs, seed = len(train_pairs), int(tc.batch_size), int(cfg.run.seed)
+    t_start, step = time.time(), int(state["step"])
+    progress = tqdm(total=int(tc.max_steps), initial=step, desc="training", disable=not accelerator.is_main_process)
+    model.train()
+    while step < int(tc.max_steps):
+        idx = batch_indices(n_train, bs, world, rank, step, seed)
+        g = seeded(seed, 2, step, rank)
+        code = torch.randint(len(codes), (len(idx),), generator=g)
+        t = torch.randint(0, components["scheduler"].config.num_train_timesteps, (len(idx),), generator=g)
+        images = torch.stack([D.flip(train_images[i], *codes[c]) for i, c in zip(idx.tolist(), code.tolist())])
+        z0 = z0_cache[idx, code]
+        noise = torch.randn(z0.shape, generator=g)
+        tokens = None
+        if teacher is not None:
+            if tokens_cache is not None:
+                tokens = tokens_cache[idx, code].float().to(device)
+            elif ac.flip_tokens == "recompute":
+                with torch.no_grad():
+                    tokens = teacher(images.to(device).float() / 255, grid)
+            else:
+                with torch.no_grad():
+                    plain = teacher(train_images[idx].to(device).float() / 255, grid)
+                tokens = torch.stack([mirror_tokens(p[None], grid, *codes[c])[0] for p, c in zip(plain, code.tolist())])
+        if tc.log_samples:
+            seen.extend(idx.tolist())
+        x = images.to(device).float() / 255 * 2 - 1
+        with accelerator.autocast():
+            losses = model(x, z0.to(device), noise.to(device), t.to(device), tokens)
+        accelerator.backward(losses["loss"])
+        grad_norm = accelerator.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip else None
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(base.unet.parameters())
+        step += 1
+        progress.update(1)
+
+        if step % int(tc.log_every) == 0 or step == int(tc.max_steps):
+            logs = {k: accelerator.reduce(v.detach(), reduction="mean").item() for k, v in losses.items()}
+            logs["lr"] = lr_scheduler.get_last_lr()[0]
+            if grad_norm is not None:
+                logs["grad_norm"] = float(grad_norm)
+            accelerator.log(logs, step=step)
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            state["history"].append({"step": step, **logs, "elapsed_s": round(time.time() - t_start, 1)})
+        if val_images is not None and (step % int(tc.val_every) == 0 or step == int(tc.max_steps)):
+            if accelerator.is_main_process:
+                val_dice = validate()
+                accelerator.log({"val_dice": val_dice}, step=step)
+                state["history"].append({"step": step, "val_dice": val_dice})
+                if state["best_val_dice"] is None or val_dice > state["best_val_dice"]:
+                    state["best_val_dice"], state["best_step"] = val_dice, step
+                    export_pipeline(components, base, ema, run_dir / BEST)
+                tqdm.write(f"step {step}: val Dice {val_dice:.4f} (best {state['best_val_dice']:.4f} "
+                           f"at step {state['best_step']})")
+            accelerator.wait_for_everyone()
+        state["step"] = step
+        if step % int(tc.checkpoint_every) == 0 or step == int(tc.max_steps):
+            save_checkpoint()
+    progress.close()
+    if tc.log_samples:  # what each rank read and ended with: lets tests check sharding and replica sync
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs" / f"samples-rank{rank}.json").write_text(json.dumps(seen))
+        torch.save({k: v.detach().cpu() for k, v in base.state_dict().items()},
+                   run_dir / "logs" / f"final-weights-rank{rank}.pt")
+    if val_images is None and accelerator.is_main_process:
+        export_pipeline(components, base, ema, run_dir / BEST)  # no val split: best = last, said in the state
+    accelerator.end_training()
+    return TrainResult(run_dir, step, state["best_val_dice"], state["best_step"], state["history"])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+

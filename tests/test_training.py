@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from leafseg.config import load_config
+from leafseg.demo import make_synthetic_dataset
+from leafseg.pipeline import LeafSegPipeline
+from leafseg.data import flip
+from leafseg.models.alignment import feature_map_to_tokens
+from leafseg.training import batch_indices, mirror_tokens, train
+from tiny import TINY_AE, TINY_UNET
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n=24, size=32, seed=1)
+
+
+def tiny_config(run_dir, data_root, *extra):
+    ae = json.dumps(TINY_AE).replace(" ", "")
+    unet = [f"unet.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_UNET.items()]
+    return load_config(None, [
+        f"run.output_dir={run_dir}", f"data.root={data_root}", "data.resolution=32",
+        "data.split.train=0.5", "data.split.val=0.25", "data.split.test=0.25",
+        "autoencoder.kind=kl", f"autoencoder.config={ae}", *unet,
+        "align.projector_dim=32", "align.teacher_image_size=32", "train.batch_size=2", "train.max_steps=4", "train.warmup_steps=2",
+        "train.lr=1e-3", "train.val_every=2", "train.checkpoint_every=2", "train.log_every=1",
+        "train.mixed_precision=no", *extra,
+    ])
+
+
+def test_batches_are_seeded_sharded_and_cover_each_epoch():
+    a = [batch_indices(10, 2, world=2, rank=r, step=s, seed=0).tolist() for s in range(2) for r in range(2)]
+    flat = [i for chunk in a for i in chunk]
+    assert len(flat) == len(set(flat)) == 8  # no overlap within an epoch, ranks disjoint
+    assert batch_indices(10, 2, 2, 1, 5, 0).tolist() == batch_indices(10, 2, 2, 1, 5, 0).tolist()
+    assert batch_indices(3, 4, 1, 0, 0, 0).numel() == 4  # fewer images than a batch: wraps around
+
+
+@pytest.mark.parametrize("h,v", [(True, False), (False, True), (True, True)])
+def test_mirror_tokens_match_flipped_feature_map(h, v):
+    fmap = torch.randn(2, 5, 4, 4)
+    torch.testing.assert_close(mirror_tokens(feature_map_to_tokens(fmap), 4, h, v),
+                               feature_map_to_tokens(flip(fmap, h, v)))
+
+
+def test_train_exports_pipeline_without_training_only_parts(tmp_path, synthetic):
+    result = train(tiny_config(tmp_path / "run", synthetic))
+    run = result.run_dir
+    assert result.step == 4 and result.best_step in (2, 4)
+    for name in ("model-best", "model-last", "checkpoint-last", "split.json", "config.yaml"):
+        assert (run / name).exists(), name
+    logged = [h for h in result.history if "loss" in h]
+    assert len(logged) == 4 and all("loss_align" in h for h in logged)
+    assert any(e.name.startswith("events.out.tfevents") for e in (run / "logs").rglob("*"))  # TensorBoard
+    saved = {k for f in (run / "model-best").rglob("*.safetensors") for k in load_file(f)}
+    assert not any("projector" in k or "teacher" in k for k in saved)
+    pipe = LeafSegPipeline.from_pretrained(run / "model-best", local_files_only=True)
+    assert sorted(pipe.components) == ["autoencoder", "image_encoder", "scheduler", "unet"]
+    out = pipe(torch.rand(3, 50, 40))
+    assert out.masks[0].shape == (50, 40)
+
+
+def test_existing_run_is_not_overwritten(tmp_path, synthetic):
+    cfg = tiny_config(tmp_path / "run", synthetic, "train.max_steps=2")
+    train(cfg)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg)
+
+
+def test_resume_continues_exactly(tmp_path, synthetic):
+    straight = train(tiny_config(tmp_path / "a", synthetic, "train.max_steps=4"))
+    train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=2"))
+    resumed = train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=4"), resume=True)
+    assert resumed.step == 4
+    a = load_file(str(straight.run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(resumed.run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    la = [h["loss"] for h in straight.history if "loss" in h]
+    lb = [h["loss"] for h in resumed.history if "loss" in h]
+    assert la == lb
+
+
+def test_mirrored_teacher_tokens_and_no_cache(tmp_path, synthetic):
+    result = train(tiny_config(tmp_path / "a", synthetic, "align.flip_tokens=mirror", "train.max_steps=2"))
+    assert all("loss_align" in h for h in result.history if "loss" in h)
+    result = train(tiny_config(tmp_path / "b", synthetic, "align.cache=false", "train.max_steps=2"))
+    assert not list((tmp_path / "b" / "cache").glob("teacher-*"))
+
+
+def test_alignment_off_and_epsilon_target(tmp_path, synthetic):
+    result = train(tiny_config(tmp_path / "run", synthetic, "align.enabled=false",
+                               "diffusion.prediction_type=epsilon", "loss.kind=l2", "train.max_steps=2"))
+    assert all("loss_align" not in h for h in result.history)
+    pipe = LeafSegPipeline.from_pretrained(result.run_dir / "model-best", local_files_only=True)
+    assert pipe.prediction_type == "epsilon"
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="nonexistent"):
+        load_config(None, ["train.nonexistent=1"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    assert load_config("cpu-small").data.resolution == 128
