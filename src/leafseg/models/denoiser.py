@@ -51,7 +51,9 @@ def load_pretrained_unet(path: str | Path, latent_channels: int, sample_size: in
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder / 'config.json'}: no diffusers UNet2DModel folder here")
-    unet = UNet2DModel.from_pretrained(folder, local_files_only=True)
+    from ..convert import load_converted_unet  # reads plain UNet2DModel folders and converted LDM UNets alike
+
+    unet = load_converted_unet(folder)
     c_in, c_out = unet.config.in_channels, unet.config.out_channels
     if c_out != latent_channels or c_in not in (latent_channels, 2 * latent_channels):
         raise ValueError(

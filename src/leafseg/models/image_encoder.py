@@ -8,6 +8,7 @@ dropout 0.2 inside its residual blocks. Only the encoder half is kept: the copy 
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -41,14 +42,16 @@ class ImageEncoder(ModelMixin, ConfigMixin):
         super().__init__()
         if family not in FAMILIES:
             raise ValueError(f"unknown image encoder family {family!r}; expected one of {sorted(FAMILIES)}")
-        config = {k: v for k, v in dict(autoencoder_config).items() if not k.startswith("_")}
+        config = dict(autoencoder_config)
         if family == "taef2":
             self.encoder = build_taef2_encoder(int(config.get("latent_channels", 32)))
             self.quant_conv = None
         else:
             # Build the whole model from its config and keep the encoder half; under from_pretrained this runs on
             # empty (meta) weights, so the discarded decoder costs nothing there.
-            full = FAMILIES[family](**config)
+            cls = FAMILIES[family]
+            accepted = inspect.signature(cls.__init__).parameters  # AutoencoderTiny records extra config entries
+            full = cls(**{k: v for k, v in config.items() if k in accepted})
             self.encoder = full.encoder
             self.quant_conv = getattr(full, "quant_conv", None) if family == "kl" else None
             del full
@@ -85,7 +88,9 @@ class ImageEncoder(ModelMixin, ConfigMixin):
     @classmethod
     def from_autoencoder(cls, ae: MaskAutoencoder, dropout: float = 0.0) -> "ImageEncoder":
         family = family_of(ae)
-        model = cls(family=family, autoencoder_config=dict(ae.config), dropout=dropout)
+        # Private entries (e.g. ``_name_or_path``, a Path after from_pretrained) are not part of the architecture.
+        config = {k: v for k, v in ae.config.items() if not k.startswith("_")}
+        model = cls(family=family, autoencoder_config=config, dropout=dropout)
         model.encoder.load_state_dict(copy.deepcopy(ae.encoder.state_dict()))
         if model.quant_conv is not None:
             model.quant_conv.load_state_dict(ae.quant_conv.state_dict())
