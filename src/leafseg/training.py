@@ -230,11 +230,11 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
     )
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     checkpoint = run_dir / CHECKPOINT
+    if checkpoint.exists() and not resume:  # checked on every rank, so no rank waits for one that stopped
+        raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
+                              "or choose another run.output_dir")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if checkpoint.exists() and not resume:
-            raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
-                                  "or choose another run.output_dir")
         if not resume:
             OmegaConf.save(cfg, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
@@ -274,7 +274,7 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
 
     # frozen targets, once per training image and flip -----------------------------------------------------
     codes = flip_codes(cfg.data.hflip, cfg.data.vflip)
-    key = _digest(split["train"], codes, res, cfg.autoencoder.kind, str(cfg.autoencoder.path), scale)
+    key = _digest(split["train"], codes, res, to_container(cfg.autoencoder), scale)
     mask_u8 = train_masks[:, None].expand(-1, 3, -1, -1).to(torch.uint8) * 255
     z0_cache = cached(run_dir / "cache" / f"mask-latents-{key}.safetensors", accelerator, lambda: compute_cache(
         lambda m: ae_ops.encode(ae, m * 2 - 1) * scale, mask_u8, codes, device, 16, "mask latents"))
@@ -304,7 +304,7 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
     ema = None
     if tc.ema.enabled:
         ema = EMAModel(base.unet.parameters(), decay=tc.ema.decay, use_ema_warmup=tc.ema.warmup,
-                       power=tc.ema.power, model_cls=UNet2DModel, model_config=base.unet.config)
+                       power=tc.ema.power, model_cls=type(base.unet), model_config=base.unet.config)
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
 
