@@ -94,4 +94,5 @@ class ImageEncoder(ModelMixin, ConfigMixin):
         model.encoder.load_state_dict(copy.deepcopy(ae.encoder.state_dict()))
         if model.quant_conv is not None:
             model.quant_conv.load_state_dict(ae.quant_conv.state_dict())
-        return model.to(dtype=next(ae.parameters()).dtype)
+        dtype = next(ae.parameters()).dtype
+        return model if dtype == torch.float32 else model.to(dtype=dtype)
