@@ -414,7 +414,7 @@ def ldm_unet_config_from_state_dict(sd: Mapping[str, Any], **overrides) -> dict[
     scale_shift = "scale_shift" if emb_out == 2 * channels[0] else "default"
 
     down_types, up_types = [], []
-    for level, attn in enumerate(attn_levels):
+    for attn in attn_levels:
         if attn:
             down_types.append("AttnDownBlock2D")
         else:

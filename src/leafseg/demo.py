@@ -144,7 +144,7 @@ def demo_overrides(run_dir: Path, data_root: Path, ae_dir: Path, max_steps: int)
 
 def run_demo(output: str | Path = "leafseg-demo", minutes: float | None = None, n_images: int = 200,
              max_steps: int | None = None) -> dict:
-    from .cli import evaluate
+    from .evaluation import evaluate
     from .config import load_config
     from .training import BEST, train
 
