@@ -48,3 +48,11 @@ def taef2_dir() -> Path:
 @pytest.fixture
 def reference_dir() -> Path:
     return require_shared("reference") / "reference"
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> Path:
+    """24 synthetic 32x32 polyp-like image/mask pairs (the demo's generator)."""
+    from leafseg.demo import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n=24, size=32, seed=1)

@@ -54,6 +54,7 @@ def test_evaluate_uses_the_runs_split_and_writes_reports(tmp_path, model_and_dat
     assert 0 <= summary["metrics"]["dice"]["mean"] <= 1
     assert summary["split_file"].endswith("split.json")
     assert len(list((out / "overlays").iterdir())) == 2
+    assert (out / "grid.png").exists() and (out / "worst_cases.png").exists()
 
 
 def test_errors_name_the_problem(tmp_path, model_and_data, capsys):
@@ -68,3 +69,32 @@ def test_errors_name_the_problem(tmp_path, model_and_data, capsys):
     assert "none.json" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "absent.yaml")]) == 2
     assert "absent.yaml" in capsys.readouterr().err
+
+
+def test_evaluate_seeds_worst_cases_figures_and_hashes(tmp_path, model_and_data):
+    model, data = model_and_data
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output", str(out),
+                 "--seeds", "3", "--worst", "2", "--spacing", "0.5", "0.5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["checkpoint_sha256"]) == 64 and summary["split_file_sha256"] is None
+    assert summary["inference"]["seeds"] == 3 and summary["seed_stability"]["seeds"] == [0, 1000, 2000]
+    st = summary["seed_stability"]
+    assert 0 <= st["dice_std_mean"] <= st["dice_std_max"] <= 0.5 and 0 <= st["disagreement_mean"] <= 1
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    dices = sorted(float(r["dice"]) for r in rows)
+    assert [w["dice"] for w in summary["worst_cases"]] == dices[:2]
+    assert len(list(csv.DictReader(open(out / "seed_stability.csv")))) == 4
+    assert "mm" not in summary["metrics"]["units"] and "0.5" in summary["metrics"]["units"]
+    grid, worst = Image.open(out / "grid.png"), Image.open(out / "worst_cases.png")
+    assert grid.size[0] == worst.size[0] == 4 * 192
+    panel = Image.open(out / "overlays" / "0.png")
+    assert panel.size == (4 * 30, 40)  # image | ground truth | prediction | uncertainty
+
+
+def test_evaluate_with_split_file_records_its_hash(tmp_path, model_and_data):
+    model, data = model_and_data
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--output", str(tmp_path / "e")]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    from leafseg.datasets import split_digest
+    assert summary["split_file_sha256"] == split_digest(model.parent / "split.json")

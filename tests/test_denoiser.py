@@ -9,7 +9,8 @@ def tiny_unet(in_channels=4, out_channels=4):
     torch.manual_seed(0)
     return UNet2DModel(sample_size=8, in_channels=in_channels, out_channels=out_channels,
                        block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"),
                        attention_head_dim=8)
 
 

@@ -22,7 +22,8 @@ def test_two_ranks_stay_in_sync_and_read_different_shards(tmp_path):
         "data.split.train=0.5", "data.split.val=0.25", "data.split.test=0.25",
         "autoencoder.kind=kl", f"autoencoder.config={json.dumps(TINY_AE).replace(' ', '')}",
         *[f"unet.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_UNET.items()],
-        "align.projector_dim=32", "align.teacher_image_size=32", "train.batch_size=2", "train.max_steps=6", "train.warmup_steps=2",
+        "align.projector_dim=32", "align.teacher_image_size=32",
+        "train.batch_size=2", "train.max_steps=6", "train.warmup_steps=2",
         "train.lr=1e-3", "train.val_every=3", "train.checkpoint_every=3", "train.log_every=1",
         "train.mixed_precision=no", "train.log_samples=true", "train.num_threads=1",
     ]

@@ -1,34 +1,14 @@
-import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from leafseg.config import load_config
-from leafseg.demo import make_synthetic_dataset
 from leafseg.pipeline import LeafSegPipeline
 from leafseg.data import flip
 from leafseg.models.alignment import feature_map_to_tokens
 from leafseg.training import batch_indices, mirror_tokens, train
-from tiny import TINY_AE, TINY_UNET
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n=24, size=32, seed=1)
-
-
-def tiny_config(run_dir, data_root, *extra):
-    ae = json.dumps(TINY_AE).replace(" ", "")
-    unet = [f"unet.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_UNET.items()]
-    return load_config(None, [
-        f"run.output_dir={run_dir}", f"data.root={data_root}", "data.resolution=32",
-        "data.split.train=0.5", "data.split.val=0.25", "data.split.test=0.25",
-        "autoencoder.kind=kl", f"autoencoder.config={ae}", *unet,
-        "align.projector_dim=32", "align.teacher_image_size=32", "train.batch_size=2", "train.max_steps=4", "train.warmup_steps=2",
-        "train.lr=1e-3", "train.val_every=2", "train.checkpoint_every=2", "train.log_every=1",
-        "train.mixed_precision=no", *extra,
-    ])
+from tiny import tiny_config
 
 
 def test_batches_are_seeded_sharded_and_cover_each_epoch():
@@ -55,6 +35,7 @@ def test_train_exports_pipeline_without_training_only_parts(tmp_path, synthetic)
     logged = [h for h in result.history if "loss" in h]
     assert len(logged) == 4 and all("loss_align" in h for h in logged)
     assert any(e.name.startswith("events.out.tfevents") for e in (run / "logs").rglob("*"))  # TensorBoard
+    assert (run / "logs" / "curves.png").stat().st_size > 1000  # loss / val-Dice figure
     saved = {k for f in (run / "model-best").rglob("*.safetensors") for k in load_file(f)}
     assert not any("projector" in k or "teacher" in k for k in saved)
     pipe = LeafSegPipeline.from_pretrained(run / "model-best", local_files_only=True)
@@ -106,3 +87,17 @@ def test_config_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
     assert load_config("cpu-small").data.resolution == 128
+
+
+def test_validation_at_start_and_shared_cache_dir(tmp_path, synthetic):
+    shared_cache = tmp_path / "cache"
+    a = train(tiny_config(tmp_path / "a", synthetic, "train.val_at_start=true", f"run.cache_dir={shared_cache}"))
+    val_steps = [h["step"] for h in a.history if "val_dice" in h]
+    assert val_steps == [0, 2, 4]
+    cached_files = sorted(p.name for p in shared_cache.iterdir())
+    assert any(n.startswith("mask-latents-") for n in cached_files) and any(n.startswith("teacher-") for n in
+                                                                            cached_files)
+    assert not (tmp_path / "a" / "cache").exists()
+    b = train(tiny_config(tmp_path / "b", synthetic, f"run.cache_dir={shared_cache}", "run.seed=3"))
+    assert sorted(p.name for p in shared_cache.iterdir()) == cached_files  # reused, nothing recomputed
+    assert b.step == 4

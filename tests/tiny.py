@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from diffusers import AutoencoderKL
 
+from leafseg.config import load_config
 from leafseg.diffusion import make_scheduler
 from leafseg.models.denoiser import build_unet
 from leafseg.models.image_encoder import ImageEncoder
@@ -31,3 +34,17 @@ def tiny_pipeline(prediction_type: str = "sample", seed: int = 0, resolution: in
     unet = build_unet(latent_channels=4, sample_size=resolution // 8, **TINY_UNET).eval()
     return LeafSegPipeline(autoencoder=ae, image_encoder=image_encoder, unet=unet,
                            scheduler=make_scheduler(prediction_type))
+
+
+def tiny_config(run_dir, data_root, *extra):
+    ae = json.dumps(TINY_AE).replace(" ", "")
+    unet = [f"unet.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_UNET.items()]
+    return load_config(None, [
+        f"run.output_dir={run_dir}", f"data.root={data_root}", "data.resolution=32",
+        "data.split.train=0.5", "data.split.val=0.25", "data.split.test=0.25",
+        "autoencoder.kind=kl", f"autoencoder.config={ae}", *unet,
+        "align.projector_dim=32", "align.teacher_image_size=32",
+        "train.batch_size=2", "train.max_steps=4", "train.warmup_steps=2",
+        "train.lr=1e-3", "train.val_every=2", "train.checkpoint_every=2", "train.log_every=1",
+        "train.mixed_precision=no", *extra,
+    ])

@@ -1,4 +1,4 @@
-"""``leafseg`` command line: train, predict, evaluate, demo, convert-ldm.
+"""``leafseg`` command line: train, predict, evaluate, split, demo, convert-ldm.
 
 ``leafseg train`` runs the same on one CPU, one GPU or several processes:
 ``accelerate launch --multi_gpu --num_processes 2 -m leafseg.cli train --config FILE`` (GPUs, or CPU processes
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
+from .datasets import LAYOUTS
 from .evaluation import evaluate, input_files, load_pipeline, overlay, save_png
 
 
@@ -61,10 +62,39 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     result = evaluate(args.model, args.data, args.split, args.split_file, args.output, args.steps, args.ensemble,
-                      args.seed, args.batch_size, args.device)
-    m = result["summary"]["metrics"]
-    print(f"{result['summary']['n_images']} images: Dice {m['dice']['mean']:.4f}, IoU {m['iou']['mean']:.4f} "
-          f"(per-image foreground means); results in {result['output']}")
+                      args.seed, args.batch_size, args.device, layout=args.layout, seeds=args.seeds,
+                      worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None)
+    summary = result["summary"]
+    m = summary["metrics"]
+    print(f"{summary['n_images']} images: Dice {m['dice']['mean']:.4f} [95% CI {m['dice']['ci_low']:.4f}, "
+          f"{m['dice']['ci_high']:.4f}], IoU {m['iou']['mean']:.4f}, HD95 {m['hd95']['mean']:.2f} "
+          f"(per-image foreground means; {summary['metrics']['units']})")
+    if "seed_stability" in summary:
+        st = summary["seed_stability"]
+        print(f"seed stability over {args.seeds} seeds: per-image Dice std mean {st['dice_std_mean']:.4f}, "
+              f"pixel disagreement mean {st['disagreement_mean']:.4%}")
+    print(f"results in {result['output']} (per_image.csv, summary.json, grid.png, worst_cases.png, overlays/)")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from .datasets import find_dataset, make_dataset_split, split_digest
+
+    pairs = find_dataset(args.data, args.layout, args.images, args.masks)
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        split = D.read_split(out, [p.stem for p in pairs])
+        print(f"{out} exists (pass --force to replace it); it holds:")
+    else:
+        split = make_dataset_split(pairs, args.train, args.val, args.test, args.seed, args.layout)
+        D.write_json_atomic(split, out)
+        print(f"wrote {out}:")
+    for name in D.SPLITS:
+        stems = split[name]
+        print(f"  {name:5s} {len(stems):6d}  {', '.join(stems[:5])}{' ...' if len(stems) > 5 else ''}")
+    unused = len(pairs) - sum(len(split[k]) for k in D.SPLITS)
+    print(f"  rule: {split.get('rule', 'n/a')}; seed {split.get('seed')}; {len(pairs)} pairs in {args.data}"
+          f"{f' ({unused} not in any split)' if unused else ''}; sha256 {split_digest(out)[:16]}")
     return 0
 
 
@@ -94,14 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_args(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="per-image Dice/IoU on a split: per_image.csv + summary.json")
+    p = sub.add_parser("evaluate", help="metrics on a split: per_image.csv, summary.json, figures")
     p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="data folder with images/ and masks/")
+    p.add_argument("--data", required=True, help="dataset folder (in the run's layout)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--split-file", default=None, help="default: split.json of the model's run folder")
     p.add_argument("--output", default=None, help="default: MODEL/eval-SPLIT")
+    p.add_argument("--layout", default=None, choices=sorted(LAYOUTS),
+                   help="dataset layout (default: the training run's data.layout, else folder)")
+    p.add_argument("--seeds", type=int, default=1, help="also run N-1 more seeds and report seed stability")
+    p.add_argument("--worst", type=int, default=8, help="how many worst cases to list and draw (default 8)")
+    p.add_argument("--spacing", type=float, nargs=2, metavar=("SY", "SX"), default=None,
+                   help="pixel spacing (e.g. mm) for HD95/ASSD; default: pixels")
     _add_inference_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("split", help="write (or show) a deterministic train/val/test split file for a dataset")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--layout", default="folder", choices=sorted(LAYOUTS))
+    p.add_argument("--output", required=True, help="split JSON file to write")
+    p.add_argument("--train", type=float, default=None, help="fraction (default: the layout's)")
+    p.add_argument("--val", type=float, default=None)
+    p.add_argument("--test", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", default="images", help="layout=folder: image sub-folder")
+    p.add_argument("--masks", default="masks", help="layout=folder: mask sub-folder")
+    p.add_argument("--force", action="store_true", help="replace an existing split file")
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("demo", help="synthetic data -> fit autoencoder -> train LEAF -> evaluate (CPU, minutes)")
     p.add_argument("--output", default="leafseg-demo", help="demo folder (default ./leafseg-demo)")

@@ -34,6 +34,7 @@ whole ``LatentDiffusion`` checkpoint (``first_stage_model.*``/``cond_stage_model
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -682,7 +683,8 @@ def kl_vae_config_from_state_dict(sd: Mapping[str, Any], **overrides) -> dict[st
     levels = len({int(k.split(".")[2]) for k in rel if k.startswith("encoder.down.")})
     if levels == 0:
         raise ValueError("VAE: no encoder.down.* blocks")
-    attn_in_levels = sorted({k.rsplit(".", 2)[0] for k in rel if re.match(r"(encoder\.down|decoder\.up)\.\d+\.attn\.", k)})
+    level_attn = re.compile(r"(encoder\.down|decoder\.up)\.\d+\.attn\.")
+    attn_in_levels = sorted({k.rsplit(".", 2)[0] for k in rel if level_attn.match(k)})
     if attn_in_levels:
         raise ValueError(f"VAE: attention inside encoder/decoder levels ({', '.join(attn_in_levels[:4])}...) is not "
                          "supported (kl-f8 has none)")
@@ -758,7 +760,7 @@ def _kl_vae_keymap(shapes: Mapping[str, Shape], config: Mapping[str, Any]) -> _K
             src_shape, shape = rel[source], tuple(tensor.shape)
             if src_shape[: len(shape)] != shape or any(d != 1 for d in src_shape[len(shape):]):
                 raise RuntimeError(f"VAE: unexpected transform {src_shape} -> {shape} for {target}")
-            transform = (lambda t, shape=shape: t.reshape(shape))
+            transform = functools.partial(torch.reshape, shape=shape)
         keymap.add(target, prefix + source, transform)
         used.add(source)
     keymap.unused.extend(prefix + k for k in rel if k not in used)

@@ -33,6 +33,8 @@ class Pair:
     stem: str
     image: Path
     mask: Path | None
+    mask_rule: str = "binary"   # how the mask file becomes a foreground mask (see ``load_mask``)
+    subset: str | None = None   # the dataset's own train/val/test folder, where it has one
 
 
 def _list_by_stem(folder: Path) -> dict[str, Path]:
@@ -105,9 +107,19 @@ def load_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """(H, W) bool foreground mask."""
+MASK_RULES = ("binary", "refuge_cup")
+
+
+def load_mask(path: str | Path, rule: str = "binary") -> np.ndarray:
+    """(H, W) bool foreground mask.
+
+    ``binary``: > 127 for 8-bit masks, > 0 for label maps whose maximum is 1. ``refuge_cup`` (REFUGE optic cup):
+    a mask holding REFUGE grey levels (0 cup, 128 rim, 255 background; detected by any pixel in 64..191) gives
+    cup = pixels < 64; a two-level mask is read as ``binary`` (255 = cup), the SDSeg-prepared form.
+    """
     path = Path(path)
+    if rule not in MASK_RULES:
+        raise ValueError(f"{path}: unknown mask rule {rule!r} (choose from {MASK_RULES})")
     image = _open(path)
     array = np.asarray(image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA", "1") else image)
     if array.ndim == 3:
@@ -117,6 +129,8 @@ def load_mask(path: str | Path) -> np.ndarray:
             return array > 0
         if array.max() > 255:
             array = array.astype(np.float64) * (255.0 / 65535.0)
+    if rule == "refuge_cup" and np.any((array >= 64) & (array < 192)):
+        return array < 64
     return array > 0 if array.max() == 1 else array > 127
 
 
@@ -139,7 +153,7 @@ def load_arrays(pairs: list[Pair], resolution: int, desc: str = "loading") -> tu
     images = np.empty((len(pairs), resolution, resolution, 3), np.uint8)
     masks = np.empty((len(pairs), resolution, resolution), bool)
     for i, pair in enumerate(tqdm(pairs, desc=desc, leave=False, disable=len(pairs) < 50)):
-        image, mask = load_image(pair.image), load_mask(pair.mask)
+        image, mask = load_image(pair.image), load_mask(pair.mask, pair.mask_rule)
         if image.shape[:2] != mask.shape:
             raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} but {pair.mask} is "
                              f"{mask.shape[1]}x{mask.shape[0]}")

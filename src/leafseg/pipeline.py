@@ -55,6 +55,39 @@ def to_image_tensor(image) -> torch.Tensor:
     raise TypeError(f"unsupported image type {type(image).__name__}")
 
 
+def preprocess_images(images, resolution: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Images of any size -> (B, 3, R, R) in [-1, 1] at the processing resolution, plus the original sizes."""
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        images = list(images)
+    elif not isinstance(images, (list, tuple)):
+        images = [images]
+    tensors = [to_image_tensor(im) for im in images]
+    sizes = [tuple(t.shape[-2:]) for t in tensors]
+    r = resolution
+    batch = torch.stack([
+        F.interpolate(t[None], size=(r, r), mode="bilinear", align_corners=False, antialias=True)[0]
+        if tuple(t.shape[-2:]) != (r, r) else t for t in tensors
+    ])
+    return batch.clamp(0, 1) * 2 - 1, sizes
+
+
+def to_output(prob: torch.Tensor, std: torch.Tensor | None, sizes: list[tuple[int, int]], threshold: float
+              ) -> LeafSegPipelineOutput:
+    """(B, R, R) probabilities (and ensemble std) -> per-image arrays at each input's own size."""
+    prob = prob.float().cpu()
+    masks, probabilities, uncertainty = [], [], []
+    for i, (hh, ww) in enumerate(sizes):
+        p = F.interpolate(prob[i][None, None], size=(hh, ww), mode="bilinear", align_corners=False)[0, 0]
+        masks.append((p > threshold).numpy())
+        probabilities.append(p.numpy().astype(np.float32))
+        if std is not None:
+            s = F.interpolate(std[i].float().cpu()[None, None], size=(hh, ww), mode="bilinear",
+                              align_corners=False)[0, 0]
+            uncertainty.append(s.numpy().astype(np.float32))
+    return LeafSegPipelineOutput(masks=masks, probabilities=probabilities,
+                                 uncertainty=uncertainty if std is not None else None)
+
+
 class LeafSegPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "image_encoder->unet->autoencoder"
 
@@ -72,19 +105,7 @@ class LeafSegPipeline(DiffusionPipeline):
         return self.scheduler.config.prediction_type
 
     def preprocess(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Images of any size -> (B, 3, R, R) in [-1, 1] at the processing resolution, plus the original sizes."""
-        if isinstance(images, torch.Tensor) and images.ndim == 4:
-            images = list(images)
-        elif not isinstance(images, (list, tuple)):
-            images = [images]
-        tensors = [to_image_tensor(im) for im in images]
-        sizes = [tuple(t.shape[-2:]) for t in tensors]
-        r = self.resolution
-        batch = torch.stack([
-            F.interpolate(t[None], size=(r, r), mode="bilinear", align_corners=False, antialias=True)[0]
-            if tuple(t.shape[-2:]) != (r, r) else t for t in tensors
-        ])
-        return batch.clamp(0, 1) * 2 - 1, sizes
+        return preprocess_images(images, self.resolution)
 
     def _noise(self, shape, seed: int, generator, device, dtype) -> torch.Tensor:
         # One noise draw per ensemble member, shared by every image in the batch, so an image's result does not
@@ -137,15 +158,5 @@ class LeafSegPipeline(DiffusionPipeline):
             soft = soft.view(e, b, *soft.shape[-2:])
             probs.append(soft.mean(0))
             stds.append(soft.std(0, unbiased=False))
-        prob, std = torch.cat(probs).cpu(), torch.cat(stds).cpu()
-        masks, probabilities, uncertainty = [], [], []
-        for i, (hh, ww) in enumerate(sizes):
-            p = F.interpolate(prob[i][None, None], size=(hh, ww), mode="bilinear", align_corners=False)[0, 0]
-            masks.append((p > threshold).numpy())
-            probabilities.append(p.numpy().astype(np.float32))
-            if ensemble_size > 1:
-                s = F.interpolate(std[i][None, None], size=(hh, ww), mode="bilinear", align_corners=False)[0, 0]
-                uncertainty.append(s.numpy().astype(np.float32))
-        output = LeafSegPipelineOutput(masks=masks, probabilities=probabilities,
-                                       uncertainty=uncertainty if ensemble_size > 1 else None)
+        output = to_output(torch.cat(probs), torch.cat(stds) if ensemble_size > 1 else None, sizes, threshold)
         return output if return_dict else (output.masks, output.probabilities, output.uncertainty)

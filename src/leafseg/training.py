@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from . import data as D
 from .config import to_container
+from .datasets import find_dataset, load_or_create_dataset_split
 from .diffusion import add_noise, make_scheduler, training_target
 from .metrics import dice as dice_score
 from .models import autoencoder as ae_ops
@@ -216,8 +217,9 @@ def resolve_mixed_precision(value: str | bool) -> str:
 
 # ------------------------------------------------------------------------------------------------------ train
 
-def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
-    tc, ac = cfg.train, cfg.align
+def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
+    """Accelerator, run folder and config.yaml; refuses to overwrite a run unless resuming."""
+    tc = cfg.train
     run_dir = Path(cfg.run.output_dir)
     if tc.num_threads:
         torch.set_num_threads(int(tc.num_threads))
@@ -228,9 +230,7 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
         mixed_precision=resolve_mixed_precision(tc.mixed_precision), log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    checkpoint = run_dir / CHECKPOINT
-    if checkpoint.exists() and not resume:  # checked on every rank, so no rank waits for one that stopped
+    if (run_dir / CHECKPOINT).exists() and not resume:  # checked on every rank: no rank waits for one that stopped
         raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
                               "or choose another run.output_dir")
     if accelerator.is_main_process:
@@ -238,21 +238,99 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
         if not resume:
             OmegaConf.save(cfg, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
+    return accelerator, run_dir
 
-    # data -------------------------------------------------------------------------------------------------
-    pairs = D.find_pairs(cfg.data.root, cfg.data.images, cfg.data.masks)
+
+@dataclass
+class RunData:
+    split: dict
+    train_pairs: list
+    train_images: torch.Tensor             # (N, 3, R, R) uint8
+    train_masks: torch.Tensor              # (N, R, R) bool
+    val_images: torch.Tensor | None
+    val_masks: torch.Tensor | None
+
+
+def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> RunData:
+    """The dataset in its layout, the split file (made once by the main process), train and val arrays."""
+    layout = cfg.data.get("layout", "folder")
+    pairs = find_dataset(cfg.data.root, layout, cfg.data.images, cfg.data.masks)
     split_file = Path(cfg.data.split_file or run_dir / "split.json")
     sc = cfg.data.split
     if accelerator.is_main_process:
-        D.load_or_create_split(split_file, [p.stem for p in pairs], sc.train, sc.val, sc.test, sc.seed)
+        load_or_create_dataset_split(split_file, pairs, layout, sc.train, sc.val, sc.test, sc.seed)
     accelerator.wait_for_everyone()
     split = D.read_split(split_file, [p.stem for p in pairs])
     train_pairs, val_pairs = D.select(pairs, split["train"]), D.select(pairs, split["val"])
-    if tc.val_max_images:
-        val_pairs = val_pairs[: int(tc.val_max_images)]
+    if cfg.train.val_max_images:
+        val_pairs = val_pairs[: int(cfg.train.val_max_images)]
     res = int(cfg.data.resolution)
     train_images, train_masks = D.load_arrays(train_pairs, res, "loading train")
     val_images, val_masks = D.load_arrays(val_pairs, res, "loading val") if val_pairs else (None, None)
+    return RunData(split, train_pairs, train_images, train_masks, val_images, val_masks)
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, export_last) -> None:
+    """accelerate state + trainer_state.json into checkpoint-last (atomic swap), then export model-last."""
+    tmp = run_dir / f".{CHECKPOINT}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        D.write_json_atomic(state, tmp / "trainer_state.json")
+        replace_dir(tmp, run_dir / CHECKPOINT)
+        export_last(run_dir / LAST)
+    accelerator.wait_for_everyone()
+
+
+def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool) -> dict:
+    if not resume:
+        return {"step": 0, "best_val_dice": None, "best_step": None, "history": []}
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: nothing to resume")
+    accelerator.load_state(str(checkpoint))
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def record_validation(accelerator: Accelerator, state: dict, step: int, val_dice: float, export_best) -> None:
+    """Log val Dice; keep the best model (selection on the val split only)."""
+    accelerator.log({"val_dice": val_dice}, step=step)
+    state["history"].append({"step": step, "val_dice": val_dice})
+    if state["best_val_dice"] is None or val_dice > state["best_val_dice"]:
+        state["best_val_dice"], state["best_step"] = val_dice, step
+        export_best()
+    tqdm.write(f"step {step}: val Dice {val_dice:.4f} (best {state['best_val_dice']:.4f} at step {state['best_step']})")
+
+
+def finish_run(accelerator: Accelerator, run_dir: Path, state: dict) -> None:
+    """Loss / val-Dice curves next to the TensorBoard logs."""
+    if accelerator.is_main_process and state["history"]:
+        from .plots import plot_training_curves
+
+        plot_training_curves(state["history"], run_dir / "logs" / "curves.png")
+    accelerator.end_training()
+
+
+def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
+    """Train the configured method (``method: leaf`` or ``supervised_unet``)."""
+    method = cfg.get("method", "leaf")
+    if method == "supervised_unet":
+        from .baseline import train_supervised
+
+        return train_supervised(cfg, resume)
+    if method != "leaf":
+        raise ValueError(f"method must be leaf or supervised_unet, got {method!r}")
+    tc, ac = cfg.train, cfg.align
+    accelerator, run_dir = start_run(cfg, resume)
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    data = load_run_data(cfg, run_dir, accelerator)
+    split, train_pairs = data.split, data.train_pairs
+    train_images, train_masks, val_images, val_masks = data.train_images, data.train_masks, data.val_images, \
+        data.val_masks
+    res = int(cfg.data.resolution)
 
     # models -----------------------------------------------------------------------------------------------
     set_seed(int(cfg.run.seed))  # identical initialisation on every rank
@@ -276,7 +354,8 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
     codes = flip_codes(cfg.data.hflip, cfg.data.vflip)
     key = _digest(split["train"], codes, res, to_container(cfg.autoencoder), scale)
     mask_u8 = train_masks[:, None].expand(-1, 3, -1, -1).to(torch.uint8) * 255
-    z0_cache = cached(run_dir / "cache" / f"mask-latents-{key}.safetensors", accelerator, lambda: compute_cache(
+    cache_dir = Path(cfg.run.get("cache_dir") or run_dir / "cache")
+    z0_cache = cached(cache_dir / f"mask-latents-{key}.safetensors", accelerator, lambda: compute_cache(
         lambda m: ae_ops.encode(ae, m * 2 - 1) * scale, mask_u8, codes, device, 16, "mask latents"))
     tokens_cache = None
     if ac.flip_tokens not in ("recompute", "mirror"):
@@ -292,7 +371,7 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
                                   "teacher tokens")[:, 0]
             return torch.stack([mirror_tokens(plain, grid, h, v) for h, v in codes], dim=1)
 
-        tokens_cache = cached(run_dir / "cache" / f"teacher-{tkey}.safetensors", accelerator, build_tokens)
+        tokens_cache = cached(cache_dir / f"teacher-{tkey}.safetensors", accelerator, build_tokens)
 
     # optimisation -----------------------------------------------------------------------------------------
     params = [p for p in model.parameters() if p.requires_grad]
@@ -308,29 +387,14 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
 
-    state = {"step": 0, "best_val_dice": None, "best_step": None, "history": []}
-    if resume:
-        if not checkpoint.exists():
-            raise FileNotFoundError(f"{checkpoint}: nothing to resume")
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state = load_trainer_state(accelerator, run_dir, resume)
     if accelerator.is_main_process:
         flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                 for k, v in _flatten(to_container(cfg)).items()}
         accelerator.init_trackers("leafseg", config=flat)
 
-    def save_checkpoint():
-        tmp = run_dir / f".{CHECKPOINT}.tmp"
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            D.write_json_atomic(state, tmp / "trainer_state.json")
-            replace_dir(tmp, checkpoint)
-            export_pipeline(components, base, ema, run_dir / LAST)
-        accelerator.wait_for_everyone()
+    def export(path: Path) -> None:
+        export_pipeline(components, base, ema, path)
 
     def validate() -> float:
         """Mean per-image Dice on the val split at the processing resolution (single step, EMA UNet)."""
@@ -359,6 +423,10 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
     n_train, bs, seed = len(train_pairs), int(tc.batch_size), int(cfg.run.seed)
     t_start, step = time.time(), int(state["step"])
     progress = tqdm(total=int(tc.max_steps), initial=step, desc="training", disable=not accelerator.is_main_process)
+    if tc.get("val_at_start") and step == 0 and val_images is not None:  # the untrained baseline, on the curve
+        if accelerator.is_main_process:
+            record_validation(accelerator, state, 0, validate(), lambda: export(run_dir / BEST))
+        accelerator.wait_for_everyone()
     model.train()
     while step < int(tc.max_steps):
         idx = batch_indices(n_train, bs, world, rank, step, seed)
@@ -404,18 +472,11 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
             state["history"].append({"step": step, **logs, "elapsed_s": round(time.time() - t_start, 1)})
         if val_images is not None and (step % int(tc.val_every) == 0 or step == int(tc.max_steps)):
             if accelerator.is_main_process:
-                val_dice = validate()
-                accelerator.log({"val_dice": val_dice}, step=step)
-                state["history"].append({"step": step, "val_dice": val_dice})
-                if state["best_val_dice"] is None or val_dice > state["best_val_dice"]:
-                    state["best_val_dice"], state["best_step"] = val_dice, step
-                    export_pipeline(components, base, ema, run_dir / BEST)
-                tqdm.write(f"step {step}: val Dice {val_dice:.4f} (best {state['best_val_dice']:.4f} "
-                           f"at step {state['best_step']})")
+                record_validation(accelerator, state, step, validate(), lambda: export(run_dir / BEST))
             accelerator.wait_for_everyone()
         state["step"] = step
         if step % int(tc.checkpoint_every) == 0 or step == int(tc.max_steps):
-            save_checkpoint()
+            save_checkpoint(accelerator, run_dir, state, export)
     progress.close()
     if tc.log_samples:  # what each rank read and ended with: lets tests check sharding and replica sync
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -423,8 +484,8 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
         torch.save({k: v.detach().cpu() for k, v in base.state_dict().items()},
                    run_dir / "logs" / f"final-weights-rank{rank}.pt")
     if val_images is None and accelerator.is_main_process:
-        export_pipeline(components, base, ema, run_dir / BEST)  # no val split: best = last, said in the state
-    accelerator.end_training()
+        export(run_dir / BEST)  # no val split: best = last
+    finish_run(accelerator, run_dir, state)
     return TrainResult(run_dir, step, state["best_val_dice"], state["best_step"], state["history"])
 
 

@@ -1,0 +1,240 @@
+"""Dataset adapters: the folder layouts users download, each with its split rule.
+
+Every adapter turns a dataset root into a sorted list of :class:`leafseg.data.Pair` (stem, image, mask, mask rule,
+official subset). The split file is then made by :func:`make_dataset_split`:
+
+==============  ==========================================================  ============================================
+layout          expected files                                              split rule
+==============  ==========================================================  ============================================
+folder          ``images/<stem>.*`` + ``masks/<stem>.*``                    sorted + seeded train/val/test fractions
+cvc-clinicdb    ``Original/N.tif|png`` + ``Ground Truth/N.tif|png`` (or     sorted + seeded fractions (the paper's split
+                the generic ``images/`` + ``masks/``)                       followed directory order: irreproducible)
+kvasir-seg      ``images/*.jpg`` + ``masks/*.jpg``                          sorted + seeded; SDSeg's 800/100/100 is
+                                                                            0.8/0.1/0.1 (``kvasir_fractions``)
+isic2018        ``ISIC_<id>.jpg`` + ``ISIC_<id>_segmentation.png``          sorted + seeded; the paper's 1815 / rest of
+                anywhere below the root (the official Task 1 folders)       the training folder is 0.7 (its selection
+                                                                            is not published)
+qata-cov19      ``<train folder>/Images/X.png`` +                           the dataset's own test folder is the test
+                ``<train folder>/Ground-truths/mask_X.png``, same for the   split (as the paper); val is a seeded
+                test folder (folder names containing "train" / "test")      fraction of the official train folder
+refuge2         ``{train,val,test}/{images,masks}/`` (disc-cropped, SDSeg   official subsets; val from train if absent.
+                preparation); masks either REFUGE grey levels (0 cup, 128   Foreground is the optic **cup**
+                rim, 255 background) or binary cup masks (255 = cup)
+==============  ==========================================================  ============================================
+
+Seeded splits shuffle the *sorted* stems with ``random.Random(seed)``, so a split never depends on listing order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import data as D
+from .data import IMAGE_EXTENSIONS, Pair, sort_key
+
+__all__ = ["LAYOUTS", "find_dataset", "make_dataset_split", "split_digest"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    find: Callable[[Path], list[Pair]]
+    split_rule: str
+    default_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            and not p.name.startswith(".")]
+
+
+def _first_dir(root: Path, names: tuple[str, ...], what: str) -> Path:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(f"{root}: no {what} folder (looked for {', '.join(repr(n) for n in names)})")
+
+
+def _match(images: list[Path], masks: list[Path], mask_stem: Callable[[str], str], where: Path,
+           subset: str | None = None, mask_rule: str = "binary") -> list[Pair]:
+    """Pair images with masks by ``mask_stem(image stem) == mask stem``; any unmatched file is an error."""
+    by_stem: dict[str, Path] = {}
+    for m in masks:
+        if m.stem in by_stem:
+            raise ValueError(f"{m}: two masks share the stem {m.stem!r} (the other is {by_stem[m.stem]})")
+        by_stem[m.stem] = m
+    pairs, used, lonely = [], set(), []
+    seen: dict[str, Path] = {}
+    for image in images:
+        if image.stem in seen:
+            raise ValueError(f"{image}: two images share the stem {image.stem!r} (the other is {seen[image.stem]})")
+        seen[image.stem] = image
+        key = mask_stem(image.stem)
+        if key not in by_stem:
+            lonely.append(image)
+            continue
+        used.add(key)
+        pairs.append(Pair(image.stem, image, by_stem[key], mask_rule, subset))
+    lonely += [m for s, m in by_stem.items() if s not in used]
+    if lonely:
+        raise ValueError(f"{where}: {len(lonely)} file(s) without a partner image/mask, e.g. "
+                         f"{[str(p) for p in lonely[:5]]}")
+    if not pairs:
+        raise ValueError(f"{where}: no image/mask pairs found")
+    return sorted(pairs, key=lambda p: sort_key(p.stem))
+
+
+def _find_folder(root: Path, images: str = "images", masks: str = "masks") -> list[Pair]:
+    return D.find_pairs(root, images, masks)
+
+
+def _find_cvc(root: Path) -> list[Pair]:
+    if (root / "Original").is_dir():
+        masks = _first_dir(root, ("Ground Truth", "GroundTruth", "Ground_Truth"), "ground-truth")
+        return _match(_images_in(root / "Original"), _images_in(masks), lambda s: s, root)
+    return _find_folder(root)
+
+
+def _find_kvasir(root: Path) -> list[Pair]:
+    if (root / "Kvasir-SEG").is_dir():  # the zip unpacks into Kvasir-SEG/
+        root = root / "Kvasir-SEG"
+    return _find_folder(root)
+
+
+_ISIC_IMAGE = re.compile(r"^ISIC_\d+$")
+_ISIC_MASK = re.compile(r"^(ISIC_\d+)_segmentation$")
+
+
+def _find_isic(root: Path) -> list[Pair]:
+    files = [p for p in sorted(root.rglob("ISIC_*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    images = [p for p in files if _ISIC_IMAGE.match(p.stem)]
+    masks = [p for p in files if _ISIC_MASK.match(p.stem)]
+    if not images:
+        raise ValueError(f"{root}: no ISIC_<id>.jpg images below this folder")
+    return _match(images, masks, lambda s: f"{s}_segmentation", root)
+
+
+def _subset_of(name: str) -> str | None:
+    low = name.lower()
+    for subset in ("train", "val", "test"):
+        if subset in low:
+            return subset
+    return None
+
+
+def _find_qata(root: Path) -> list[Pair]:
+    pairs: list[Pair] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        subset = _subset_of(folder.name)
+        if subset is None or not (folder / "Images").is_dir():
+            continue
+        masks = _first_dir(folder, ("Ground-truths", "Ground-Truths", "Ground truths", "GroundTruths"),
+                           "ground-truth")
+        pairs += _match(_images_in(folder / "Images"), _images_in(masks), lambda s: f"mask_{s}", folder, subset)
+    if not pairs:
+        raise FileNotFoundError(f"{root}: no train/test folders with Images/ and Ground-truths/ (QaTa-COV19 layout)")
+    return _unique(pairs, root)
+
+
+def _find_refuge(root: Path) -> list[Pair]:
+    pairs: list[Pair] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        subset = _subset_of(folder.name)
+        if subset is None:
+            continue
+        images = _first_dir(folder, ("images", "Images", "image"), "image")
+        masks = _first_dir(folder, ("masks", "Masks", "mask", "gts", "GT"), "mask")
+        pairs += _match(_images_in(images), _images_in(masks), lambda s: s, folder, subset, mask_rule="refuge_cup")
+    if not pairs:
+        raise FileNotFoundError(f"{root}: no train/val/test folders with images/ and masks/ (REFUGE2 layout)")
+    return _unique(pairs, root)
+
+
+def _unique(pairs: list[Pair], root: Path) -> list[Pair]:
+    seen: dict[str, Pair] = {}
+    for p in pairs:
+        if p.stem in seen:
+            raise ValueError(f"{root}: {p.image} and {seen[p.stem].image} share the stem {p.stem!r}; stems must be "
+                             "unique across the dataset's subsets")
+        seen[p.stem] = p
+    return sorted(pairs, key=lambda p: sort_key(p.stem))
+
+
+LAYOUTS: dict[str, Layout] = {
+    "folder": Layout("folder", _find_folder, "sorted + seeded fractions"),
+    "cvc-clinicdb": Layout("cvc-clinicdb", _find_cvc, "sorted + seeded fractions"),
+    "kvasir-seg": Layout("kvasir-seg", _find_kvasir, "sorted + seeded fractions (SDSeg: 800/100/100)",
+                         (0.8, 0.1, 0.1)),
+    "isic2018": Layout("isic2018", _find_isic, "sorted + seeded fractions (paper: 1815 train of 2594)"),
+    "qata-cov19": Layout("qata-cov19", _find_qata, "official test folder; val seeded from the official train"),
+    "refuge2": Layout("refuge2", _find_refuge, "official subsets; val seeded from train if there is none"),
+}
+
+
+def find_dataset(root: str | Path, layout: str = "folder", images: str = "images", masks: str = "masks"
+                 ) -> list[Pair]:
+    """All image/mask pairs of a dataset root in the given layout (see the module docstring)."""
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown data layout {layout!r}; choose one of {sorted(LAYOUTS)}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data folder not found")
+    if layout == "folder":
+        return _find_folder(root, images, masks)
+    return LAYOUTS[layout].find(root)
+
+
+def make_dataset_split(pairs: list[Pair], train: float | None = None, val: float | None = None,
+                       test: float | None = None, seed: int = 0, layout: str = "folder") -> dict:
+    """The split for ``pairs`` under its layout's rule.
+
+    Without official subsets: sorted stems, seeded shuffle, cut by the fractions (default: the layout's). With them
+    (QaTa-COV19, REFUGE2): the official test (and val, if present) subsets are kept; a missing val is a seeded
+    ``val / (train + val)`` fraction of the official train subset; ``test`` is then ignored.
+    """
+    f_train, f_val, f_test = LAYOUTS[layout].default_fractions if layout in LAYOUTS else (0.7, 0.1, 0.2)
+    train = f_train if train is None else train
+    val = f_val if val is None else val
+    test = f_test if test is None else test
+    stems = [p.stem for p in pairs]
+    subsets = {p.stem: p.subset for p in pairs}
+    if not any(subsets.values()):
+        split = D.make_split(stems, train, val, test, seed)
+        split["rule"] = LAYOUTS.get(layout, LAYOUTS["folder"]).split_rule
+        split["layout"] = layout
+        return split
+    official = {k: sorted((s for s, v in subsets.items() if v == k), key=sort_key) for k in D.SPLITS}
+    if not official["train"] or not official["test"]:
+        raise ValueError(f"{layout}: the dataset's official subsets need both a train and a test folder "
+                         f"(found {', '.join(f'{k}: {len(v)}' for k, v in official.items())})")
+    if not official["val"]:
+        if val + train <= 0:
+            raise ValueError("split fractions: train + val must be > 0")
+        order = list(official["train"])
+        random.Random(seed).shuffle(order)
+        n_val = round(len(order) * val / (train + val))
+        official["val"], official["train"] = sorted(order[:n_val], key=sort_key), sorted(order[n_val:], key=sort_key)
+    return {**official, "seed": seed, "fractions": {"val_of_train": val / (train + val)},
+            "rule": LAYOUTS[layout].split_rule, "layout": layout}
+
+
+def split_digest(path: str | Path) -> str:
+    """sha256 of a split file's bytes (recorded with every evaluation)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_or_create_dataset_split(path: str | Path, pairs: list[Pair], layout: str = "folder",
+                                 train: float | None = None, val: float | None = None, test: float | None = None,
+                                 seed: int = 0) -> dict:
+    """Reuse the split file at ``path`` (validated against the dataset's stems), else make and write it."""
+    path = Path(path)
+    if path.exists():
+        return D.read_split(path, [p.stem for p in pairs])
+    split = make_dataset_split(pairs, train, val, test, seed, layout)
+    D.write_json_atomic(split, path)
+    return split

@@ -1,0 +1,45 @@
+"""Figures written next to results: training curves (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def plot_training_curves(history: list[dict], path: str | os.PathLike) -> Path:
+    """Loss terms against step (left axis, log scale) and validation Dice (right axis) -> PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key, style in (("loss", "-"), ("loss_main", "--"), ("loss_align", ":")):
+        pts = [(h["step"], h[key]) for h in history if key in h]
+        if pts:
+            ax.plot(*zip(*pts), style, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    losses = [h["loss"] for h in history if "loss" in h]
+    if losses and min(losses) > 0:  # the alignment term is negative when on: then a linear axis
+        ax.set_yscale("log")
+    handles, labels = ax.get_legend_handles_labels()
+    val = [(h["step"], h["val_dice"]) for h in history if "val_dice" in h]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "o-", color="tab:red", label="val Dice")
+        ax2.set_ylabel("validation Dice")
+        ax2.set_ylim(0, 1)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        ax.legend(handles, labels, loc="center right", fontsize=8)
+    ax.set_title("leafseg training")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
