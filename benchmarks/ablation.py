@@ -91,6 +91,8 @@ def main() -> None:
         common += [f"train.max_steps={args.steps}", f"train.checkpoint_every={max(50, args.steps // 4)}"]
     if args.val_every:
         common.append(f"train.val_every={args.val_every}")
+    if not args.report_only:
+        (out / "invocation.txt").write_text(shlex.join(["benchmarks/ablation.py", *sys.argv[1:]]) + "\n")
     for name in names if not args.report_only else []:
         run_dir = out / name
         timing_file = run_dir / "benchmark-timing.json"
@@ -153,14 +155,18 @@ def write_report(out: Path, results: Path, args) -> None:
     split = json.loads(Path(args.split_file).read_text())
     header = RESULTS_HEADER.format(
         machine=machine(), n_train=len(split["train"]), n_val=len(split["val"]), n_test=len(split["test"]),
-        split_file=os.path.relpath(args.split_file, REPO), script=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        split_file=os.path.relpath(args.split_file, REPO),
+        script=(out / "invocation.txt").read_text().strip() if (out / "invocation.txt").exists() else "n/a",
     )
     table = ("| run | test Dice % [95% CI] | test IoU % [95% CI] | HD95 px | ref. GDS % | best val Dice % @ step "
              "| steps | wall min (train + eval) |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
     results.parent.mkdir(parents=True, exist_ok=True)
     tmp = results.with_name(f".{results.name}.tmp")
-    tmp.write_text(header + "\n" + table + "\n\n" + RESULTS_NOTES + "\n## Commands\n\n```bash\n"
-                   + "\n".join(commands) + "\n```\n" + MANUAL_SECTION.format(existing=_manual(results)))
+    text = (header + "\n" + table + "\n\n" + RESULTS_NOTES + "\n## Commands\n\n```bash\n" + "\n".join(commands)
+            + "\n```\n")
+    # paths relative to the repository (and ../shared), as a user would type them
+    text = text.replace(str(REPO.parent / "shared"), "../shared").replace(str(REPO) + "/", "")
+    tmp.write_text(text + MANUAL_SECTION.format(existing=_manual(results)))
     tmp.replace(results)
     print(f"wrote {results}")
 
@@ -194,10 +200,10 @@ Produced by `benchmarks/ablation.py` (invocation: `{script}`); regenerate the ta
 """
 
 RESULTS_NOTES = """Columns: per-image foreground Dice and IoU on the test split, mean with a 95% percentile-bootstrap
-CI (2000 resamples of the images); HD95 in pixels at the original 384x288; "ref. GDS" the number the reference code prints
-(torchmetrics GeneralizedDiceScore, 2 classes, linear weights: equal to pixel accuracy, not a foreground Dice;
-shown only for comparison with the paper's tables); best val Dice and its step ("start": the untrained model).
-Definitions: README "Metrics".
+CI (2000 resamples of the images); HD95 in pixels at the original 384x288; "ref. GDS" the number the reference code
+prints (torchmetrics GeneralizedDiceScore, 2 classes, linear weights: equal to pixel accuracy, not a foreground
+Dice; shown only for comparison with the paper's tables); best val Dice and its step ("start": the untrained
+model). Definitions: README, "What the numbers mean".
 """
 
 MANUAL_SECTION = "\n" + MARKER + "\n\n{existing}\n"

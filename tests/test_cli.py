@@ -98,3 +98,18 @@ def test_evaluate_with_split_file_records_its_hash(tmp_path, model_and_data):
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     from leafseg.datasets import split_digest
     assert summary["split_file_sha256"] == split_digest(model.parent / "split.json")
+
+
+def test_evaluate_takes_the_layout_from_the_run_config(tmp_path, model_and_data):
+    model, data = model_and_data
+    cvc = tmp_path / "cvc"
+    (cvc / "Original").mkdir(parents=True)
+    (cvc / "Ground Truth").mkdir()
+    for p in (data / "images").iterdir():
+        Image.open(p).save(cvc / "Original" / f"{p.stem}.tif")
+        Image.open(data / "masks" / p.name).save(cvc / "Ground Truth" / f"{p.stem}.tif")
+    (model.parent / "config.yaml").write_text("data:\n  layout: cvc-clinicdb\n")
+    assert main(["evaluate", "--model", str(model), "--data", str(cvc), "--output", str(tmp_path / "e")]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["layout"] == "cvc-clinicdb" and summary["n_images"] == 2
+    assert summary["config"] == {"data": {"layout": "cvc-clinicdb"}}

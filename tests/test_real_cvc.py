@@ -66,7 +66,7 @@ def test_cpu_small_validation_dice_rises_on_cvc(tmp_path, cvc_dir, taef2_dir):
     cfg = load_config("cpu-small", [
         f"run.output_dir={tmp_path / 'run'}", f"data.root={cvc_dir}", "data.layout=cvc-clinicdb",
         f"data.split_file={split}", f"autoencoder.path={taef2_dir}",
-        "train.max_steps=200", "train.val_every=100", "train.checkpoint_every=200",
+        "train.max_steps=400", "train.val_every=100", "train.checkpoint_every=400",
         "train.val_at_start=true",
     ])
     result = train(cfg)

@@ -175,7 +175,8 @@ def run_demo(output: str | Path = "leafseg-demo", minutes: float | None = None, 
     wall = time.time() - started
     print(f"[4/4] test split ({ev['summary']['n_images']} images): Dice {m['dice']['mean']:.4f}, "
           f"IoU {m['iou']['mean']:.4f} (mean per-image foreground)")
-    print(f"overlays: {ev['output'] / 'overlays'} (ground truth left, prediction right)")
+    print(f"figures:  {ev['output'] / 'grid.png'}, worst_cases.png, overlays/ "
+          "(image | ground truth | prediction | uncertainty)")
     print(f"metrics:  {ev['output'] / 'summary.json'} and per_image.csv")
     print(f"model:    {run_dir / BEST} (try: leafseg predict --model {run_dir / BEST} --input IMAGE --output DIR)")
     print(f"demo wall time {wall / 60:.1f} min")

@@ -352,7 +352,9 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
 
     # frozen targets, once per training image and flip -----------------------------------------------------
     codes = flip_codes(cfg.data.hflip, cfg.data.vflip)
-    key = _digest(split["train"], codes, res, to_container(cfg.autoencoder), scale)
+    # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
+    key = _digest(str(Path(cfg.data.root).resolve()), cfg.data.get("layout", "folder"), split["train"], codes, res,
+                  to_container(cfg.autoencoder), scale)
     mask_u8 = train_masks[:, None].expand(-1, 3, -1, -1).to(torch.uint8) * 255
     cache_dir = Path(cfg.run.get("cache_dir") or run_dir / "cache")
     z0_cache = cached(cache_dir / f"mask-latents-{key}.safetensors", accelerator, lambda: compute_cache(
