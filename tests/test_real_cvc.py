@@ -74,5 +74,7 @@ def test_cpu_small_validation_dice_rises_on_cvc(tmp_path, cvc_dir, taef2_dir):
     print(f"cpu-small on 64 CVC frames, val Dice on 32 held-out frames: {curve}")
     start, best = curve[0][1], result.best_val_dice
     assert curve[0][0] == 0 and result.best_step > 0
-    assert best > 0.0 and best > start + 0.25
+    # measured on the dev machine (2-core CPU, 6.9 min): val Dice 0.012 at step 0, 0.000 / 0.171 / 0.647 / 0.741 at
+    # steps 100-400. An untrained, non-learning or mis-parameterised pipeline stays near its start.
+    assert best > 0.45 and best > start + 0.4
     assert (result.run_dir / "logs" / "curves.png").exists()
