@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from leafseg.demo import make_synthetic_dataset
-from test_training import TINY_AE, TINY_UNET
+from tiny import TINY_AE, TINY_UNET
 
 pytestmark = pytest.mark.slow
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import __version__
 from . import data as D
 
 
@@ -118,8 +119,8 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     Writes ``per_image.csv``, ``summary.json`` (metrics, config, split-file and checkpoint hashes, seeds),
     ``overlays/<stem>.png`` (image | ground truth | prediction | uncertainty), ``grid.png`` (the first images),
     ``worst_cases.png`` + the summary's ``worst_cases`` (the ``worst_k`` lowest Dice). With ``seeds > 1`` the
-    pipeline also runs with seeds ``seed+1 .. seed+seeds-1``; the reported metrics stay those of ``seed`` and the
-    summary gains ``seed_stability`` (per-image Dice std across seeds, pixel disagreement rate).
+    pipeline also runs with seeds ``seed + 1000 k`` (k = 1 .. seeds-1); the reported metrics stay those of ``seed``
+    and the summary gains ``seed_stability`` (per-image Dice std across seeds, pixel disagreement rate).
     """
     from tqdm.auto import tqdm
 
@@ -180,8 +181,6 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     if worst:
         save_png(stack_rows([np.asarray(Image.open(out / "overlays" / f"{r['name']}.png")) for r in worst]),
                  out / "worst_cases.png")
-    import leafseg
-
     summary = {
         "model": str(model.resolve()), "checkpoint_sha256": files_digest(model),
         "data": str(Path(data_root).resolve()), "layout": layout, "split": split,
@@ -190,7 +189,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
         "n_images": len(rows),
         "inference": {"steps": steps, "ensemble": ensemble, "seed": seed, "seeds": seeds,
                       "pipeline": type(pipe).__name__, "device": str(pipe.device)},
-        "versions": _versions(), "leafseg": leafseg.__version__,
+        "versions": _versions(), "leafseg": __version__,
         "wall_s": round(time.time() - started, 1),
         "metrics": metrics.summary(),
         "worst_cases": [{"name": r["name"], "dice": r["dice"], "iou": r["iou"]} for r in worst],
