@@ -9,8 +9,8 @@ layout          expected files                                              spli
 folder          ``images/<stem>.*`` + ``masks/<stem>.*``                    sorted + seeded train/val/test fractions
 cvc-clinicdb    ``Original/N.tif|png`` + ``Ground Truth/N.tif|png`` (or     sorted + seeded fractions (the paper's split
                 the generic ``images/`` + ``masks/``)                       followed directory order: irreproducible)
-kvasir-seg      ``images/*.jpg`` + ``masks/*.jpg``                          sorted + seeded; SDSeg's 800/100/100 is
-                                                                            0.8/0.1/0.1 (``kvasir_fractions``)
+kvasir-seg      ``images/*.jpg`` + ``masks/*.jpg``                          sorted + seeded 0.8/0.1/0.1 (SDSeg's
+                                                                            800/100/100 proportions)
 isic2018        ``ISIC_<id>.jpg`` + ``ISIC_<id>_segmentation.png``          sorted + seeded; the paper's 1815 / rest of
                 anywhere below the root (the official Task 1 folders)       the training folder is 0.7 (its selection
                                                                             is not published)
