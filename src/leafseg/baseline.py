@@ -13,9 +13,6 @@ folder (split.json, logs/, checkpoint-last/, model-best/, model-last/), and ``le
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,6 @@ from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.optimization import get_constant_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from . import data as D
 from .config import to_container
@@ -91,8 +87,8 @@ class SupervisedSegPipeline(DiffusionPipeline):
 
 def train_supervised(cfg: DictConfig, resume: bool = False):
     """Train the baseline on the config's data, with LEAF's schedule keys (``train.*``) and ``baseline.*``."""
-    from .training import (BEST, TrainResult, batch_indices, finish_run, flip_codes, load_run_data,
-                           load_trainer_state, record_validation, replace_dir, save_checkpoint, seeded, start_run)
+    from .training import (StepBookkeeping, batch_indices, ema_weights, eval_mode, flip_codes, load_run_data,
+                           load_trainer_state, save_pipeline, seeded, start_run)
 
     tc, bc = cfg.train, cfg.baseline
     accelerator, run_dir = start_run(cfg, resume)
@@ -117,50 +113,25 @@ def train_supervised(cfg: DictConfig, resume: bool = False):
     if accelerator.is_main_process:
         accelerator.init_trackers("leafseg-baseline")
 
-    def with_ema(fn):
-        if ema is not None:
-            ema.store(base.parameters())
-            ema.copy_to(base.parameters())
-        try:
-            return fn()
-        finally:
-            if ema is not None:
-                ema.restore(base.parameters())
-
     def export(path: Path) -> None:
-        def write():
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            SupervisedSegPipeline(unet=base).save_pretrained(tmp, safe_serialization=True)
-            replace_dir(tmp, path)
-        with_ema(write)
+        with ema_weights(ema, base.parameters()):
+            save_pipeline(SupervisedSegPipeline(unet=base), path)
 
     def validate() -> float:
-        def run():
-            base.eval()
-            scores = []
-            try:
-                with torch.no_grad():
-                    for i in range(0, len(data.val_images), 16):
-                        x = data.val_images[i:i + 16].to(device).float() / 255 * 2 - 1
-                        with accelerator.autocast():
-                            pred = unet_logits(base, x) > 0
-                        scores += [dice_score(p, g) for p, g in zip(pred.cpu().numpy(),
-                                                                    data.val_masks[i:i + 16].numpy())]
-            finally:
-                base.train()
-            return float(np.mean(scores))
-        return with_ema(run)
+        scores = []
+        with ema_weights(ema, base.parameters()), eval_mode(base), torch.no_grad():
+            for i in range(0, len(data.val_images), 16):
+                x = data.val_images[i:i + 16].to(device).float() / 255 * 2 - 1
+                with accelerator.autocast():
+                    pred = unet_logits(base, x) > 0
+                scores += [dice_score(p, g) for p, g in zip(pred.cpu().numpy(), data.val_masks[i:i + 16].numpy())]
+        return float(np.mean(scores))
 
     codes = flip_codes(cfg.data.hflip, cfg.data.vflip)
     n_train, bs, seed = len(data.train_pairs), int(tc.batch_size), int(cfg.run.seed)
-    step, t_start = int(state["step"]), time.time()
-    progress = tqdm(total=int(tc.max_steps), initial=step, desc="training (supervised UNet)",
-                    disable=not accelerator.is_main_process)
-    if tc.get("val_at_start") and step == 0 and data.val_images is not None:
-        if accelerator.is_main_process:
-            record_validation(accelerator, state, 0, validate(), lambda: export(run_dir / BEST))
-        accelerator.wait_for_everyone()
+    step = int(state["step"])
+    book = StepBookkeeping(accelerator, cfg, state, run_dir, validate, export, data.val_images is not None,
+                           "training (supervised UNet)")
     model.train()
     while step < int(tc.max_steps):
         idx = batch_indices(n_train, bs, world, rank, step, seed)
@@ -179,22 +150,5 @@ def train_supervised(cfg: DictConfig, resume: bool = False):
         if ema is not None:
             ema.step(base.parameters())
         step += 1
-        progress.update(1)
-        if step % int(tc.log_every) == 0 or step == int(tc.max_steps):
-            logs = {"loss": accelerator.reduce(loss.detach(), reduction="mean").item(),
-                    "lr": lr_scheduler.get_last_lr()[0]}
-            accelerator.log(logs, step=step)
-            state["history"].append({"step": step, **logs, "elapsed_s": round(time.time() - t_start, 1)})
-            progress.set_postfix(loss=f"{logs['loss']:.4f}")
-        if data.val_images is not None and (step % int(tc.val_every) == 0 or step == int(tc.max_steps)):
-            if accelerator.is_main_process:
-                record_validation(accelerator, state, step, validate(), lambda: export(run_dir / BEST))
-            accelerator.wait_for_everyone()
-        state["step"] = step
-        if step % int(tc.checkpoint_every) == 0 or step == int(tc.max_steps):
-            save_checkpoint(accelerator, run_dir, state, export)
-    progress.close()
-    if data.val_images is None and accelerator.is_main_process:
-        export(run_dir / BEST)
-    finish_run(accelerator, run_dir, state)
-    return TrainResult(run_dir, step, state["best_val_dice"], state["best_step"], state["history"])
+        book.after_step(step, {"loss": loss}, lambda: {"lr": lr_scheduler.get_last_lr()[0]})
+    return book.finish()

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,22 +179,44 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def ema_weights(ema: EMAModel | None, parameters):
+    """Swap the EMA weights in (validation, export) and the trained ones back afterwards; no-op without EMA."""
+    if ema is None:
+        yield
+        return
+    params = list(parameters)
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module):
+    """module.eval() for the duration, back to train mode afterwards."""
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train()
+
+
 def export_pipeline(components: dict, model: LeafTrainingModel, ema: EMAModel | None, path: Path) -> None:
     """Write the inference pipeline (EMA UNet if any; no projector, no teacher) atomically."""
-    unet = model.unet
-    if ema is not None:
-        ema.store(unet.parameters())
-        ema.copy_to(unet.parameters())
-    try:
-        pipe = LeafSegPipeline(autoencoder=components["autoencoder"], image_encoder=model.image_encoder,
-                               unet=unet, scheduler=components["scheduler"])
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        replace_dir(tmp, path)
-    finally:
-        if ema is not None:
-            ema.restore(unet.parameters())
+    with ema_weights(ema, model.unet.parameters()):
+        save_pipeline(LeafSegPipeline(autoencoder=components["autoencoder"], image_encoder=model.image_encoder,
+                                      unet=model.unet, scheduler=components["scheduler"]), path)
+
+
+def save_pipeline(pipe, path: Path) -> None:
+    """save_pretrained (safetensors) into a temporary folder, then swap it into place."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    replace_dir(tmp, path)
 
 
 @dataclass
@@ -295,23 +318,65 @@ def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool) ->
     return json.loads((checkpoint / "trainer_state.json").read_text())
 
 
-def record_validation(accelerator: Accelerator, state: dict, step: int, val_dice: float, export_best) -> None:
-    """Log val Dice; keep the best model (selection on the val split only)."""
-    accelerator.log({"val_dice": val_dice}, step=step)
-    state["history"].append({"step": step, "val_dice": val_dice})
-    if state["best_val_dice"] is None or val_dice > state["best_val_dice"]:
-        state["best_val_dice"], state["best_step"] = val_dice, step
-        export_best()
-    tqdm.write(f"step {step}: val Dice {val_dice:.4f} (best {state['best_val_dice']:.4f} at step {state['best_step']})")
+class StepBookkeeping:
+    """What every training loop does around its steps: the progress bar, an optional step-0 validation, logging,
+    validation with best-model selection on the val split (main process), checkpoints, and the end of the run
+    (model-best when there is no val split, training curves, tracker shutdown)."""
 
+    def __init__(self, accelerator: Accelerator, cfg: DictConfig, state: dict, run_dir: Path, validate, export,
+                 has_val: bool, desc: str):
+        self.accelerator, self.tc, self.state, self.run_dir = accelerator, cfg.train, state, run_dir
+        self.validate, self.export, self.has_val = validate, export, has_val
+        self.max_steps = int(self.tc.max_steps)
+        self.t_start = time.time()
+        self.progress = tqdm(total=self.max_steps, initial=int(state["step"]), desc=desc,
+                             disable=not accelerator.is_main_process)
+        if self.tc.get("val_at_start") and state["step"] == 0 and has_val:  # the untrained model, on the curve
+            self._validate(0)
 
-def finish_run(accelerator: Accelerator, run_dir: Path, state: dict) -> None:
-    """Loss / val-Dice curves next to the TensorBoard logs."""
-    if accelerator.is_main_process and state["history"]:
-        from .plots import plot_training_curves
+    def _validate(self, step: int) -> None:
+        accelerator, state = self.accelerator, self.state
+        if accelerator.is_main_process:
+            val_dice = self.validate()
+            accelerator.log({"val_dice": val_dice}, step=step)
+            state["history"].append({"step": step, "val_dice": val_dice})
+            if state["best_val_dice"] is None or val_dice > state["best_val_dice"]:
+                state["best_val_dice"], state["best_step"] = val_dice, step
+                self.export(self.run_dir / BEST)
+            tqdm.write(f"step {step}: val Dice {val_dice:.4f} (best {state['best_val_dice']:.4f} "
+                       f"at step {state['best_step']})")
+        accelerator.wait_for_everyone()
 
-        plot_training_curves(state["history"], run_dir / "logs" / "curves.png")
-    accelerator.end_training()
+    def after_step(self, step: int, losses: dict[str, torch.Tensor], extra_logs=None) -> None:
+        """Call on every rank after optimiser step ``step`` (1-based). ``extra_logs`` is a callable giving more
+        scalars to log (only called on logging steps, so it may synchronise with the device)."""
+        tc, last = self.tc, step == self.max_steps
+        self.progress.update(1)
+        if step % int(tc.log_every) == 0 or last:
+            logs = {k: self.accelerator.reduce(v.detach(), reduction="mean").item() for k, v in losses.items()}
+            logs.update(extra_logs() if extra_logs else {})
+            self.accelerator.log(logs, step=step)
+            self.progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            self.state["history"].append({"step": step, **logs, "elapsed_s": round(time.time() - self.t_start, 1)})
+        if self.has_val and (step % int(tc.val_every) == 0 or last):
+            self._validate(step)
+        self.state["step"] = step
+        if step % int(tc.checkpoint_every) == 0 or last:
+            save_checkpoint(self.accelerator, self.run_dir, self.state, self.export)
+
+    def finish(self) -> TrainResult:
+        self.progress.close()
+        accelerator, state = self.accelerator, self.state
+        if accelerator.is_main_process:
+            if not self.has_val:
+                self.export(self.run_dir / BEST)  # no val split: best = last
+            if state["history"]:
+                from .plots import plot_training_curves
+
+                plot_training_curves(state["history"], self.run_dir / "logs" / "curves.png")
+        accelerator.end_training()
+        return TrainResult(self.run_dir, int(state["step"]), state["best_val_dice"], state["best_step"],
+                           state["history"])
 
 
 def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
@@ -400,11 +465,7 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
 
     def validate() -> float:
         """Mean per-image Dice on the val split at the processing resolution (single step, EMA UNet)."""
-        if ema is not None:
-            ema.store(base.unet.parameters())
-            ema.copy_to(base.unet.parameters())
-        base.eval()
-        try:
+        with ema_weights(ema, base.unet.parameters()), eval_mode(base):
             pipe = LeafSegPipeline(ae, base.image_encoder, base.unet, components["scheduler"])
             pipe.set_progress_bar_config(disable=True)
             scores = []
@@ -415,20 +476,12 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
                 for pred, gt in zip((soft > 0.5).cpu().numpy(), val_masks[i:i + 16].numpy()):
                     scores.append(dice_score(pred, gt))
             return float(np.mean(scores))
-        finally:
-            base.train()
-            if ema is not None:
-                ema.restore(base.unet.parameters())
 
     # loop -------------------------------------------------------------------------------------------------
     seen = []
     n_train, bs, seed = len(train_pairs), int(tc.batch_size), int(cfg.run.seed)
-    t_start, step = time.time(), int(state["step"])
-    progress = tqdm(total=int(tc.max_steps), initial=step, desc="training", disable=not accelerator.is_main_process)
-    if tc.get("val_at_start") and step == 0 and val_images is not None:  # the untrained baseline, on the curve
-        if accelerator.is_main_process:
-            record_validation(accelerator, state, 0, validate(), lambda: export(run_dir / BEST))
-        accelerator.wait_for_everyone()
+    step = int(state["step"])
+    book = StepBookkeeping(accelerator, cfg, state, run_dir, validate, export, val_images is not None, "training")
     model.train()
     while step < int(tc.max_steps):
         idx = batch_indices(n_train, bs, world, rank, step, seed)
@@ -462,33 +515,14 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
         if ema is not None:
             ema.step(base.unet.parameters())
         step += 1
-        progress.update(1)
-
-        if step % int(tc.log_every) == 0 or step == int(tc.max_steps):
-            logs = {k: accelerator.reduce(v.detach(), reduction="mean").item() for k, v in losses.items()}
-            logs["lr"] = lr_scheduler.get_last_lr()[0]
-            if grad_norm is not None:
-                logs["grad_norm"] = float(grad_norm)
-            accelerator.log(logs, step=step)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            state["history"].append({"step": step, **logs, "elapsed_s": round(time.time() - t_start, 1)})
-        if val_images is not None and (step % int(tc.val_every) == 0 or step == int(tc.max_steps)):
-            if accelerator.is_main_process:
-                record_validation(accelerator, state, step, validate(), lambda: export(run_dir / BEST))
-            accelerator.wait_for_everyone()
-        state["step"] = step
-        if step % int(tc.checkpoint_every) == 0 or step == int(tc.max_steps):
-            save_checkpoint(accelerator, run_dir, state, export)
-    progress.close()
+        book.after_step(step, losses, lambda gn=grad_norm: {"lr": lr_scheduler.get_last_lr()[0],
+                                                            **({} if gn is None else {"grad_norm": float(gn)})})
     if tc.log_samples:  # what each rank read and ended with: lets tests check sharding and replica sync
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (run_dir / "logs" / f"samples-rank{rank}.json").write_text(json.dumps(seen))
         torch.save({k: v.detach().cpu() for k, v in base.state_dict().items()},
                    run_dir / "logs" / f"final-weights-rank{rank}.pt")
-    if val_images is None and accelerator.is_main_process:
-        export(run_dir / BEST)  # no val split: best = last
-    finish_run(accelerator, run_dir, state)
-    return TrainResult(run_dir, step, state["best_val_dice"], state["best_step"], state["history"])
+    return book.finish()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
