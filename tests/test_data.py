@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from leafseg import data as D
+from leafseg.datasets import load_or_create_dataset_split
 
 
 def write_pair(root, stem, image, mask, image_ext=".png", mask_ext=".png"):
@@ -104,9 +105,11 @@ def test_split_deterministic_and_reused(tmp_path):
     assert sorted(a["train"] + a["val"] + a["test"], key=int) == stems
     assert D.make_split(stems, 0.6, 0.2, 0.2, seed=4) != a
     path = tmp_path / "split.json"
-    first = D.load_or_create_split(path, stems, 0.6, 0.2, 0.2, seed=3)
-    again = D.load_or_create_split(path, stems, 0.5, 0.25, 0.25, seed=9)  # existing file wins
+    pairs = [D.Pair(s, tmp_path / f"{s}.png", tmp_path / f"{s}.png") for s in stems]
+    first = load_or_create_dataset_split(path, pairs, "folder", 0.6, 0.2, 0.2, seed=3)
+    again = load_or_create_dataset_split(path, pairs, "folder", 0.5, 0.25, 0.25, seed=9)  # existing file wins
     assert first == again == json.loads(path.read_text())
+    assert {k: first[k] for k in ("train", "val", "test")} == {k: a[k] for k in ("train", "val", "test")}
 
 
 def test_split_validation(tmp_path):

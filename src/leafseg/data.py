@@ -7,7 +7,7 @@ first. Every read error names the file.
 
 The split file is JSON ``{"train": [...], "val": [...], "test": [...], "seed": s, "fractions": {...}}`` built from
 the *sorted* stems with a seeded shuffle, written once next to the run and reused, so a split never depends on
-directory listing order.
+directory listing order (``leafseg.datasets.load_or_create_dataset_split`` applies each layout's rule).
 """
 
 from __future__ import annotations
@@ -217,17 +217,6 @@ def read_split(path: str | Path, stems: list[str] | None = None) -> dict:
         unknown = sorted(set(seen) - set(stems), key=sort_key)
         if unknown:
             raise ValueError(f"{path}: {len(unknown)} stem(s) not in the data folder, e.g. {unknown[:5]}")
-    return split
-
-
-def load_or_create_split(path: str | Path, stems: list[str], train: float = 0.7, val: float = 0.1,
-                         test: float = 0.2, seed: int = 0) -> dict:
-    """Reuse ``path`` if it exists (validated against ``stems``), else create it."""
-    path = Path(path)
-    if path.exists():
-        return read_split(path, stems)
-    split = make_split(stems, train, val, test, seed)
-    write_json_atomic(split, path)
     return split
 
 
