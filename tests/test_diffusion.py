@@ -4,18 +4,19 @@ import torch
 from leafseg.diffusion import PREDICTION_TYPES, add_noise, make_scheduler, predict_x0, training_target
 
 
-def test_schedule_matches_compvis_linear():
-    # CompVis "linear": torch.linspace(start ** 0.5, end ** 0.5, n) ** 2
+def test_default_schedule_is_linear_in_beta():
+    # the authors' DDIMScheduler(beta_start=0.0015, beta_end=0.0155) with diffusers' default beta_schedule="linear"
     s = make_scheduler()
-    expected = torch.linspace(0.0015**0.5, 0.0155**0.5, 1000, dtype=torch.float64) ** 2
+    expected = torch.linspace(0.0015, 0.0155, 1000, dtype=torch.float64)
     torch.testing.assert_close(s.betas.double(), expected, rtol=1e-6, atol=1e-9)
     assert s.config.num_train_timesteps == 1000
 
 
-def test_single_inference_step_is_t999():
-    s = make_scheduler()
-    s.set_timesteps(1)
-    assert s.timesteps.tolist() == [999]
+def test_scaled_linear_is_compvis_linear():
+    # CompVis "linear": torch.linspace(start ** 0.5, end ** 0.5, n) ** 2
+    s = make_scheduler(beta_schedule="scaled_linear")
+    expected = torch.linspace(0.0015**0.5, 0.0155**0.5, 1000, dtype=torch.float64) ** 2
+    torch.testing.assert_close(s.betas.double(), expected, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", PREDICTION_TYPES)
@@ -42,6 +43,10 @@ def test_add_noise_agrees_with_diffusers():
     torch.testing.assert_close(add_noise(s, z0, eps, t), s.add_noise(z0, eps, t))
 
 
-def test_unknown_prediction_type():
+def test_unknown_prediction_type_and_schedule():
     with pytest.raises(ValueError, match="prediction_type"):
         make_scheduler("x0")
+    with pytest.raises(ValueError, match="beta_schedule"):
+        make_scheduler(beta_schedule="cosine")
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        make_scheduler(timestep_spacing="uniform")

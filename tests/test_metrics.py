@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -194,58 +193,6 @@ def test_batch_equals_per_image():
     unnamed = M.SegmentationMetrics()
     unnamed.update(pred, gt)
     assert [r["name"] for r in unnamed.rows()] == ["0", "1", "2", "3", "4"]
-
-
-# ------------------------------------------------------------------------------------------ reference-style block
-def test_reference_style_hand_computed():
-    pytest.importorskip("torchmetrics")
-    a_pred, a_gt = grid_3_1_2_10()  # TP 3, FP 1, FN 2, TN 10
-    z = np.zeros((4, 4), bool)
-    c_gt = np.zeros((4, 4), bool)
-    c_gt[0, :2] = True  # C: TP 0, FP 0, FN 2, TN 14
-    acc = M.SegmentationMetrics(reference_batch_size=2)
-    acc.update(a_pred, a_gt)
-    acc.update(z, z)
-    acc.update(z, c_gt)
-    ref = acc.summary(n_bootstrap=10)["reference_style"]
-    assert ref["available"] and ref["n_batches"] == 2 and ref["batch_size"] == 2
-    # linear-weight generalized dice over (bg, fg) = 2(TP+TN)/(2N) = pixel accuracy, averaged over images
-    assert ref["generalized_dice_linear"] == pytest.approx((13 / 16 + 16 / 16 + 14 / 16) / 3, abs=1e-6)
-    # MeanIoU per batch: mean over (image, class) pairs with non-empty union; the both-empty fg pair is skipped
-    batch1 = (3 / 6 + 10 / 13 + 1.0) / 3
-    batch2 = (0.0 + 14 / 16) / 2
-    assert ref["miou_batch_mean"] == pytest.approx((batch1 + batch2) / 2, abs=1e-6)
-
-
-def test_reference_style_matches_torchmetrics_batched():
-    tm = pytest.importorskip("torchmetrics.segmentation")
-    pred, gt = _random_masks(7, seed=5)
-    acc = M.SegmentationMetrics(reference_batch_size=3)
-    acc.update(pred, gt)
-    ref = acc.summary(n_bootstrap=10)["reference_style"]
-
-    def one_hot(m):
-        return torch.nn.functional.one_hot(torch.from_numpy(m).long(), 2).movedim(-1, 1)
-
-    gds = tm.GeneralizedDiceScore(num_classes=2, weight_type="linear")
-    gds.update(one_hot(pred), one_hot(gt))
-    mious = []
-    for i in range(0, 7, 3):
-        miou = tm.MeanIoU(num_classes=2)
-        miou.update(one_hot(pred[i:i + 3]), one_hot(gt[i:i + 3]))
-        mious.append(float(miou.compute()))
-    assert ref["generalized_dice_linear"] == pytest.approx(float(gds.compute()), abs=1e-6)
-    assert ref["miou_batch_mean"] == pytest.approx(np.mean(mious), abs=1e-6)
-    pixel_accuracy = np.mean([(r["tp"] + r["tn"]) / pred[0].size for r in acc.rows()])
-    assert ref["generalized_dice_linear"] == pytest.approx(pixel_accuracy, abs=1e-6)
-
-
-def test_reference_style_without_torchmetrics(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchmetrics.segmentation", None)  # makes the import fail
-    acc = M.SegmentationMetrics()
-    acc.update(*grid_3_1_2_10())
-    ref = acc.summary(n_bootstrap=10)["reference_style"]
-    assert ref["available"] is False and "torchmetrics unavailable" in ref["reason"]
 
 
 # ------------------------------------------------------------------------------------------------------- writers

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.optimization import get_constant_schedule_with_warmup
-from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig
 
 from . import data as D
@@ -88,7 +87,7 @@ class SupervisedSegPipeline(DiffusionPipeline):
 def train_supervised(cfg: DictConfig, resume: bool = False):
     """Train the baseline on the config's data, with LEAF's schedule keys (``train.*``) and ``baseline.*``."""
     from .training import (StepBookkeeping, batch_indices, ema_weights, eval_mode, flip_codes, load_run_data,
-                           load_trainer_state, save_pipeline, seeded, start_run)
+                           load_trainer_state, make_ema, save_pipeline, seeded, start_run)
 
     tc, bc = cfg.train, cfg.baseline
     accelerator, run_dir = start_run(cfg, resume)
@@ -103,11 +102,8 @@ def train_supervised(cfg: DictConfig, resume: bool = False):
     model, optimizer = accelerator.prepare(unet, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
     base: UNet2DModel = accelerator.unwrap_model(model)
-    ema = None
-    if tc.ema.enabled:
-        ema = EMAModel(base.parameters(), decay=tc.ema.decay, use_ema_warmup=tc.ema.warmup, power=tc.ema.power,
-                       model_cls=UNet2DModel, model_config=base.config)
-        ema.to(device)
+    ema = make_ema(base, tc.ema, device)
+    if ema is not None:
         accelerator.register_for_checkpointing(ema)
     state = load_trainer_state(accelerator, run_dir, resume)
     if accelerator.is_main_process:

@@ -68,7 +68,10 @@ def cmd_evaluate(args) -> int:
     m = summary["metrics"]
     print(f"{summary['n_images']} images: Dice {m['dice']['mean']:.4f} [95% CI {m['dice']['ci_low']:.4f}, "
           f"{m['dice']['ci_high']:.4f}], IoU {m['iou']['mean']:.4f}, HD95 {m['hd95']['mean']:.2f} "
-          f"(per-image foreground means; {summary['metrics']['units']})")
+          f"(per-image foreground means at each image's size; {summary['metrics']['units']})")
+    pc = m["paper_compatible"]
+    print(f"paper-compatible (as the LEAF paper's Table 1: {'x'.join(map(str, pc['resolution']))} processing "
+          f"resolution, both-empty = 0): Dice {pc['dice']:.4f}, mIoU {pc['miou_batch_mean']:.4f}")
     if "seed_stability" in summary:
         st = summary["seed_stability"]
         print(f"seed stability over {args.seeds} seeds: per-image Dice std mean {st['dice_std_mean']:.4f}, "

@@ -125,7 +125,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     from tqdm.auto import tqdm
 
     from .datasets import find_dataset, split_digest
-    from .metrics import SegmentationMetrics, dice, write_csv, write_json
+    from .metrics import PaperMetrics, SegmentationMetrics, dice, write_csv, write_json
 
     if seeds < 1 or worst_k < 0:
         raise ValueError("seeds must be >= 1 and worst_k >= 0")
@@ -145,6 +145,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
         raise ValueError(f"{split_path}: the {split!r} split is empty")
     pipe = load_pipeline(model_dir, device)
     metrics = SegmentationMetrics(spacing=spacing)
+    paper = PaperMetrics()
     out = Path(output) if output else model / f"eval-{split}"
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -161,6 +162,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
                 raise ValueError(f"{pair.mask}: mask is {gt.shape[1]}x{gt.shape[0]} but its image {pair.image} is "
                                  f"{pred.shape[1]}x{pred.shape[0]}")
             metrics.update(pred, gt, name=pair.stem)
+            paper.update(result.processing_masks[j], D.resize_mask(gt, pipe.resolution))
             unc = result.uncertainty[j] if result.uncertainty is not None else None
             if seeds > 1:
                 seed_masks = np.stack([r.masks[j] for r in runs])
@@ -191,7 +193,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
                       "pipeline": type(pipe).__name__, "device": str(pipe.device)},
         "versions": _versions(), "leafseg": __version__,
         "wall_s": round(time.time() - started, 1),
-        "metrics": metrics.summary(),
+        "metrics": {**metrics.summary(), "paper_compatible": paper.result()},
         "worst_cases": [{"name": r["name"], "dice": r["dice"], "iou": r["iou"]} for r in worst],
         "config": run_config,
         "figures": {"overlays": "overlays/<stem>.png: image | ground truth | prediction | uncertainty",

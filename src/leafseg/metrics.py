@@ -38,9 +38,9 @@ Surface distances follow MONAI 1.6.1 (read from the wheel's source):
   float32 precision. Deliberate deviation on empty masks: MONAI gives nan (hd95 and assd) when both are empty and,
   when exactly one is empty, nan (hd95) / inf (assd); we give 0.0 for both-empty and nan (counted) for one-empty.
 
-The reference LEAF code's numbers (see ``SegmentationMetrics.summary`` -> ``reference_style``) are reproduced with
-torchmetrics, imported lazily; they are *not* foreground metrics: GeneralizedDiceScore(num_classes=2,
-weight_type="linear") on one-hot (background, foreground) input equals 2(TP+TN) / (2 N) = pixel accuracy.
+The LEAF paper's numbers (:func:`paper_dice`, :func:`paper_iou`, :class:`PaperMetrics`) are these same foreground
+scores with one difference, the empty rule (both empty -> 0), computed at the processing resolution: that is what
+the authors' torchmetrics calls give on their single-channel input. Use them to compare with the paper's tables.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from scipy import ndimage
 
 __all__ = [
     "dice", "iou", "precision", "recall", "specificity", "surface_distances", "hd95", "assd",
-    "SegmentationMetrics", "write_csv", "write_json",
+    "SegmentationMetrics", "paper_dice", "paper_iou", "PaperMetrics", "write_csv", "write_json",
 ]
 
 FOREGROUND_METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "assd")
@@ -189,77 +189,82 @@ def assd(pred: Any, gt: Any, spacing: float | Sequence[float] | None = None) -> 
     return _hd95_assd(*_pair(pred, gt), spacing)[1]
 
 
-# ----------------------------------------------------------------------------------------------------- accumulator
-class _ReferenceStyle:
-    """The reference code's two numbers, via torchmetrics, fed one image at a time (images may differ in size).
+# ------------------------------------------------------------------------------------------- paper-compatible
+def paper_dice(pred: Any, gt: Any) -> float:
+    """The "Dice" of the LEAF paper's tables, for one image: foreground Dice with *both-empty scored 0*.
 
-    Both torchmetrics states are sums over samples (GeneralizedDiceScore: per-image score and sample count;
-    MeanIoU: per-(image, class) IoU and valid-pair count), so per-image updates equal one batched update.
+    The authors' code updates torchmetrics ``GeneralizedDiceScore(num_classes=2, weight_type="linear")`` with
+    (B, 1, H, W) integer masks. With that single channel the score is, per image, 2|P∩G|/(|P|+|G|) (the linear
+    weight cancels), and 0 when both masks are empty (torchmetrics 1.6.1, the authors' pin, and later versions).
+    Feed masks at the processing resolution (256 x 256 in the paper), as their validation does.
+    """
+    return dice(pred, gt, empty_score=0.0)
+
+
+def paper_iou(pred: Any, gt: Any) -> float:
+    """Per-image term of the paper's mIoU: foreground IoU with both-empty scored 0 (torchmetrics 1.6.1
+    ``MeanIoU(num_classes=2)`` on (B, 1, H, W) integer masks; versions >= 1.7 drop both-empty images instead)."""
+    return iou(pred, gt, empty_score=0.0)
+
+
+class PaperMetrics:
+    """The two numbers the LEAF paper reports, computed as the authors' validation computes them.
+
+    ``dice``: mean over images of :func:`paper_dice`. ``miou_batch_mean``: the authors average torchmetrics'
+    MeanIoU per validation batch and then over batches, so it is the mean over consecutive batches of
+    ``batch_size`` images (update order; the last may be smaller) of the batch's mean :func:`paper_iou`.
+    Update with masks at the processing resolution (the prediction before it is resized back to the image's size,
+    the ground truth resized to the processing resolution as training resizes it).
     """
 
-    def __init__(self, batch_size: int):
-        if batch_size < 1:
-            raise ValueError(f"reference_batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
-        self.error: str | None = None
-        try:  # lazy and optional: torchmetrics is only a test/extra dependency
-            import torch
-            from torchmetrics.segmentation import GeneralizedDiceScore, MeanIoU
-        except Exception as e:  # noqa: BLE001 - any import failure just disables the block
-            self.error = f"torchmetrics unavailable: {type(e).__name__}: {e}"
-            return
-        self._torch, self._miou_cls = torch, MeanIoU
-        self.gds = GeneralizedDiceScore(num_classes=2, weight_type="linear")  # include_background=True, per_class=False
-        self.batch_mious: list[float] = []
-        self._miou, self._in_batch = None, 0
+    definition = (
+        "Per-image foreground Dice / IoU at the processing resolution, an image whose prediction and ground truth "
+        "are both empty scoring 0: what torchmetrics GeneralizedDiceScore(num_classes=2, weight_type='linear') and "
+        "MeanIoU(num_classes=2) (1.6.1, the authors' pin) give on (B, 1, H, W) integer masks as the authors' code "
+        "feeds them. dice: mean over images. miou_batch_mean: mean over batches of batch_size images of the batch "
+        "mean IoU. These are the numbers to put beside the paper's Table 1."
+    )
 
-    def update(self, p: np.ndarray, g: np.ndarray) -> None:
-        if self.error:
-            return
-        # integer one-hot (1, 2, H, W), channels (background, foreground); contiguous, which torch reduces fastest
-        one_hot = [self._torch.from_numpy(np.stack([~m, m])[None].astype(np.int64)) for m in (p, g)]
-        self.gds.update(*one_hot)
-        if self._miou is None:
-            self._miou = self._miou_cls(num_classes=2)  # a fresh metric per reference batch
-        self._miou.update(*one_hot)
-        self._in_batch += 1
-        if self._in_batch == self.batch_size:
-            self.batch_mious.append(float(self._miou.compute()))
-            self._miou, self._in_batch = None, 0
+    def __init__(self, batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self._dice: list[float] = []
+        self._iou: list[float] = []
+        self._both_empty = 0
+        self.resolution: tuple[int, ...] | None = None
+
+    def update(self, pred: Any, gt: Any) -> None:
+        """One image (H, W) at the processing resolution."""
+        p, g = _pair(pred, gt)
+        self.resolution = p.shape
+        self._dice.append(paper_dice(p, g))
+        self._iou.append(paper_iou(p, g))
+        self._both_empty += int(not p.any() and not g.any())
 
     def result(self) -> dict:
-        if self.error:
-            return {"available": False, "reason": self.error}
-        mious = self.batch_mious + ([float(self._miou.compute())] if self._in_batch else [])
+        n = len(self._dice)
+        batches = [self._iou[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
         return {
-            "available": True,
-            "generalized_dice_linear": float(self.gds.compute()) if mious else math.nan,
-            "miou_batch_mean": float(np.mean(mious)) if mious else math.nan,
-            "batch_size": self.batch_size,
-            "n_batches": len(mious),
-            "definition": (
-                "generalized_dice_linear: torchmetrics GeneralizedDiceScore(num_classes=2, weight_type='linear') on "
-                "one-hot (background, foreground) input, averaged over images; with linear weights this is "
-                "(TP+TN)/N, the pixel accuracy, not a foreground Dice. miou_batch_mean: torchmetrics "
-                "MeanIoU(num_classes=2) (background included) computed on consecutive batches of batch_size images "
-                "in update order (the last may be smaller), each batch the mean IoU over (image, class) pairs with "
-                "a non-empty union, then the unweighted mean over batches."
-            ),
+            "dice": float(np.mean(self._dice)) if n else math.nan,
+            "miou_batch_mean": float(np.mean([np.mean(b) for b in batches])) if n else math.nan,
+            "n_images": n, "both_empty_scored_0": self._both_empty,
+            "resolution": list(self.resolution) if self.resolution else None,
+            "batch_size": self.batch_size, "n_batches": len(batches), "definition": self.definition,
         }
 
 
+# ----------------------------------------------------------------------------------------------------- accumulator
 class SegmentationMetrics:
     """Accumulates per-image foreground metrics (see the module docstring for every definition and empty rule).
 
-    ``spacing`` (sy, sx) sets the unit of hd95/assd (pixels if None). ``reference_batch_size`` is the batch size
-    over which the reference-style mIoU is averaged.
+    ``spacing`` (sy, sx) sets the unit of hd95/assd (pixels if None). The paper-compatible numbers are kept apart
+    (:class:`PaperMetrics`), because they are computed on the processing-resolution masks.
     """
 
-    def __init__(self, spacing: float | Sequence[float] | None = None, empty_score: float = 1.0,
-                 reference_batch_size: int = 64):
+    def __init__(self, spacing: float | Sequence[float] | None = None, empty_score: float = 1.0):
         self.spacing, self.empty_score = spacing, empty_score
         self._rows: list[dict] = []
-        self._ref = _ReferenceStyle(reference_batch_size)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -295,7 +300,6 @@ class SegmentationMetrics:
             "gt_empty": tp + fn == 0, "pred_empty": tp + fp == 0,
             "tp": tp, "fp": fp, "fn": fn, "tn": tn, "gt_pixels": tp + fn, "pred_pixels": tp + fp,
         })
-        self._ref.update(p, g)
 
     def rows(self) -> list[dict]:
         """One dict per image, in update order (copies)."""
@@ -307,8 +311,7 @@ class SegmentationMetrics:
         Every metric: mean, median, std (sample std, ddof=1; nan below 2 values), n_valid and n_nan, ignoring nan.
         dice and iou additionally get a percentile-bootstrap CI of the mean (``n_bootstrap`` resamples of the
         images with replacement, ``numpy.random.default_rng(seed)``; deterministic for a seed). ``pooled`` gives
-        the dataset-level (micro) Dice and IoU from summed pixel counts; ``reference_style`` the reference code's
-        numbers (see ``_ReferenceStyle``).
+        the dataset-level (micro) Dice and IoU from summed pixel counts.
         """
         rows = self._rows
         out: dict[str, Any] = {"n_images": len(rows)}
@@ -338,7 +341,6 @@ class SegmentationMetrics:
         out["pooled"] = {"dice": _ratio(2 * tp, 2 * tp + fp + fn), "iou": _ratio(tp, tp + fp + fn)}
         sp = self.spacing
         out["units"] = "pixels" if sp is None else f"spacing {[float(v) for v in np.atleast_1d(sp)]}"
-        out["reference_style"] = self._ref.result()
         return out
 
 

@@ -1,7 +1,9 @@
 """LeafSegPipeline: image -> mask with the trained LEAF networks (diffusers style).
 
 Default inference is LEAF's single reverse step: z_T ~ N(0, I) from a fixed seed, t = 999, x0_hat taken from the
-UNet output under its parameterisation, mask = mean over channels of (clamp(D(x0_hat / s), -1, 1) + 1) / 2 > 0.5.
+UNet output under its parameterisation (DDIM's ``pred_original_sample``, clamped to [-1, 1] when the scheduler's
+``clip_sample`` is on, as in the authors' code),
+mask = mean over channels of (clamp(D(x0_hat / s), -1, 1) + 1) / 2 > 0.5.
 ``num_inference_steps > 1`` runs DDIM (eta 0) instead; ``ensemble_size > 1`` averages the soft masks of several
 seeds into a probability map and reports their per-pixel standard deviation as an uncertainty map.
 
@@ -20,6 +22,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from .diffusion import single_step_x0
 from .models import autoencoder as ae_ops
 from .models.image_encoder import ImageEncoder
 
@@ -29,12 +32,15 @@ class LeafSegPipelineOutput(BaseOutput):
     """Per input image, at the input's own size:
 
     masks: bool arrays (H, W); probabilities: float32 arrays in [0, 1] (the soft mask, ensemble mean);
-    uncertainty: float32 per-pixel std over the ensemble (None when ``ensemble_size == 1``).
+    uncertainty: float32 per-pixel std over the ensemble (None when ``ensemble_size == 1``);
+    processing_masks: bool arrays (R, R), the masks at the processing resolution before resizing back (what the
+    paper's numbers are computed on).
     """
 
     masks: list[np.ndarray]
     probabilities: list[np.ndarray]
     uncertainty: list[np.ndarray] | None
+    processing_masks: list[np.ndarray] | None = None
 
 
 def to_image_tensor(image) -> torch.Tensor:
@@ -85,7 +91,8 @@ def to_output(prob: torch.Tensor, std: torch.Tensor | None, sizes: list[tuple[in
                               align_corners=False)[0, 0]
             uncertainty.append(s.numpy().astype(np.float32))
     return LeafSegPipelineOutput(masks=masks, probabilities=probabilities,
-                                 uncertainty=uncertainty if std is not None else None)
+                                 uncertainty=uncertainty if std is not None else None,
+                                 processing_masks=list((prob > threshold).numpy()))
 
 
 class LeafSegPipeline(DiffusionPipeline):
@@ -132,9 +139,16 @@ class LeafSegPipeline(DiffusionPipeline):
         z = noise[:, None].expand(ensemble_size, b, c, h, w).reshape(ensemble_size * b, c, h, w)
         cond = zx.repeat(ensemble_size, 1, 1, 1)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for t in self.progress_bar(self.scheduler.timesteps) if num_inference_steps > 1 else self.scheduler.timesteps:
+        if num_inference_steps == 1:
+            # LEAF's single reverse step: the UNet at t = T - 1, x0_hat = DDIM's pred_original_sample (clamped to
+            # +-clip_sample_range when the scheduler clips), whatever the timestep spacing would place first.
+            t = self.scheduler.config.num_train_timesteps - 1
             out = self.unet(torch.cat([cond, z], dim=1), t).sample
-            z = self.scheduler.step(out, t, z, eta=0.0).prev_sample
+            z = single_step_x0(self.scheduler, out, z, t)
+        else:
+            for t in self.progress_bar(self.scheduler.timesteps):
+                out = self.unet(torch.cat([cond, z], dim=1), t).sample
+                z = self.scheduler.step(out, t, z, eta=0.0).prev_sample
         return z.view(ensemble_size, b, c, h, w)
 
     @torch.no_grad()

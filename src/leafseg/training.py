@@ -40,7 +40,8 @@ from .diffusion import add_noise, make_scheduler, training_target
 from .metrics import dice as dice_score
 from .models import autoencoder as ae_ops
 from .models.alignment import Projector, alignment_loss, feature_map_to_tokens
-from .models.denoiser import DownBlockFeatures, build_unet, down_block_grids, load_pretrained_unet
+from .models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, load_pretrained_unet,
+                              set_unet_dropout)
 from .models.image_encoder import ImageEncoder
 from .pipeline import LeafSegPipeline
 
@@ -87,7 +88,7 @@ def build_components(cfg: DictConfig) -> dict:
     uc = to_container(cfg.unet)
     pretrained = uc.pop("pretrained")
     if pretrained:
-        unet = load_pretrained_unet(pretrained, channels, sample_size=latent_size)
+        unet = set_unet_dropout(load_pretrained_unet(pretrained, channels, sample_size=latent_size), uc["dropout"])
     else:
         unet = build_unet(channels, latent_size, **uc)
     scheduler = make_scheduler(**to_container(cfg.diffusion))
@@ -226,6 +227,29 @@ class TrainResult:
     best_val_dice: float | None
     best_step: int | None
     history: list[dict]
+
+
+def build_alignment_teacher(ac: DictConfig, device="cpu"):
+    """The frozen teacher of config section ``align`` on ``device``, in ``align.teacher_dtype``."""
+    from .models.teacher import build_teacher
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if ac.teacher_dtype not in dtypes:
+        raise ValueError(f"align.teacher_dtype must be float32 or bfloat16, got {ac.teacher_dtype!r}")
+    teacher = build_teacher(ac.teacher, checkpoint=ac.teacher_checkpoint, layer=ac.teacher_layer,
+                            image_size=ac.teacher_image_size, antialias=bool(ac.teacher_antialias))
+    return teacher.to(device, dtypes[ac.teacher_dtype])
+
+
+def make_ema(model: torch.nn.Module, ec: DictConfig, device) -> EMAModel | None:
+    """diffusers EMAModel of ``model`` per config section ``train.ema`` (None when disabled). ``warmup: false`` is
+    EMAModel's default form, decay = min(decay, (1 + step) / (10 + step)); ``warmup: true`` the warm-up form."""
+    if not ec.enabled:
+        return None
+    ema = EMAModel(model.parameters(), decay=float(ec.decay), use_ema_warmup=bool(ec.warmup), power=float(ec.power),
+                   model_cls=type(model), model_config=model.config)
+    ema.to(device)
+    return ema
 
 
 def resolve_mixed_precision(value: str | bool) -> str:
@@ -407,10 +431,7 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
     grid = down_block_grids(unet, latent_size)[int(ac.layer)]
     teacher = projector = None
     if ac.enabled:
-        from .models.teacher import build_teacher
-
-        teacher = build_teacher(ac.teacher, checkpoint=ac.teacher_checkpoint, layer=ac.teacher_layer,
-                                image_size=ac.teacher_image_size).to(device)
+        teacher = build_alignment_teacher(ac, device)
         channels = unet.down_blocks[int(ac.layer)].resnets[-1].out_channels
         projector = Projector(channels, teacher.feature_dim, int(ac.projector_dim))
     model = LeafTrainingModel(components["image_encoder"], unet, projector, components["scheduler"], cfg, scale)
@@ -428,7 +449,7 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
     if ac.flip_tokens not in ("recompute", "mirror"):
         raise ValueError(f"align.flip_tokens must be recompute or mirror, got {ac.flip_tokens!r}")
     if teacher is not None and ac.cache:
-        tkey = _digest(key, teacher.name, grid, ac.flip_tokens)
+        tkey = _digest(key, teacher.name, grid, ac.flip_tokens, str(ac.teacher_dtype))
 
         def build_tokens():
             if ac.flip_tokens == "recompute":
@@ -447,11 +468,8 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
     base = accelerator.unwrap_model(model)
-    ema = None
-    if tc.ema.enabled:
-        ema = EMAModel(base.unet.parameters(), decay=tc.ema.decay, use_ema_warmup=tc.ema.warmup,
-                       power=tc.ema.power, model_cls=type(base.unet), model_config=base.unet.config)
-        ema.to(device)
+    ema = make_ema(base.unet, tc.ema, device)
+    if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
     state = load_trainer_state(accelerator, run_dir, resume)

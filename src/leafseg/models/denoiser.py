@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.models.resnet import ResnetBlock2D
 
 
 def build_unet(latent_channels: int, sample_size: int, block_out_channels=(64, 128, 256), layers_per_block: int = 1,
@@ -64,6 +65,19 @@ def load_pretrained_unet(path: str | Path, latent_channels: int, sample_size: in
         unet = widen_input_conv(unet)
     if sample_size is not None:
         unet.register_to_config(sample_size=sample_size)
+    return unet
+
+
+def set_unet_dropout(unet: UNet2DModel, p: float) -> UNet2DModel:
+    """Dropout probability ``p`` in every res block (LDM's ``dropout``), recorded in the config, so a pretrained UNet
+    (built with the dropout of its own training) fine-tunes with the configured one."""
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"unet.dropout must be in [0, 1), got {p}")
+    for module in unet.modules():
+        if isinstance(module, ResnetBlock2D):
+            module.dropout.p = p
+    unet.register_to_config(dropout=p)
     return unet
 
 

