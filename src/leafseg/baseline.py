@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import DiffusionPipeline, UNet2DModel
-from diffusers.optimization import get_constant_schedule_with_warmup
 from omegaconf import DictConfig
 
 from . import data as D
@@ -87,7 +86,7 @@ class SupervisedSegPipeline(DiffusionPipeline):
 def train_supervised(cfg: DictConfig, resume: bool = False):
     """Train the baseline on the config's data, with LEAF's schedule keys (``train.*``) and ``baseline.*``."""
     from .training import (StepBookkeeping, batch_indices, ema_weights, eval_mode, flip_codes, load_run_data,
-                           load_trainer_state, make_ema, save_pipeline, seeded, start_run)
+                           load_trainer_state, make_ema, make_lr_scheduler, save_pipeline, seeded, start_run)
 
     tc, bc = cfg.train, cfg.baseline
     accelerator, run_dir = start_run(cfg, resume)
@@ -98,7 +97,7 @@ def train_supervised(cfg: DictConfig, resume: bool = False):
     unet = build_segmentation_unet(int(cfg.data.resolution), **to_container(bc.unet))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                                   betas=tuple(tc.adam_betas))
-    lr_scheduler = get_constant_schedule_with_warmup(optimizer, int(tc.warmup_steps))
+    lr_scheduler = make_lr_scheduler(optimizer, tc)
     model, optimizer = accelerator.prepare(unet, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
     base: UNet2DModel = accelerator.unwrap_model(model)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import UNet2DModel
-from diffusers.optimization import get_constant_schedule_with_warmup
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
@@ -85,6 +85,7 @@ def build_components(cfg: DictConfig) -> dict:
     latent_size = cfg.data.resolution // factor
     channels = ae_ops.latent_channels(ae)
     image_encoder = ImageEncoder.from_autoencoder(ae, dropout=cfg.image_encoder.dropout)
+    image_encoder.freeze_leading_layers(int(cfg.image_encoder.get("frozen_layers", 0)))
     uc = to_container(cfg.unet)
     pretrained = uc.pop("pretrained")
     if pretrained:
@@ -134,14 +135,27 @@ class LeafTrainingModel(torch.nn.Module):
 
 @torch.no_grad()
 def compute_cache(fn, images_u8: torch.Tensor, codes, device, batch: int, desc: str) -> torch.Tensor:
-    """fn(images in [0, 1] on device) for every image and flip code -> (N, len(codes), ...) on CPU."""
-    slots = []
+    """fn(images in [0, 1] on device) for every image and flip code -> (N, len(codes), ...) on CPU. Inputs go in
+    channels-last, which makes the frozen convolutions 1.3-1.7x faster on a CPU (same values to 1e-5).
+
+    Prints what it is about to compute and an estimate of how long it will take (from the first batch), and keeps
+    its progress bar on screen: these caches are the minutes before the first training step."""
+    n, total = len(images_u8), len(images_u8) * len(codes)
+    slots, started, done = [], time.time(), 0
+    bar = tqdm(total=total, desc=desc, unit="img")
     for h, v in codes:
         parts = []
-        for i in tqdm(range(0, len(images_u8), batch), desc=f"{desc} (flip h={int(h)} v={int(v)})", leave=False):
-            x = D.flip(images_u8[i:i + batch], h, v).to(device).float() / 255
-            parts.append(fn(x).float().cpu())
+        for i in range(0, n, batch):
+            x = D.flip(images_u8[i:i + batch], h, v).to(device).float().div_(255)
+            parts.append(fn(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+            done += len(x)
+            bar.update(len(x))
+            if done == len(x) and total > done:
+                estimate = (time.time() - started) / done * total
+                tqdm.write(f"{desc}: {n} images x {len(codes)} flip(s) = {total} forward passes, "
+                           f"about {estimate:.0f} s (measured on the first batch)")
         slots.append(torch.cat(parts))
+    bar.close()
     return torch.stack(slots, dim=1)
 
 
@@ -239,6 +253,15 @@ def build_alignment_teacher(ac: DictConfig, device="cpu"):
     teacher = build_teacher(ac.teacher, checkpoint=ac.teacher_checkpoint, layer=ac.teacher_layer,
                             image_size=ac.teacher_image_size, antialias=bool(ac.teacher_antialias))
     return teacher.to(device, dtypes[ac.teacher_dtype])
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, tc: DictConfig):
+    """diffusers' schedule ``train.lr_schedule`` with ``train.warmup_steps`` linear warm-up over ``max_steps``."""
+    names = ("constant_with_warmup", "cosine", "linear")
+    if tc.lr_schedule not in names:
+        raise ValueError(f"train.lr_schedule must be one of {names}, got {tc.lr_schedule!r}")
+    return get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=int(tc.warmup_steps),
+                         num_training_steps=int(tc.max_steps))
 
 
 def make_ema(model: torch.nn.Module, ec: DictConfig, device) -> EMAModel | None:
@@ -464,7 +487,7 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
     # optimisation -----------------------------------------------------------------------------------------
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tuple(tc.adam_betas))
-    lr_scheduler = get_constant_schedule_with_warmup(optimizer, int(tc.warmup_steps))
+    lr_scheduler = make_lr_scheduler(optimizer, tc)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
     base = accelerator.unwrap_model(model)

@@ -69,6 +69,25 @@ class ImageEncoder(ModelMixin, ConfigMixin):
             if isinstance(conv, torch.nn.Sequential) and len(conv) == 5:
                 conv[3].register_forward_hook(self._dropout_hook)
 
+    def leading_layers(self) -> list[torch.nn.Module]:
+        """The encoder's layers in input-to-output order (for freezing a stem)."""
+        if self.config.family == "taef2":
+            return list(self.encoder)
+        if self.config.family == "tiny":
+            return list(self.encoder.layers)
+        enc = self.encoder
+        return [enc.conv_in, *enc.down_blocks, enc.mid_block, enc.conv_norm_out, enc.conv_out]
+
+    def freeze_leading_layers(self, count: int) -> "ImageEncoder":
+        """Keep the first ``count`` layers at their initial (autoencoder) weights. On a CPU the full-resolution stem
+        is most of the training step's cost; frozen, autograd neither records nor back-propagates through it."""
+        layers = self.leading_layers()
+        if not 0 <= count < len(layers):
+            raise ValueError(f"image_encoder.frozen_layers must be in [0, {len(layers) - 1}], got {count}")
+        for layer in layers[:count]:
+            layer.requires_grad_(False)
+        return self
+
     def _dropout_hook(self, module, inputs, output):
         p = float(self.config.dropout)
         return F.dropout(output, p=p, training=self.training) if p > 0 else output
