@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from leafseg.baseline import SupervisedSegPipeline, build_segmentation_unet, dice_bce_loss
-from leafseg.evaluation import evaluate, load_pipeline
+from leafseg.pipelines.supervised import SupervisedSegPipeline, build_segmentation_unet
+from leafseg.training.supervised import dice_bce_loss
+from leafseg.evaluation import evaluate
+from leafseg.pipelines import load_pipeline
 from leafseg.training import train
 from tiny import tiny_config
 

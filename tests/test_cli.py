@@ -96,7 +96,7 @@ def test_evaluate_with_split_file_records_its_hash(tmp_path, model_and_data):
     model, data = model_and_data
     assert main(["evaluate", "--model", str(model), "--data", str(data), "--output", str(tmp_path / "e")]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
-    from leafseg.datasets import split_digest
+    from leafseg.data import split_digest
     assert summary["split_file_sha256"] == split_digest(model.parent / "split.json")
 
 

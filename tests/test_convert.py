@@ -3,7 +3,6 @@ coverage on names/shapes only (meta models), loader safety, error messages, save
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -15,10 +14,8 @@ from diffusers import AutoencoderKL, DDIMPipeline, DDIMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention
 from safetensors.torch import save_file
 
-from leafseg.convert import (
-    LDMUNet2DModel,
+from leafseg.conversion import (
     UnsafeCheckpointError,
-    add_convert_ldm_parser,
     check_kl_vae_mapping,
     check_ldm_unet_mapping,
     convert_kl_vae,
@@ -27,9 +24,9 @@ from leafseg.convert import (
     kl_vae_config_from_state_dict,
     ldm_unet_config_from_state_dict,
     load_checkpoint,
-    load_converted_unet,
-    unet_from_config,
 )
+from leafseg.cli import main
+from leafseg.models.ldm_unet import LDMUNet2DModel, load_converted_unet, unet_from_config
 
 TOLERANCE = 1e-4
 UNET_PARAMS_M, VAE_PARAMS_M = 295.0, 83.7  # LSUN-Churches LDM UNet, kl-f8 autoencoder
@@ -302,10 +299,7 @@ def test_whole_latent_diffusion_checkpoint_via_cli(reference_dir, tmp_path):
     path = tmp_path / "ldm.ckpt"
     torch.save({"state_dict": {**unet, **vae, **buffers}, "global_step": 1}, path)
 
-    parser = argparse.ArgumentParser()
-    add_convert_ldm_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["convert-ldm", "--unet", str(path), "--vae", str(path), "--out", str(tmp_path / "o")])
-    assert args.func(args) == 0
+    assert main(["convert-ldm", "--unet", str(path), "--vae", str(path), "--out", str(tmp_path / "o")]) == 0
     assert AutoencoderKL.load_config(tmp_path / "o" / "vae")["scaling_factor"] == pytest.approx(0.22765929)
     # same weights as converting the separate reference files (whose outputs are checked above)
     assert_same_weights(load_converted_unet(tmp_path / "o" / "unet"), convert_ldm_unet(unet_sd(reference_dir)))

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from leafseg import data as D
-from leafseg.datasets import load_or_create_dataset_split
+from leafseg.data import load_or_create_split as load_or_create_dataset_split
 
 
 def write_pair(root, stem, image, mask, image_ext=".png", mask_ext=".png"):

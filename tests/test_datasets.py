@@ -8,7 +8,8 @@ from PIL import Image
 
 from leafseg import data as D
 from leafseg.cli import main
-from leafseg.datasets import find_dataset, load_or_create_dataset_split, make_dataset_split, split_digest
+from leafseg.data import find_dataset, make_dataset_split, split_digest
+from leafseg.data import load_or_create_split as load_or_create_dataset_split
 
 
 def save(path, array):

@@ -76,7 +76,7 @@ def test_metrics_on_a_fixed_pair():
 
 @pytest.mark.parametrize("name", ["pre-move-leaf-model", "pre-move-supervised-model"])
 def test_models_saved_before_the_move_still_load(name):
-    from leafseg.evaluation import load_pipeline
+    from leafseg.pipelines import load_pipeline
 
     pipe = load_pipeline(str(FIXTURES / name), "cpu")
     probabilities = pipe(_image(), seed=0).probabilities[0]

@@ -15,7 +15,8 @@ from leafseg.config import load_config
 from leafseg.diffusion import make_scheduler
 from leafseg.metrics import PaperMetrics, dice, iou, paper_dice, paper_iou
 from leafseg.models.denoiser import build_unet, set_unet_dropout
-from leafseg.training import LeafTrainingModel, build_components, make_ema
+from leafseg.training import LeafTrainingModel, build_components
+from leafseg.training.engine import make_ema
 from tiny import TINY_AE, TINY_UNET, tiny_pipeline
 
 
@@ -118,7 +119,7 @@ def test_paper_alignment_divides_by_batch_size(paper):
 
 
 def test_teacher_options_reach_the_teacher(monkeypatch):
-    import leafseg.models.teacher as teachers
+    import leafseg.models.teachers as teachers
     from leafseg.training import build_alignment_teacher
 
     seen = {}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from leafseg import files
 from leafseg import metrics as M
 
 
@@ -200,16 +201,16 @@ def test_write_csv_and_json_atomic(tmp_path):
     acc = M.SegmentationMetrics()
     acc.update(np.zeros((4, 4), bool), square(0, 0, 2, (4, 4)), name="x")
     rows = acc.rows()
-    path = M.write_csv(rows, tmp_path / "out" / "per_image.csv")
+    path = files.write_csv(rows, tmp_path / "out" / "per_image.csv")
     with open(path, newline="") as f:
         back = list(csv.DictReader(f))
     assert back[0]["name"] == "x" and back[0]["hd95"] == "nan" and list(back[0]) == list(rows[0])
-    jpath = M.write_json({"summary": acc.summary(n_bootstrap=10), "arr": np.arange(2)}, tmp_path / "s.json")
+    jpath = files.write_json({"summary": acc.summary(n_bootstrap=10), "arr": np.arange(2)}, tmp_path / "s.json")
     data = json.loads(jpath.read_text())  # strict JSON: nan -> null
     assert data["summary"]["hd95"]["mean"] is None and data["arr"] == [0, 1]
-    M.write_json({"a": 1}, jpath)  # overwrite in place
+    files.write_json({"a": 1}, jpath)  # overwrite in place
     assert json.loads(jpath.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "s.json"]  # no temp files left
     with pytest.raises(TypeError):
-        M.write_json({"bad": object()}, jpath)
+        files.write_json({"bad": object()}, jpath)
     assert json.loads(jpath.read_text()) == {"a": 1} and len(list(tmp_path.iterdir())) == 2

@@ -6,7 +6,7 @@ from PIL import Image
 from leafseg.diffusion import PREDICTION_TYPES, predict_x0
 from leafseg.models import autoencoder as ae_ops
 from leafseg.models.image_encoder import ImageEncoder
-from leafseg.pipeline import LeafSegPipeline
+from leafseg.pipelines import LeafSegPipeline
 from tiny import tiny_autoencoder, tiny_pipeline
 
 

@@ -5,7 +5,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 from leafseg.config import load_config
-from leafseg.convert import convert_ldm_unet, load_checkpoint
+from leafseg.conversion import convert_ldm_unet, load_checkpoint
 from leafseg.models import autoencoder as ae_ops
 from leafseg.models.denoiser import load_pretrained_unet
 from leafseg.models.image_encoder import ImageEncoder

@@ -12,7 +12,7 @@ from leafseg import data as D
 from leafseg.config import load_config
 from leafseg.diffusion import make_scheduler
 from leafseg.metrics import dice
-from leafseg.pipeline import LeafSegPipeline
+from leafseg.pipelines import LeafSegPipeline
 from leafseg.training import build_components, train
 
 pytestmark = pytest.mark.slow

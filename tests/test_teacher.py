@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from leafseg.models import teacher as teacher_mod
-from leafseg.models.teacher import (LiteMedSAMTeacher, Teacher, build_teacher, find_lite_medsam_checkpoint,
+from leafseg.models.teachers import lite_medsam as teacher_mod
+from leafseg.models.teachers import (LiteMedSAMTeacher, Teacher, build_teacher, find_lite_medsam_checkpoint,
                                     load_lite_medsam_encoder_state, resample_to_grid)
-from leafseg.models.tinyvit import TinyViT
+from leafseg.models.teachers.tinyvit import TinyViT
 
 # layer -> (feature_dim, native grid) for LiteMedSAM's 256x256 input
 LAYERS = {"neck": (256, 64), "stage0": (64, 256), "stage1": (128, 128), "stage2": (160, 64), "stage3": (320, 64)}

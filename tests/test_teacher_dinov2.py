@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leafseg.models.teacher import (DINOv2Teacher, Teacher, build_teacher, resample_position_embeddings,
+from leafseg.models.teachers import (DINOv2Teacher, Teacher, build_teacher, resample_position_embeddings,
                                     resample_to_grid)
 
 HIDDEN, LAYERS, REGISTERS = 32, 2, 4

@@ -4,10 +4,12 @@ import torch
 from safetensors.torch import load_file
 
 from leafseg.config import load_config
-from leafseg.pipeline import LeafSegPipeline
+from leafseg.pipelines import LeafSegPipeline
 from leafseg.data import flip
 from leafseg.models.alignment import feature_map_to_tokens
-from leafseg.training import batch_indices, mirror_tokens, train
+from leafseg.training import train
+from leafseg.training.caches import mirror_tokens
+from leafseg.training.engine import batch_indices
 from tiny import tiny_config
 
 

@@ -11,7 +11,7 @@ from leafseg.config import load_config
 from leafseg.diffusion import make_scheduler
 from leafseg.models.denoiser import build_unet
 from leafseg.models.image_encoder import ImageEncoder
-from leafseg.pipeline import LeafSegPipeline
+from leafseg.pipelines import LeafSegPipeline
 
 TINY_AE = {
     "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 8, 8, 8],

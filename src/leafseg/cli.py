@@ -1,6 +1,7 @@
 """``leafseg`` command line: train, predict, evaluate, split, demo, convert-ldm.
 
-``leafseg train`` runs the same on one CPU, one GPU or several processes:
+Argument parsing only: each command calls one function of the package, imported when the command runs, so that
+``leafseg --help`` starts without torch. ``leafseg train`` runs the same on one CPU, one GPU or several processes:
 ``accelerate launch --multi_gpu --num_processes 2 -m leafseg.cli train --config FILE`` (GPUs, or CPU processes
 over gloo on a machine without CUDA).
 """
@@ -9,21 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import numpy as np
-
-from . import data as D
-from .datasets import LAYOUTS
-from .evaluation import evaluate, input_files, load_pipeline, overlay, save_png
-
-
-def _add_inference_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=1, help="reverse steps (1 = LEAF single step; >1 = DDIM)")
-    p.add_argument("--ensemble", type=int, default=1, help="seeds averaged into a probability map (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+from . import __version__
+from .data.layouts import LAYOUTS  # numpy and PIL only: reading files does not need torch
 
 
 def cmd_train(args) -> int:
@@ -40,27 +29,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from tqdm.auto import tqdm
+    from .predict import predict
 
-    pipe = load_pipeline(args.model, args.device)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    files = input_files(args.input)
-    for i in tqdm(range(0, len(files), args.batch_size), desc="predicting", disable=len(files) < 2):
-        chunk = files[i:i + args.batch_size]
-        images = [D.load_image(f) for f in chunk]
-        result = pipe(images, num_inference_steps=args.steps, ensemble_size=args.ensemble, seed=args.seed)
-        for k, (f, image, mask) in enumerate(zip(chunk, images, result.masks)):
-            save_png(mask.astype(np.uint8) * 255, out / f"{f.stem}_mask.png")
-            save_png(overlay(image, mask), out / f"{f.stem}_overlay.png")
-            if result.uncertainty is not None and args.uncertainty:
-                std = result.uncertainty[k]  # std of values in [0, 1]: at most 0.5
-                save_png((np.clip(std / 0.5, 0, 1) * 255).astype(np.uint8), out / f"{f.stem}_uncertainty.png")
-    print(f"wrote {len(files)} mask(s) and overlay(s) to {out}")
+    files = predict(args.model, args.input, args.output, args.steps, args.ensemble, args.seed, args.batch_size,
+                    args.device, args.uncertainty)
+    print(f"wrote {len(files)} mask(s) and overlay(s) to {args.output}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate
+
     result = evaluate(args.model, args.data, args.split, args.split_file, args.output, args.steps, args.ensemble,
                       args.seed, args.batch_size, args.device, layout=args.layout, seeds=args.seeds,
                       worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None)
@@ -68,7 +47,7 @@ def cmd_evaluate(args) -> int:
     m = summary["metrics"]
     print(f"{summary['n_images']} images: Dice {m['dice']['mean']:.4f} [95% CI {m['dice']['ci_low']:.4f}, "
           f"{m['dice']['ci_high']:.4f}], IoU {m['iou']['mean']:.4f}, HD95 {m['hd95']['mean']:.2f} "
-          f"(per-image foreground means at each image's size; {summary['metrics']['units']})")
+          f"(per-image foreground means at each image's size; {m['units']})")
     pc = m["paper_compatible"]
     print(f"paper-compatible (as the LEAF paper's Table 1: {'x'.join(map(str, pc['resolution']))} processing "
           f"resolution, both-empty = 0): Dice {pc['dice']:.4f}, mIoU {pc['miou_batch_mean']:.4f}")
@@ -81,23 +60,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from .datasets import find_dataset, make_dataset_split, split_digest
+    from .data import write_or_show_split
 
-    pairs = find_dataset(args.data, args.layout, args.images, args.masks)
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        split = D.read_split(out, [p.stem for p in pairs])
-        print(f"{out} exists (pass --force to replace it); it holds:")
-    else:
-        split = make_dataset_split(pairs, args.train, args.val, args.test, args.seed, args.layout)
-        D.write_json_atomic(split, out)
-        print(f"wrote {out}:")
-    for name in D.SPLITS:
-        stems = split[name]
-        print(f"  {name:5s} {len(stems):6d}  {', '.join(stems[:5])}{' ...' if len(stems) > 5 else ''}")
-    unused = len(pairs) - sum(len(split[k]) for k in D.SPLITS)
-    print(f"  rule: {split.get('rule', 'n/a')}; seed {split.get('seed')}; {len(pairs)} pairs in {args.data}"
-          f"{f' ({unused} not in any split)' if unused else ''}; sha256 {split_digest(out)[:16]}")
+    print(write_or_show_split(args.data, args.layout, args.output, args.train, args.val, args.test, args.seed,
+                              args.images, args.masks, args.force))
     return 0
 
 
@@ -108,66 +74,152 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leafseg", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def cmd_convert_ldm(args) -> int:
+    from .conversion import convert_ldm_checkpoints
 
-    p = sub.add_parser("train", help="train LEAF from a YAML config (see configs/default.yaml)")
-    p.add_argument("--config", default=None, help="YAML file or packaged config name (cpu-small, ...)")
+    unet_overrides = {k: v for k, v in {"num_heads": args.num_heads, "num_head_channels": args.num_head_channels,
+                                        "sample_size": args.sample_size}.items() if v is not None}
+    if args.use_new_attention_order:
+        unet_overrides["use_new_attention_order"] = True
+    vae_overrides = {k: v for k, v in {"sample_size": args.vae_sample_size,
+                                       "scaling_factor": args.scaling_factor}.items() if v is not None}
+    if args.unet is None and args.vae is None:
+        raise ValueError("give --unet and/or --vae")
+    written = convert_ldm_checkpoints(args.unet, args.vae, args.out, use_ema=args.use_ema,
+                                      unet_overrides=unet_overrides, vae_overrides=vae_overrides,
+                                      overwrite=args.overwrite)
+    for name, folder in written.items():
+        print(f"wrote {name}: {folder}")
+    return 0
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after an option's help (unless the help says it, or there is none); examples as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _command(sub, name: str, func, help: str, example: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=_Help)
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=1, help="reverse steps (1 = LEAF single step; >1 = DDIM)")
+    p.add_argument("--ensemble", type=int, default=1, help="seeds averaged into a probability map")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (ensemble member k uses seed + k)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _add_train(sub) -> None:
+    p = _command(sub, "train", cmd_train, "train LEAF (or the UNet baseline) from a YAML config",
+                 "leafseg train --config cpu data.root=CVC-ClinicDB data.layout=cvc-clinicdb --output runs/cvc")
+    p.add_argument("--config", default=None, help="YAML file or packaged config name (cpu, cpu-small, paper)")
     p.add_argument("--output", default=None, help="run folder (overrides run.output_dir)")
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, anywhere on the line")
 
-    p = sub.add_parser("predict", help="segment an image or a folder of images")
+
+def _add_predict(sub) -> None:
+    p = _command(sub, "predict", cmd_predict, "segment an image or a folder of images",
+                 "leafseg predict --model runs/cvc/model-best --input frames/ --output masks/ --ensemble 5 "
+                 "--uncertainty")
     p.add_argument("--model", required=True, help="saved pipeline folder (e.g. RUN/model-best)")
     p.add_argument("--input", required=True, help="image file or folder")
     p.add_argument("--output", required=True, help="folder for masks and overlays")
     p.add_argument("--uncertainty", action="store_true", help="with --ensemble > 1: write uncertainty maps")
     _add_inference_args(p)
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="metrics on a split: per_image.csv, summary.json, figures")
-    p.add_argument("--model", required=True)
+
+def _add_evaluate(sub) -> None:
+    p = _command(sub, "evaluate", cmd_evaluate, "metrics on a split: per_image.csv, summary.json, figures",
+                 "leafseg evaluate --model runs/cvc/model-best --data CVC-ClinicDB --split test")
+    p.add_argument("--model", required=True, help="saved pipeline folder (e.g. RUN/model-best)")
     p.add_argument("--data", required=True, help="dataset folder (in the run's layout)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="which split")
     p.add_argument("--split-file", default=None, help="default: split.json of the model's run folder")
     p.add_argument("--output", default=None, help="default: MODEL/eval-SPLIT")
     p.add_argument("--layout", default=None, choices=sorted(LAYOUTS),
                    help="dataset layout (default: the training run's data.layout, else folder)")
     p.add_argument("--seeds", type=int, default=1, help="also run N-1 more seeds and report seed stability")
-    p.add_argument("--worst", type=int, default=8, help="how many worst cases to list and draw (default 8)")
+    p.add_argument("--worst", type=int, default=8, help="how many worst cases to list and draw")
     p.add_argument("--spacing", type=float, nargs=2, metavar=("SY", "SX"), default=None,
-                   help="pixel spacing (e.g. mm) for HD95/ASSD; default: pixels")
+                   help="pixel spacing (e.g. mm) for HD95/ASSD (default: pixels)")
     _add_inference_args(p)
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("split", help="write (or show) a deterministic train/val/test split file for a dataset")
+
+def _add_split(sub) -> None:
+    p = _command(sub, "split", cmd_split, "write (or show) a deterministic train/val/test split file for a dataset",
+                 "leafseg split --data CVC-ClinicDB --layout cvc-clinicdb --train 0.6 --val 0.2 --test 0.2 "
+                 "--output splits/cvc.json")
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--layout", default="folder", choices=sorted(LAYOUTS))
+    p.add_argument("--layout", default="folder", choices=sorted(LAYOUTS), help="dataset layout")
     p.add_argument("--output", required=True, help="split JSON file to write")
     p.add_argument("--train", type=float, default=None, help="fraction (default: the layout's)")
-    p.add_argument("--val", type=float, default=None)
-    p.add_argument("--test", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val", type=float, default=None, help="fraction (default: the layout's)")
+    p.add_argument("--test", type=float, default=None, help="fraction (default: the layout's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle of the sorted stems")
     p.add_argument("--images", default="images", help="layout=folder: image sub-folder")
     p.add_argument("--masks", default="masks", help="layout=folder: mask sub-folder")
     p.add_argument("--force", action="store_true", help="replace an existing split file")
-    p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("demo", help="synthetic data -> fit autoencoder -> train LEAF -> evaluate (CPU, minutes)")
-    p.add_argument("--output", default="leafseg-demo", help="demo folder (default ./leafseg-demo)")
+
+def _add_demo(sub) -> None:
+    p = _command(sub, "demo", cmd_demo, "synthetic data -> fit autoencoder -> train LEAF -> evaluate (CPU, minutes)",
+                 "leafseg demo --output leafseg-demo")
+    p.add_argument("--output", default="leafseg-demo", help="demo folder")
     p.add_argument("--minutes", type=float, default=None, help="rough time budget for LEAF training")
-    p.set_defaults(func=cmd_demo)
 
-    from .convert import add_convert_ldm_parser
-    add_convert_ldm_parser(sub)
+
+def _add_convert_ldm(sub) -> None:
+    p = _command(sub, "convert-ldm", cmd_convert_ldm,
+                 "CompVis LDM UNet / kl-f8 autoencoder checkpoints -> diffusers unet/ and vae/ folders "
+                 "(.ckpt/.pt/.pth/.bin read with weights_only=True, or .safetensors)",
+                 "leafseg convert-ldm --unet lsun_churches256/model.ckpt --vae kl-f8/model.ckpt --out pretrained/ldm")
+    p.add_argument("--unet", default=None, help="LDM checkpoint with model.diffusion_model.* (UNet) weights")
+    p.add_argument("--vae", default=None, help="LDM kl autoencoder checkpoint (or a LatentDiffusion one: "
+                                               "first_stage_model.*)")
+    p.add_argument("--out", required=True, help="output folder (gets unet/ and/or vae/)")
+    p.add_argument("--use-ema", action="store_true", help="UNet: take the EMA weights (model_ema.*)")
+    p.add_argument("--num-heads", type=int, default=None, help="UNet: LDM num_heads (default 8)")
+    p.add_argument("--num-head-channels", type=int, default=None,
+                   help="UNet: LDM num_head_channels (fixed head size; overrides --num-heads)")
+    p.add_argument("--use-new-attention-order", action="store_true",
+                   help="UNet: checkpoint used QKVAttention (use_new_attention_order=True) instead of the legacy one")
+    p.add_argument("--sample-size", type=int, default=None, help="UNet latent size (default 32)")
+    p.add_argument("--vae-sample-size", type=int, default=None, help="VAE image size (default 256)")
+    p.add_argument("--scaling-factor", type=float, default=None,
+                   help="VAE latent scaling factor (default: checkpoint scale_factor, else 0.18215)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing OUT/unet, OUT/vae")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leafseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"leafseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_predict, _add_evaluate, _add_split, _add_demo, _add_convert_ldm):
+        add(sub)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Like parse_args, but ``key=value`` overrides of ``train`` may stand anywhere, also after an option."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
@@ -177,4 +229,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -1,4 +1,4 @@
-"""Binary segmentation metrics: per-image pure functions, an accumulator, and atomic CSV/JSON writers.
+"""Binary segmentation metrics: per-image pure functions and small accumulator classes (as MONAI has them).
 
 Inputs are binary masks of one image, shape (H, W) (any N-d shape works for the pure functions), as numpy arrays or
 torch tensors, dtype bool or with values in {0, 1}; anything else is rejected (binarise first). "Foreground" is True.
@@ -45,12 +45,7 @@ the authors' torchmetrics calls give on their single-channel input. Use them to 
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-import tempfile
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -58,7 +53,7 @@ from scipy import ndimage
 
 __all__ = [
     "dice", "iou", "precision", "recall", "specificity", "surface_distances", "hd95", "assd",
-    "SegmentationMetrics", "paper_dice", "paper_iou", "PaperMetrics", "write_csv", "write_json",
+    "SegmentationMetrics", "paper_dice", "paper_iou", "PaperMetrics",
 ]
 
 FOREGROUND_METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "assd")
@@ -354,51 +349,3 @@ def _bootstrap_ci(v: np.ndarray, n_bootstrap: int, ci: float, rng: np.random.Gen
         means[s:s + k] = v[rng.integers(0, v.size, size=(k, v.size))].mean(axis=1)
     lo, hi = np.percentile(means, [50 * (1 - ci), 50 * (1 + ci)])
     return {"ci_low": float(lo), "ci_high": float(hi), "ci": ci, "n_bootstrap": n_bootstrap}
-
-
-# --------------------------------------------------------------------------------------------------------- writers
-def _atomic_write(path: str | os.PathLike, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            write(f)
-        os.replace(tmp, path)  # readers see the old file or the complete new one, never a partial one
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
-
-
-def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Write dicts as CSV (columns: keys in first-seen order; nan written as ``nan``), atomically."""
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-
-    def write(f):
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-
-    return _atomic_write(path, write)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None  # strict JSON has no nan/inf
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write strict JSON (nan/inf -> null, numpy -> Python), indented, atomically."""
-    return _atomic_write(path, lambda f: (json.dump(_jsonable(obj), f, indent=2, allow_nan=False), f.write("\n")))

@@ -14,22 +14,29 @@ The functions below hide those differences: :func:`encode` takes [-1, 1] images 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 from .taef2 import TAEF2
+from .weights import read_config
 
 MaskAutoencoder = AutoencoderKL | AutoencoderTiny | TAEF2
-SUPPORTED_AUTOENCODERS = (AutoencoderKL, AutoencoderTiny, TAEF2)
+#: the autoencoder families leafseg supports, by the short name the image encoder records
+FAMILIES: dict[str, type] = {"kl": AutoencoderKL, "tiny": AutoencoderTiny, "taef2": TAEF2}
+
+
+def family_of(ae) -> str:
+    for name, cls in FAMILIES.items():
+        if isinstance(ae, cls):
+            return name
+    names = ", ".join(c.__name__ for c in FAMILIES.values())
+    raise TypeError(f"unsupported autoencoder {type(ae).__name__}; expected one of {names}")
 
 
 def _check(ae) -> None:
-    if not isinstance(ae, SUPPORTED_AUTOENCODERS):
-        names = ", ".join(c.__name__ for c in SUPPORTED_AUTOENCODERS)
-        raise TypeError(f"unsupported autoencoder {type(ae).__name__}; expected one of {names}")
+    family_of(ae)
 
 
 def latent_scale(ae: MaskAutoencoder) -> float:
@@ -103,10 +110,8 @@ def load_autoencoder(kind: str, path: str | Path | None = None, config: dict | N
             raise ValueError("autoencoder.kind=diffusers needs autoencoder.path (a diffusers model folder)")
         folder = Path(path)
         config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file}: no diffusers config.json in the autoencoder folder")
-        class_name = json.loads(config_file.read_text()).get("_class_name", "AutoencoderKL")
-        classes = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny, "TAEF2": TAEF2}
+        class_name = read_config(folder).get("_class_name", "AutoencoderKL")
+        classes = {cls.__name__: cls for cls in FAMILIES.values()}
         if class_name not in classes:
             raise ValueError(f"{config_file}: unsupported autoencoder class {class_name!r}; expected {sorted(classes)}")
         ae = classes[class_name].from_pretrained(folder, local_files_only=True)

@@ -16,6 +16,8 @@ import torch
 from diffusers import UNet2DModel
 from diffusers.models.resnet import ResnetBlock2D
 
+from .ldm_unet import load_converted_unet
+
 
 def build_unet(latent_channels: int, sample_size: int, block_out_channels=(64, 128, 256), layers_per_block: int = 1,
                down_block_types=None, up_block_types=None, attention_head_dim: int = 8, norm_num_groups: int = 32,
@@ -52,8 +54,6 @@ def load_pretrained_unet(path: str | Path, latent_channels: int, sample_size: in
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder / 'config.json'}: no diffusers UNet2DModel folder here")
-    from ..convert import load_converted_unet  # reads plain UNet2DModel folders and converted LDM UNets alike
-
     unet = load_converted_unet(folder)
     c_in, c_out = unet.config.in_channels, unet.config.out_channels
     if c_out != latent_channels or c_in not in (latent_channels, 2 * latent_channels):

@@ -12,22 +12,11 @@ import inspect
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, AutoencoderTiny
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from .autoencoder import MaskAutoencoder
-from .taef2 import TAEF2, build_taef2_encoder
-
-FAMILIES = {"kl": AutoencoderKL, "tiny": AutoencoderTiny, "taef2": TAEF2}
-
-
-def family_of(ae: MaskAutoencoder) -> str:
-    for name, cls in FAMILIES.items():
-        if isinstance(ae, cls):
-            return name
-    raise TypeError(f"unsupported autoencoder {type(ae).__name__}")
-
+from .autoencoder import FAMILIES, MaskAutoencoder, family_of
+from .taef2 import build_taef2_encoder
 
 class ImageEncoder(ModelMixin, ConfigMixin):
     """E_theta: [-1, 1] image (B, 3, H, W) -> unscaled latent (B, C, H/8, W/8).

@@ -25,6 +25,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .weights import load_strict, read_state_dict
+
 WIDTH = 64  # every TAESD-family feature map has 64 channels
 
 
@@ -81,33 +83,9 @@ def build_taef2_decoder(latent_channels: int = 32) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _describe(keys: list[str], limit: int = 8) -> str:
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def _load_strict(module: nn.Module, path: str | Path, what: str) -> None:
-    """Load a TAESD-layout .pth into ``module`` with strict key and shape checks, cast to the module's dtype."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"TAEF2 {what} weights not found: {path}")
-    state = torch.load(path, weights_only=True, map_location="cpu")
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (dict of tensors), got {type(state).__name__}")
-    expected = module.state_dict()
-    problems = []
-    if missing := sorted(expected.keys() - state.keys()):
-        problems.append(f"missing keys: {_describe(missing)}")
-    if unexpected := sorted(state.keys() - expected.keys()):
-        problems.append(f"unexpected keys: {_describe(unexpected)}")
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if wrong:
-        problems.append(f"wrong shapes: {_describe(wrong)}")
-    if problems:
-        raise ValueError(f"{path}: not a TAEF2 {what} state dict: " + "; ".join(problems))
-    dtype = next(module.parameters()).dtype
-    module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+    """Load a TAESD-layout .pth into ``module`` with strict key and shape checks (cast to the module's dtype)."""
+    load_strict(module, read_state_dict(path, f"TAEF2 {what}"), path, f"TAEF2 {what}")
 
 
 class TAEF2(ModelMixin, ConfigMixin):

@@ -1,9 +1,11 @@
-"""Figures written next to results: training curves (matplotlib, headless Agg backend)."""
+"""The training-curves figure of a run (matplotlib, headless Agg backend)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from ..files import atomic_write
 
 
 def plot_training_curves(history: list[dict], path: str | os.PathLike) -> Path:
@@ -14,7 +16,6 @@ def plot_training_curves(history: list[dict], path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for key, style in (("loss", "-"), ("loss_main", "--"), ("loss_align", ":")):
         pts = [(h["step"], h[key]) for h in history if key in h]
@@ -38,8 +39,6 @@ def plot_training_curves(history: list[dict], path: str | os.PathLike) -> Path:
         ax.legend(handles, labels, loc="center right", fontsize=8)
     ax.set_title("leafseg training")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -1,7 +1,8 @@
-"""Dataset adapters: the folder layouts users download, each with its split rule.
+"""Dataset layouts: the folder layouts users download, each with its split rule.
 
-Every adapter turns a dataset root into a sorted list of :class:`leafseg.data.Pair` (stem, image, mask, mask rule,
-official subset). The split file is then made by :func:`make_dataset_split`:
+Every layout turns a dataset root into a sorted list of :class:`Pair` (stem, image, mask, mask rule, official
+subset); :func:`find_dataset` picks the layout by name. The split file is then made by
+:func:`leafseg.data.splits.make_dataset_split`:
 
 ==============  ==========================================================  ============================================
 layout          expected files                                              split rule
@@ -27,17 +28,23 @@ Seeded splits shuffle the *sorted* stems with ``random.Random(seed)``, so a spli
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import data as D
-from .data import IMAGE_EXTENSIONS, Pair, sort_key
+from .io import IMAGE_EXTENSIONS, list_images, sort_key
 
-__all__ = ["LAYOUTS", "find_dataset", "make_dataset_split", "split_digest"]
+__all__ = ["LAYOUTS", "Layout", "Pair", "find_dataset", "find_pairs", "match_pairs"]
+
+
+@dataclass(frozen=True)
+class Pair:
+    stem: str
+    image: Path
+    mask: Path | None
+    mask_rule: str = "binary"   # how the mask file becomes a foreground mask (see ``leafseg.data.io.load_mask``)
+    subset: str | None = None   # the dataset's own train/val/test folder, where it has one
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,6 @@ class Layout:
     default_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            and not p.name.startswith(".")]
-
-
 def _first_dir(root: Path, names: tuple[str, ...], what: str) -> Path:
     for name in names:
         if (root / name).is_dir():
@@ -60,9 +62,11 @@ def _first_dir(root: Path, names: tuple[str, ...], what: str) -> Path:
     raise FileNotFoundError(f"{root}: no {what} folder (looked for {', '.join(repr(n) for n in names)})")
 
 
-def _match(images: list[Path], masks: list[Path], mask_stem: Callable[[str], str], where: Path,
-           subset: str | None = None, mask_rule: str = "binary") -> list[Pair]:
-    """Pair images with masks by ``mask_stem(image stem) == mask stem``; any unmatched file is an error."""
+def match_pairs(images: list[Path], masks: list[Path], mask_stem: Callable[[str], str] = lambda s: s,
+                where: Path | None = None, subset: str | None = None, mask_rule: str = "binary") -> list[Pair]:
+    """Pair images with masks by ``mask_stem(image stem) == mask stem``, sorted in natural stem order. Two files
+    with one stem, an image without a mask or a mask without an image, or no pair at all, is an error naming the
+    files."""
     by_stem: dict[str, Path] = {}
     for m in masks:
         if m.stem in by_stem:
@@ -85,25 +89,27 @@ def _match(images: list[Path], masks: list[Path], mask_stem: Callable[[str], str
         raise ValueError(f"{where}: {len(lonely)} file(s) without a partner image/mask, e.g. "
                          f"{[str(p) for p in lonely[:5]]}")
     if not pairs:
-        raise ValueError(f"{where}: no image/mask pairs found")
+        raise ValueError(f"{where}: no image/mask pairs found ({', '.join(IMAGE_EXTENSIONS)})")
     return sorted(pairs, key=lambda p: sort_key(p.stem))
 
 
-def _find_folder(root: Path, images: str = "images", masks: str = "masks") -> list[Pair]:
-    return D.find_pairs(root, images, masks)
+def find_pairs(root: str | Path, images: str = "images", masks: str = "masks") -> list[Pair]:
+    """The ``folder`` layout: ``root/images`` and ``root/masks`` matched by stem."""
+    root = Path(root)
+    return match_pairs(list_images(root / images), list_images(root / masks), where=root)
 
 
 def _find_cvc(root: Path) -> list[Pair]:
     if (root / "Original").is_dir():
         masks = _first_dir(root, ("Ground Truth", "GroundTruth", "Ground_Truth"), "ground-truth")
-        return _match(_images_in(root / "Original"), _images_in(masks), lambda s: s, root)
-    return _find_folder(root)
+        return match_pairs(list_images(root / "Original"), list_images(masks), lambda s: s, root)
+    return find_pairs(root)
 
 
 def _find_kvasir(root: Path) -> list[Pair]:
     if (root / "Kvasir-SEG").is_dir():  # the zip unpacks into Kvasir-SEG/
         root = root / "Kvasir-SEG"
-    return _find_folder(root)
+    return find_pairs(root)
 
 
 _ISIC_IMAGE = re.compile(r"^ISIC_\d+$")
@@ -116,7 +122,7 @@ def _find_isic(root: Path) -> list[Pair]:
     masks = [p for p in files if _ISIC_MASK.match(p.stem)]
     if not images:
         raise ValueError(f"{root}: no ISIC_<id>.jpg images below this folder")
-    return _match(images, masks, lambda s: f"{s}_segmentation", root)
+    return match_pairs(images, masks, lambda s: f"{s}_segmentation", root)
 
 
 def _subset_of(name: str) -> str | None:
@@ -135,7 +141,7 @@ def _find_qata(root: Path) -> list[Pair]:
             continue
         masks = _first_dir(folder, ("Ground-truths", "Ground-Truths", "Ground truths", "GroundTruths"),
                            "ground-truth")
-        pairs += _match(_images_in(folder / "Images"), _images_in(masks), lambda s: f"mask_{s}", folder, subset)
+        pairs += match_pairs(list_images(folder / "Images"), list_images(masks), lambda s: f"mask_{s}", folder, subset)
     if not pairs:
         raise FileNotFoundError(f"{root}: no train/test folders with Images/ and Ground-truths/ (QaTa-COV19 layout)")
     return _unique(pairs, root)
@@ -149,7 +155,8 @@ def _find_refuge(root: Path) -> list[Pair]:
             continue
         images = _first_dir(folder, ("images", "Images", "image"), "image")
         masks = _first_dir(folder, ("masks", "Masks", "mask", "gts", "GT"), "mask")
-        pairs += _match(_images_in(images), _images_in(masks), lambda s: s, folder, subset, mask_rule="refuge_cup")
+        pairs += match_pairs(list_images(images), list_images(masks), lambda s: s, folder, subset,
+                             mask_rule="refuge_cup")
     if not pairs:
         raise FileNotFoundError(f"{root}: no train/val/test folders with images/ and masks/ (REFUGE2 layout)")
     return _unique(pairs, root)
@@ -166,7 +173,7 @@ def _unique(pairs: list[Pair], root: Path) -> list[Pair]:
 
 
 LAYOUTS: dict[str, Layout] = {
-    "folder": Layout("folder", _find_folder, "sorted + seeded fractions"),
+    "folder": Layout("folder", find_pairs, "sorted + seeded fractions"),
     "cvc-clinicdb": Layout("cvc-clinicdb", _find_cvc, "sorted + seeded fractions"),
     "kvasir-seg": Layout("kvasir-seg", _find_kvasir, "sorted + seeded fractions (SDSeg: 800/100/100)",
                          (0.8, 0.1, 0.1)),
@@ -185,56 +192,5 @@ def find_dataset(root: str | Path, layout: str = "folder", images: str = "images
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data folder not found")
     if layout == "folder":
-        return _find_folder(root, images, masks)
+        return find_pairs(root, images, masks)
     return LAYOUTS[layout].find(root)
-
-
-def make_dataset_split(pairs: list[Pair], train: float | None = None, val: float | None = None,
-                       test: float | None = None, seed: int = 0, layout: str = "folder") -> dict:
-    """The split for ``pairs`` under its layout's rule.
-
-    Without official subsets: sorted stems, seeded shuffle, cut by the fractions (default: the layout's). With them
-    (QaTa-COV19, REFUGE2): the official test (and val, if present) subsets are kept; a missing val is a seeded
-    ``val / (train + val)`` fraction of the official train subset; ``test`` is then ignored.
-    """
-    f_train, f_val, f_test = LAYOUTS[layout].default_fractions if layout in LAYOUTS else (0.7, 0.1, 0.2)
-    train = f_train if train is None else train
-    val = f_val if val is None else val
-    test = f_test if test is None else test
-    stems = [p.stem for p in pairs]
-    subsets = {p.stem: p.subset for p in pairs}
-    if not any(subsets.values()):
-        split = D.make_split(stems, train, val, test, seed)
-        split["rule"] = LAYOUTS.get(layout, LAYOUTS["folder"]).split_rule
-        split["layout"] = layout
-        return split
-    official = {k: sorted((s for s, v in subsets.items() if v == k), key=sort_key) for k in D.SPLITS}
-    if not official["train"] or not official["test"]:
-        raise ValueError(f"{layout}: the dataset's official subsets need both a train and a test folder "
-                         f"(found {', '.join(f'{k}: {len(v)}' for k, v in official.items())})")
-    if not official["val"]:
-        if val + train <= 0:
-            raise ValueError("split fractions: train + val must be > 0")
-        order = list(official["train"])
-        random.Random(seed).shuffle(order)
-        n_val = round(len(order) * val / (train + val))
-        official["val"], official["train"] = sorted(order[:n_val], key=sort_key), sorted(order[n_val:], key=sort_key)
-    return {**official, "seed": seed, "fractions": {"val_of_train": val / (train + val)},
-            "rule": LAYOUTS[layout].split_rule, "layout": layout}
-
-
-def split_digest(path: str | Path) -> str:
-    """sha256 of a split file's bytes (recorded with every evaluation)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def load_or_create_dataset_split(path: str | Path, pairs: list[Pair], layout: str = "folder",
-                                 train: float | None = None, val: float | None = None, test: float | None = None,
-                                 seed: int = 0) -> dict:
-    """Reuse the split file at ``path`` (validated against the dataset's stems), else make and write it."""
-    path = Path(path)
-    if path.exists():
-        return D.read_split(path, [p.stem for p in pairs])
-    split = make_dataset_split(pairs, train, val, test, seed, layout)
-    D.write_json_atomic(split, path)
-    return split

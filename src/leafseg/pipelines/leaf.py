@@ -13,86 +13,16 @@ config). The projector and the teacher are training-only and never saved here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
-from diffusers.utils import BaseOutput
-from PIL import Image
 
-from .diffusion import single_step_x0
-from .models import autoencoder as ae_ops
-from .models.image_encoder import ImageEncoder
-
-
-@dataclass
-class LeafSegPipelineOutput(BaseOutput):
-    """Per input image, at the input's own size:
-
-    masks: bool arrays (H, W); probabilities: float32 arrays in [0, 1] (the soft mask, ensemble mean);
-    uncertainty: float32 per-pixel std over the ensemble (None when ``ensemble_size == 1``);
-    processing_masks: bool arrays (R, R), the masks at the processing resolution before resizing back (what the
-    paper's numbers are computed on).
-    """
-
-    masks: list[np.ndarray]
-    probabilities: list[np.ndarray]
-    uncertainty: list[np.ndarray] | None
-    processing_masks: list[np.ndarray] | None = None
+from ..diffusion import single_step_x0
+from ..models import autoencoder as ae_ops
+from ..models.image_encoder import ImageEncoder
+from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
 
 
-def to_image_tensor(image) -> torch.Tensor:
-    """PIL image / HxW(x3) uint8 or float array / (3, H, W) tensor in [0, 1] -> float (3, H, W) in [0, 1]."""
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        if image.ndim != 3 or image.shape[-1] not in (3, 4):
-            raise ValueError(f"expected an (H, W, 3) image array, got shape {image.shape}")
-        tensor = torch.from_numpy(np.array(image[..., :3])).permute(2, 0, 1)  # a writable copy
-        return tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
-    if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a (3, H, W) image tensor in [0, 1], got shape {tuple(image.shape)}")
-        return image.float()
-    raise TypeError(f"unsupported image type {type(image).__name__}")
-
-
-def preprocess_images(images, resolution: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Images of any size -> (B, 3, R, R) in [-1, 1] at the processing resolution, plus the original sizes."""
-    if isinstance(images, torch.Tensor) and images.ndim == 4:
-        images = list(images)
-    elif not isinstance(images, (list, tuple)):
-        images = [images]
-    tensors = [to_image_tensor(im) for im in images]
-    sizes = [tuple(t.shape[-2:]) for t in tensors]
-    r = resolution
-    batch = torch.stack([
-        F.interpolate(t[None], size=(r, r), mode="bilinear", align_corners=False, antialias=True)[0]
-        if tuple(t.shape[-2:]) != (r, r) else t for t in tensors
-    ])
-    return batch.clamp(0, 1) * 2 - 1, sizes
-
-
-def to_output(prob: torch.Tensor, std: torch.Tensor | None, sizes: list[tuple[int, int]], threshold: float
-              ) -> LeafSegPipelineOutput:
-    """(B, R, R) probabilities (and ensemble std) -> per-image arrays at each input's own size."""
-    prob = prob.float().cpu()
-    masks, probabilities, uncertainty = [], [], []
-    for i, (hh, ww) in enumerate(sizes):
-        p = F.interpolate(prob[i][None, None], size=(hh, ww), mode="bilinear", align_corners=False)[0, 0]
-        masks.append((p > threshold).numpy())
-        probabilities.append(p.numpy().astype(np.float32))
-        if std is not None:
-            s = F.interpolate(std[i].float().cpu()[None, None], size=(hh, ww), mode="bilinear",
-                              align_corners=False)[0, 0]
-            uncertainty.append(s.numpy().astype(np.float32))
-    return LeafSegPipelineOutput(masks=masks, probabilities=probabilities,
-                                 uncertainty=uncertainty if std is not None else None,
-                                 processing_masks=list((prob > threshold).numpy()))
+LeafSegPipelineOutput = SegmentationPipelineOutput  # the output of both segmentation pipelines
 
 
 class LeafSegPipeline(DiffusionPipeline):
@@ -111,8 +41,9 @@ class LeafSegPipeline(DiffusionPipeline):
     def prediction_type(self) -> str:
         return self.scheduler.config.prediction_type
 
-    def preprocess(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        return preprocess_images(images, self.resolution)
+    @property
+    def image_processor(self) -> SegmentationImageProcessor:
+        return SegmentationImageProcessor(self.resolution)
 
     def _noise(self, shape, seed: int, generator, device, dtype) -> torch.Tensor:
         # One noise draw per ensemble member, shared by every image in the batch, so an image's result does not
@@ -157,12 +88,12 @@ class LeafSegPipeline(DiffusionPipeline):
                  return_dict: bool = True):
         """Segment one image or a list of images (PIL, numpy HxWx3, or (3, H, W) / (B, 3, H, W) tensors in [0, 1]).
 
-        Returns a :class:`LeafSegPipelineOutput` with masks, probabilities and (for ensembles) uncertainty at each
+        Returns a :class:`SegmentationPipelineOutput` with masks, probabilities and (for ensembles) uncertainty at each
         input's own size.
         """
         if num_inference_steps < 1 or ensemble_size < 1:
             raise ValueError("num_inference_steps and ensemble_size must be >= 1")
-        images, sizes = self.preprocess(image)
+        images, sizes = self.image_processor.preprocess(image)
         probs, stds = [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
@@ -172,5 +103,6 @@ class LeafSegPipeline(DiffusionPipeline):
             soft = soft.view(e, b, *soft.shape[-2:])
             probs.append(soft.mean(0))
             stds.append(soft.std(0, unbiased=False))
-        output = to_output(torch.cat(probs), torch.cat(stds) if ensemble_size > 1 else None, sizes, threshold)
+        output = self.image_processor.postprocess(torch.cat(probs), torch.cat(stds) if ensemble_size > 1 else None,
+                                                  sizes, threshold)
         return output if return_dict else (output.masks, output.probabilities, output.uncertainty)

@@ -1,0 +1,134 @@
+"""Reading images and masks, resizing them to the processing resolution, flips, and in-memory arrays.
+
+Images may be RGB, RGBA (alpha dropped), greyscale (replicated) or 16-bit (min-max scaled to 8 bit). Masks are
+binarised: 8-bit masks at > 127; masks whose maximum is 1 (label maps) at > 0; 16-bit masks are scaled to 8 bit
+first. Every read error names the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder`` (by extension; hidden files skipped), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder not found")
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            and not p.name.startswith(".")]
+
+
+def sort_key(stem: str):
+    """Natural order: '2' before '10'."""
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: cannot read image ({err})") from None
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    array = array.astype(np.float64)
+    lo, hi = float(array.min()), float(array.max())
+    return np.zeros(array.shape, np.uint8) if hi <= lo else ((array - lo) / (hi - lo) * 255).round().astype(np.uint8)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB."""
+    path = Path(path)
+    image = _open(path)
+    if image.mode in ("RGB", "L"):
+        array = np.asarray(image)
+    elif image.mode in ("RGBA", "P", "LA", "CMYK", "YCbCr", "1"):
+        array = np.asarray(image.convert("RGB"))
+    else:  # I;16, I, F: high bit depth, min-max scaled
+        array = _to_uint8(np.asarray(image))
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] < 3:
+        raise ValueError(f"{path}: unexpected image shape {array.shape}")
+    return np.ascontiguousarray(array[..., :3])
+
+
+MASK_RULES = ("binary", "refuge_cup")
+
+
+def load_mask(path: str | Path, rule: str = "binary") -> np.ndarray:
+    """(H, W) bool foreground mask.
+
+    ``binary``: > 127 for 8-bit masks, > 0 for label maps whose maximum is 1. ``refuge_cup`` (REFUGE optic cup):
+    a mask holding REFUGE grey levels (0 cup, 128 rim, 255 background; detected by any pixel in 64..191) gives
+    cup = pixels < 64; a two-level mask is read as ``binary`` (255 = cup), the SDSeg-prepared form.
+    """
+    path = Path(path)
+    if rule not in MASK_RULES:
+        raise ValueError(f"{path}: unknown mask rule {rule!r} (choose from {MASK_RULES})")
+    image = _open(path)
+    array = np.asarray(image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA", "1") else image)
+    if array.ndim == 3:
+        array = array.max(axis=-1)
+    if array.dtype != np.uint8:
+        if array.max() <= 1:
+            return array > 0
+        if array.max() > 255:
+            array = array.astype(np.float64) * (255.0 / 65535.0)
+    if rule == "refuge_cup" and np.any((array >= 64) & (array < 192)):
+        return array < 64
+    return array > 0 if array.max() == 1 else array > 127
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize as a soft map and re-threshold at 0.5, which keeps thin structures better than nearest."""
+    if mask.shape == (size, size):
+        return mask
+    soft = Image.fromarray(mask.astype(np.float32)).resize((size, size), Image.BILINEAR)
+    return np.asarray(soft) > 0.5
+
+
+def load_arrays(pairs: list, resolution: int, desc: str = "loading") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, R, R) uint8 and masks (N, R, R) bool of :class:`~leafseg.data.layouts.Pair` s, resized to the
+    processing resolution."""
+    import torch  # here, so that reading files (and the CLI's start-up) does not import torch
+    images = np.empty((len(pairs), resolution, resolution, 3), np.uint8)
+    masks = np.empty((len(pairs), resolution, resolution), bool)
+    for i, pair in enumerate(tqdm(pairs, desc=desc, leave=False, disable=len(pairs) < 50)):
+        image, mask = load_image(pair.image), load_mask(pair.mask, pair.mask_rule)
+        if image.shape[:2] != mask.shape:
+            raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} but {pair.mask} is "
+                             f"{mask.shape[1]}x{mask.shape[0]}")
+        images[i], masks[i] = resize_image(image, resolution), resize_mask(mask, resolution)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)
+
+
+def flip(x: torch.Tensor, hflip: bool, vflip: bool) -> torch.Tensor:
+    """Flip the last two axes: hflip mirrors width, vflip mirrors height."""
+    dims = [d for d, on in ((-1, hflip), (-2, vflip)) if on]
+    return x.flip(dims) if dims else x

@@ -1,0 +1,129 @@
+"""Files leafseg writes and reads: one atomic write for files and one for folders, JSON/CSV writers, hashing.
+
+Every file or folder leafseg produces is written beside its final place under a temporary name and renamed into
+place, so a reader (or a run interrupted at any moment) sees the old version or the complete new one, never a part.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` writes the content to the temporary path ``tmp`` (same folder, same suffix), which then
+    replaces ``path`` in one rename. On any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "tolist") and hasattr(x, "dtype"):  # numpy arrays and scalars, without importing numpy here
+        return _jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # strict JSON has no nan/inf
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    return x
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Strict JSON (nan/inf -> null, numpy -> Python, paths -> strings), indented, atomically. Anything else that is
+    not JSON raises TypeError before the file is touched."""
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    return write_text(text, path)
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Dicts as CSV (columns: keys in first-seen order; nan written as ``nan``), atomically."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(path, write)
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Parsed JSON; a missing or malformed file raises an error that names it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a valid {what} ({err})") from None
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place; the old one is removed only after the new one is there."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final``; on normal exit it replaces ``final`` (see
+    :func:`replace_dir`), on an error it is removed and ``final`` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def folder_digest(folder: str | os.PathLike, suffixes: Sequence[str] = (".safetensors", ".bin", ".json"),
+                  exclude: Callable[[Path], bool] = lambda rel: False) -> str:
+    """sha256 over the names and bytes of the files below ``folder`` with the given suffixes (sorted), skipping
+    those whose relative path ``exclude`` accepts: identifies a saved model."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder)
+        if f.is_file() and f.suffix in suffixes and not exclude(rel):
+            digest.update(str(rel).encode())
+            digest.update(sha256_file(f).encode())
+    return digest.hexdigest()

@@ -1,0 +1,52 @@
+"""Inference pipelines (diffusers ``DiffusionPipeline`` s): ``leaf`` (LeafSegPipeline: single step, DDIM,
+ensembles), ``supervised`` (the plain UNet baseline), their shared ``image_processor``, and :func:`load_pipeline`,
+which opens any saved leafseg model folder offline."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+
+from ..models.weights import read_config
+from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
+from .leaf import LeafSegPipeline, LeafSegPipelineOutput
+from .supervised import SupervisedSegPipeline
+
+__all__ = ["LeafSegPipeline", "LeafSegPipelineOutput", "PIPELINES", "SegmentationImageProcessor",
+           "SegmentationPipelineOutput", "SupervisedSegPipeline", "load_pipeline"]
+
+PIPELINES = {cls.__name__: cls for cls in (LeafSegPipeline, SupervisedSegPipeline)}
+#: component modules recorded in model folders saved by leafseg 0.1.0 (before the package was laid out by stage)
+LEGACY_MODULES = {"leafseg.convert": "leafseg.models.ldm_unet"}
+
+
+def load_pipeline(model_dir: str | Path, device: str | None = None):
+    """A saved LEAF pipeline or supervised-UNet baseline folder (by model_index.json's class), offline, on
+    ``device`` (default: cuda if available), progress bars off.
+
+    diffusers imports no module just because a folder names it, so leafseg's own component modules are imported
+    here, and a module path recorded by an earlier leafseg is mapped to where its class lives now.
+    """
+    folder = Path(model_dir)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index}: not a saved leafseg pipeline folder")
+    entries = read_config(folder, "model_index.json")
+    name = entries.get("_class_name") if isinstance(entries, dict) else None
+    if name not in PIPELINES:
+        raise ValueError(f"{index}: pipeline class {name!r} is not one of {sorted(PIPELINES)}")
+    for component, value in entries.items():
+        if component.startswith("_") or not (isinstance(value, list) and len(value) == 2):
+            continue
+        library = value[0]
+        if library in LEGACY_MODULES:  # the old module path resolves to where the class lives now
+            sys.modules.setdefault(library, importlib.import_module(LEGACY_MODULES[library]))
+        elif isinstance(library, str) and library.startswith("leafseg."):
+            importlib.import_module(library)
+    pipe = PIPELINES[name].from_pretrained(folder, local_files_only=True)
+    pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

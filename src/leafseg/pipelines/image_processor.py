@@ -1,0 +1,88 @@
+"""SegmentationImageProcessor: what goes into a segmentation pipeline and what comes out of it, as diffusers'
+Marigold image processor does for depth: images of any size and type in -> a square batch in [-1, 1] at the
+processing resolution; soft masks at that resolution out -> per-image probabilities, masks and uncertainty at each
+input's own size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.utils import BaseOutput
+from PIL import Image
+
+
+@dataclass
+class SegmentationPipelineOutput(BaseOutput):
+    """Per input image, at the input's own size:
+
+    masks: bool arrays (H, W); probabilities: float32 arrays in [0, 1] (the soft mask, ensemble mean);
+    uncertainty: float32 per-pixel std over the ensemble (None when ``ensemble_size == 1``);
+    processing_masks: bool arrays (R, R), the masks at the processing resolution before resizing back (what the
+    paper's numbers are computed on).
+    """
+
+    masks: list[np.ndarray]
+    probabilities: list[np.ndarray]
+    uncertainty: list[np.ndarray] | None
+    processing_masks: list[np.ndarray] | None = None
+
+
+class SegmentationImageProcessor:
+    """Resize/normalise in, resize/threshold out, for pipelines working at a square ``resolution``."""
+
+    def __init__(self, resolution: int):
+        self.resolution = int(resolution)
+
+    @staticmethod
+    def to_tensor(image) -> torch.Tensor:
+        """PIL image / HxW(x3) uint8 or float array / (3, H, W) tensor in [0, 1] -> float (3, H, W) in [0, 1]."""
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=-1)
+            if image.ndim != 3 or image.shape[-1] not in (3, 4):
+                raise ValueError(f"expected an (H, W, 3) image array, got shape {image.shape}")
+            tensor = torch.from_numpy(np.array(image[..., :3])).permute(2, 0, 1)  # a writable copy
+            return tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+        if isinstance(image, torch.Tensor):
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"expected a (3, H, W) image tensor in [0, 1], got shape {tuple(image.shape)}")
+            return image.float()
+        raise TypeError(f"unsupported image type {type(image).__name__}")
+
+    def preprocess(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """One image or a list (or a (B, 3, H, W) tensor) -> (B, 3, R, R) in [-1, 1], plus the original sizes."""
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            images = list(images)
+        elif not isinstance(images, (list, tuple)):
+            images = [images]
+        tensors = [self.to_tensor(im) for im in images]
+        sizes = [tuple(t.shape[-2:]) for t in tensors]
+        r = self.resolution
+        batch = torch.stack([
+            F.interpolate(t[None], size=(r, r), mode="bilinear", align_corners=False, antialias=True)[0]
+            if tuple(t.shape[-2:]) != (r, r) else t for t in tensors
+        ])
+        return batch.clamp(0, 1) * 2 - 1, sizes
+
+    @staticmethod
+    def postprocess(prob: torch.Tensor, std: torch.Tensor | None, sizes: list[tuple[int, int]],
+                    threshold: float) -> SegmentationPipelineOutput:
+        """(B, R, R) probabilities (and ensemble std) -> per-image arrays at each input's own size."""
+        prob = prob.float().cpu()
+        masks, probabilities, uncertainty = [], [], []
+        for i, (hh, ww) in enumerate(sizes):
+            p = F.interpolate(prob[i][None, None], size=(hh, ww), mode="bilinear", align_corners=False)[0, 0]
+            masks.append((p > threshold).numpy())
+            probabilities.append(p.numpy().astype(np.float32))
+            if std is not None:
+                s = F.interpolate(std[i].float().cpu()[None, None], size=(hh, ww), mode="bilinear",
+                                  align_corners=False)[0, 0]
+                uncertainty.append(s.numpy().astype(np.float32))
+        return SegmentationPipelineOutput(masks=masks, probabilities=probabilities,
+                                          uncertainty=uncertainty if std is not None else None,
+                                          processing_masks=list((prob > threshold).numpy()))

@@ -1,0 +1,57 @@
+"""The supervised UNet baseline's network and pipeline: image (3, R, R) -> one foreground logit per pixel.
+
+The network is a diffusers ``UNet2DModel`` (3 in, 1 out) called at a constant timestep 0: its time embedding is
+then a learned per-block bias, and the rest is an ordinary convolutional UNet with attention in the deep levels.
+Trained by ``leafseg.training.supervised`` (``method: supervised_unet``).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DiffusionPipeline, UNet2DModel
+
+from .image_processor import SegmentationImageProcessor
+
+
+def build_segmentation_unet(resolution: int, block_out_channels=(32, 64, 128, 256), layers_per_block: int = 2,
+                            attention_levels: int = 1, norm_num_groups: int = 16,
+                            attention_head_dim: int = 32) -> UNet2DModel:
+    """UNet2DModel 3 -> 1 channels with attention in the ``attention_levels`` deepest levels."""
+    n = len(block_out_channels)
+    down = ["DownBlock2D"] * (n - attention_levels) + ["AttnDownBlock2D"] * attention_levels
+    up = ["AttnUpBlock2D"] * attention_levels + ["UpBlock2D"] * (n - attention_levels)
+    return UNet2DModel(sample_size=resolution, in_channels=3, out_channels=1,
+                       block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+                       down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=norm_num_groups,
+                       attention_head_dim=attention_head_dim)
+
+
+def unet_logits(unet: UNet2DModel, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, R, R) in [-1, 1] -> (B, R, R) logits (constant timestep 0)."""
+    t = torch.zeros(images.shape[0], device=images.device, dtype=torch.long)
+    return unet(images, t).sample[:, 0]
+
+
+class SupervisedSegPipeline(DiffusionPipeline):
+    """Inference for the baseline, with LeafSegPipeline's call signature and output (deterministic: no seeds)."""
+
+    def __init__(self, unet: UNet2DModel):
+        super().__init__()
+        self.register_modules(unet=unet)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @torch.no_grad()
+    def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0,
+                 generator=None, threshold: float = 0.5, batch_size: int = 8, return_dict: bool = True):
+        if num_inference_steps != 1 or ensemble_size != 1:
+            raise ValueError("the supervised UNet is deterministic: num_inference_steps and ensemble_size must be 1")
+        processor = SegmentationImageProcessor(self.resolution)
+        images, sizes = processor.preprocess(image)
+        device, dtype = self.unet.device, self.unet.dtype
+        probs = [torch.sigmoid(unet_logits(self.unet, images[i:i + batch_size].to(device, dtype)).float())
+                 for i in range(0, len(images), batch_size)]
+        output = processor.postprocess(torch.cat(probs), None, sizes, threshold)
+        return output if return_dict else (output.masks, output.probabilities, output.uncertainty)

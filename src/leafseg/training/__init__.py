@@ -1,0 +1,25 @@
+"""Training: the shared ``engine`` (run folder, seeded batches, optimiser, EMA, accelerate, validation, atomic
+checkpoints, resume), one module per method (``leaf``: LEAF; ``supervised``: the plain UNet baseline), the
+``caches`` of frozen targets and the training ``curves`` figure. :func:`train` picks the method from the config."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from .engine import BEST, CHECKPOINT, LAST, TrainResult, run_training
+from .leaf import LeafMethod, LeafTrainingModel, build_alignment_teacher, build_components
+from .supervised import SupervisedMethod
+
+__all__ = ["BEST", "CHECKPOINT", "LAST", "METHODS", "LeafTrainingModel", "TrainResult", "build_alignment_teacher",
+           "build_components", "train"]
+
+#: ``method`` config value -> training method
+METHODS = {"leaf": LeafMethod, "supervised_unet": SupervisedMethod}
+
+
+def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
+    """Train the configured method (``method: leaf`` or ``supervised_unet``)."""
+    method = cfg.get("method", "leaf")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    return run_training(METHODS[method](cfg), cfg, resume)

@@ -1,0 +1,63 @@
+"""Frozen training targets computed once and kept on disk: mask latents and teacher tokens, per training image and
+flip. File names carry a digest of everything the tensors depend on, so runs may share one cache folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .. import data as D
+from ..files import atomic_write
+
+
+@torch.no_grad()
+def compute_cache(fn, images_u8: torch.Tensor, codes, device, batch: int, desc: str) -> torch.Tensor:
+    """fn(images in [0, 1] on device) for every image and flip code -> (N, len(codes), ...) on CPU. Inputs go in
+    channels-last, which makes the frozen convolutions 1.3-1.7x faster on a CPU (same values to 1e-5).
+
+    Prints what it is about to compute and an estimate of how long it will take (from the first batch), and keeps
+    its progress bar on screen: these caches are the minutes before the first training step."""
+    n, total = len(images_u8), len(images_u8) * len(codes)
+    slots, started, done = [], time.time(), 0
+    bar = tqdm(total=total, desc=desc, unit="img")
+    for h, v in codes:
+        parts = []
+        for i in range(0, n, batch):
+            x = D.flip(images_u8[i:i + batch], h, v).to(device).float().div_(255)
+            parts.append(fn(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+            done += len(x)
+            bar.update(len(x))
+            if done == len(x) and total > done:
+                estimate = (time.time() - started) / done * total
+                tqdm.write(f"{desc}: {n} images x {len(codes)} flip(s) = {total} forward passes, "
+                           f"about {estimate:.0f} s (measured on the first batch)")
+        slots.append(torch.cat(parts))
+    bar.close()
+    return torch.stack(slots, dim=1)
+
+
+def mirror_tokens(tokens: torch.Tensor, grid: int, hflip: bool, vflip: bool) -> torch.Tensor:
+    """Flip (N, grid*grid, D) row-major tokens as the image would be flipped."""
+    n, _, d = tokens.shape
+    return D.flip(tokens.view(n, grid, grid, d).permute(0, 3, 1, 2), hflip, vflip).permute(0, 2, 3, 1).reshape(
+        n, grid * grid, d)
+
+
+def cached(path: Path, accelerator: Accelerator, build) -> torch.Tensor:
+    """Load ``path`` or build it on the main process (atomic write), then share through the file."""
+    if not path.exists() and accelerator.is_main_process:
+        tensor = build().contiguous()
+        atomic_write(path, lambda tmp: save_file({"value": tensor}, str(tmp)))
+    accelerator.wait_for_everyone()
+    return load_file(str(path))["value"]
+
+
+def cache_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]

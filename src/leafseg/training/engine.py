@@ -1,0 +1,399 @@
+"""The training engine every method shares: run folder, seeded batches, optimiser with warm-up and schedule, EMA,
+accelerate (one CPU, one GPU or ``accelerate launch --num_processes N``), validation bookkeeping with selection on
+the val split, atomic checkpoints and exact resume.
+
+A method (``leafseg.training.leaf``, ``leafseg.training.supervised``) plugs in through :class:`TrainingMethod`:
+it builds its networks and frozen targets, computes a batch's losses, validates, and names the inference pipeline
+to export. Everything random in a step (batch order, flips, and whatever the method draws after them: t, eps) comes
+from generators seeded by (seed, step, rank), so a resumed run continues exactly as an uninterrupted one, and each
+rank reads its own shard of every global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from .. import data as D
+from ..config import to_container
+from ..files import atomic_dir, replace_dir, write_json
+from .curves import plot_training_curves
+
+CHECKPOINT = "checkpoint-last"
+BEST, LAST = "model-best", "model-last"
+
+
+# ------------------------------------------------------------------------------------------------ randomness
+
+def seeded(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of integers (seed, step, rank, ...), independent across tuples."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator("cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def batch_indices(n: int, batch_size: int, world: int, rank: int, step: int, seed: int) -> torch.Tensor:
+    """This rank's sample indices at ``step``: epoch-wise seeded permutations, global batch split across ranks."""
+    per_step = batch_size * world
+    steps_per_epoch = max(1, n // per_step)
+    epoch, k = divmod(step, steps_per_epoch)
+    perm = torch.randperm(n, generator=seeded(seed, 1, epoch))
+    while len(perm) < per_step:  # fewer images than one global batch: wrap around
+        perm = torch.cat([perm, perm])
+    chunk = perm[k * per_step:(k + 1) * per_step]
+    return chunk[rank * batch_size:(rank + 1) * batch_size]
+
+
+def flip_codes(hflip: bool, vflip: bool) -> list[tuple[bool, bool]]:
+    return [(h, v) for v in ((False, True) if vflip else (False,)) for h in ((False, True) if hflip else (False,))]
+
+
+# ------------------------------------------------------------------------------------------- run and data
+
+def resolve_mixed_precision(value: str | bool) -> str:
+    if value is False:  # YAML reads an unquoted `no` as false
+        value = "no"
+    if value == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if value not in ("no", "bf16", "fp16"):
+        raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {value!r}")
+    return value
+
+
+def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
+    """Accelerator, run folder and config.yaml; refuses to overwrite a run unless resuming."""
+    tc = cfg.train
+    run_dir = Path(cfg.run.output_dir)
+    if tc.num_threads:
+        torch.set_num_threads(int(tc.num_threads))
+    accelerator = Accelerator(
+        # cpu=True on machines without CUDA lets `accelerate launch --multi_gpu --num_processes N` (torchrun) run N
+        # CPU processes over gloo instead of silently falling back to N independent single-process runs.
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=resolve_mixed_precision(tc.mixed_precision), log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    if (run_dir / CHECKPOINT).exists() and not resume:  # checked on every rank: no rank waits for one that stopped
+        raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
+                              "or choose another run.output_dir")
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            OmegaConf.save(cfg, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    return accelerator, run_dir
+
+
+@dataclass
+class RunData:
+    split: dict
+    train_pairs: list
+    train_images: torch.Tensor             # (N, 3, R, R) uint8
+    train_masks: torch.Tensor              # (N, R, R) bool
+    val_images: torch.Tensor | None
+    val_masks: torch.Tensor | None
+
+
+def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> RunData:
+    """The dataset in its layout, the split file (made once by the main process), train and val arrays."""
+    layout = cfg.data.get("layout", "folder")
+    pairs = D.find_dataset(cfg.data.root, layout, cfg.data.images, cfg.data.masks)
+    split_file = Path(cfg.data.split_file or run_dir / "split.json")
+    sc = cfg.data.split
+    if accelerator.is_main_process:
+        D.load_or_create_split(split_file, pairs, layout, sc.train, sc.val, sc.test, sc.seed)
+    accelerator.wait_for_everyone()
+    split = D.read_split(split_file, [p.stem for p in pairs])
+    train_pairs, val_pairs = D.select(pairs, split["train"]), D.select(pairs, split["val"])
+    if cfg.train.val_max_images:
+        val_pairs = val_pairs[: int(cfg.train.val_max_images)]
+    res = int(cfg.data.resolution)
+    train_images, train_masks = D.load_arrays(train_pairs, res, "loading train")
+    val_images, val_masks = D.load_arrays(val_pairs, res, "loading val") if val_pairs else (None, None)
+    return RunData(split, train_pairs, train_images, train_masks, val_images, val_masks)
+
+
+# ------------------------------------------------------------------------------------- optimisation, EMA
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, tc: DictConfig):
+    """diffusers' schedule ``train.lr_schedule`` with ``train.warmup_steps`` linear warm-up over ``max_steps``."""
+    names = ("constant_with_warmup", "cosine", "linear")
+    if tc.lr_schedule not in names:
+        raise ValueError(f"train.lr_schedule must be one of {names}, got {tc.lr_schedule!r}")
+    return get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=int(tc.warmup_steps),
+                         num_training_steps=int(tc.max_steps))
+
+
+def make_ema(model: torch.nn.Module, ec: DictConfig, device) -> EMAModel | None:
+    """diffusers EMAModel of ``model`` per config section ``train.ema`` (None when disabled). ``warmup: false`` is
+    EMAModel's default form, decay = min(decay, (1 + step) / (10 + step)); ``warmup: true`` the warm-up form."""
+    if not ec.enabled:
+        return None
+    ema = EMAModel(model.parameters(), decay=float(ec.decay), use_ema_warmup=bool(ec.warmup), power=float(ec.power),
+                   model_cls=type(model), model_config=model.config)
+    ema.to(device)
+    return ema
+
+
+@contextmanager
+def ema_weights(ema: EMAModel | None, parameters):
+    """Swap the EMA weights in (validation, export) and the trained ones back afterwards; no-op without EMA."""
+    if ema is None:
+        yield
+        return
+    params = list(parameters)
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module):
+    """module.eval() for the duration, back to train mode afterwards."""
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train()
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+def save_pipeline(pipe, path: Path) -> None:
+    """save_pretrained (safetensors) into a temporary folder, then swap it into place."""
+    with atomic_dir(path) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, export_last) -> None:
+    """accelerate state + trainer_state.json into checkpoint-last (atomic swap), then export model-last."""
+    tmp = run_dir / f".{CHECKPOINT}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(state, tmp / "trainer_state.json")
+        replace_dir(tmp, run_dir / CHECKPOINT)
+        export_last(run_dir / LAST)
+    accelerator.wait_for_everyone()
+
+
+def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool) -> dict:
+    if not resume:
+        return {"step": 0, "best_val_dice": None, "best_step": None, "history": []}
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: nothing to resume")
+    accelerator.load_state(str(checkpoint))
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    best_val_dice: float | None
+    best_step: int | None
+    history: list[dict]
+
+
+class StepBookkeeping:
+    """What every training loop does around its steps: the progress bar, an optional step-0 validation, logging,
+    validation with best-model selection on the val split (main process), checkpoints, and the end of the run
+    (model-best when there is no val split, training curves, tracker shutdown)."""
+
+    def __init__(self, accelerator: Accelerator, cfg: DictConfig, state: dict, run_dir: Path, validate, export,
+                 has_val: bool, desc: str):
+        self.accelerator, self.tc, self.state, self.run_dir = accelerator, cfg.train, state, run_dir
+        self.validate, self.export, self.has_val = validate, export, has_val
+        self.max_steps = int(self.tc.max_steps)
+        self.t_start = time.time()
+        self.progress = tqdm(total=self.max_steps, initial=int(state["step"]), desc=desc,
+                             disable=not accelerator.is_main_process)
+        if self.tc.get("val_at_start") and state["step"] == 0 and has_val:  # the untrained model, on the curve
+            self._validate(0)
+
+    def _validate(self, step: int) -> None:
+        accelerator, state = self.accelerator, self.state
+        if accelerator.is_main_process:
+            val_dice = self.validate()
+            accelerator.log({"val_dice": val_dice}, step=step)
+            state["history"].append({"step": step, "val_dice": val_dice})
+            if state["best_val_dice"] is None or val_dice > state["best_val_dice"]:
+                state["best_val_dice"], state["best_step"] = val_dice, step
+                self.export(self.run_dir / BEST)
+            tqdm.write(f"step {step}: val Dice {val_dice:.4f} (best {state['best_val_dice']:.4f} "
+                       f"at step {state['best_step']})")
+        accelerator.wait_for_everyone()
+
+    def after_step(self, step: int, losses: dict[str, torch.Tensor], extra_logs=None) -> None:
+        """Call on every rank after optimiser step ``step`` (1-based). ``extra_logs`` is a callable giving more
+        scalars to log (only called on logging steps, so it may synchronise with the device)."""
+        tc, last = self.tc, step == self.max_steps
+        self.progress.update(1)
+        if step % int(tc.log_every) == 0 or last:
+            logs = {k: self.accelerator.reduce(v.detach(), reduction="mean").item() for k, v in losses.items()}
+            logs.update(extra_logs() if extra_logs else {})
+            self.accelerator.log(logs, step=step)
+            self.progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            self.state["history"].append({"step": step, **logs, "elapsed_s": round(time.time() - self.t_start, 1)})
+        if self.has_val and (step % int(tc.val_every) == 0 or last):
+            self._validate(step)
+        self.state["step"] = step
+        if step % int(tc.checkpoint_every) == 0 or last:
+            save_checkpoint(self.accelerator, self.run_dir, self.state, self.export)
+
+    def finish(self) -> TrainResult:
+        self.progress.close()
+        accelerator, state = self.accelerator, self.state
+        if accelerator.is_main_process:
+            if not self.has_val:
+                self.export(self.run_dir / BEST)  # no val split: best = last
+            if state["history"]:
+                plot_training_curves(state["history"], self.run_dir / "logs" / "curves.png")
+        accelerator.end_training()
+        return TrainResult(self.run_dir, int(state["step"]), state["best_val_dice"], state["best_step"],
+                           state["history"])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+
+@dataclass
+class Batch:
+    """One step's share of this rank: sample indices, their flip codes, and the step's generator (seeded by
+    (seed, step, rank); the method draws what else it needs from it, in a fixed order)."""
+
+    indices: torch.Tensor
+    codes: torch.Tensor
+    generator: torch.Generator
+    step: int
+
+
+class TrainingMethod(Protocol):
+    """What a training method provides to :func:`run_training` (see leafseg.training.leaf for the LEAF one)."""
+
+    tracker_name: str      # TensorBoard project name
+    description: str       # progress-bar label
+
+    def build(self, trainer: Trainer) -> torch.nn.Module:
+        """Networks and frozen targets; returns the module whose trainable parameters are optimised."""
+
+    def ema_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The part of the (unwrapped) trained module that EMA averages and the pipeline exports."""
+
+    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch (``"loss"`` is optimised); ``model`` is the accelerate-wrapped module."""
+
+    def validate(self, model: torch.nn.Module) -> float:
+        """Mean per-image Dice on the val split (called in eval mode, EMA weights swapped in, main process)."""
+
+    def pipeline(self, model: torch.nn.Module):
+        """The inference pipeline of the (unwrapped) module, for export."""
+
+
+@dataclass
+class Trainer:
+    """What a method sees while it builds: the config, accelerate, the run folder and the loaded data."""
+
+    cfg: DictConfig
+    accelerator: Accelerator
+    run_dir: Path
+    data: RunData
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def codes(self) -> list[tuple[bool, bool]]:
+        return flip_codes(self.cfg.data.hflip, self.cfg.data.vflip)
+
+
+def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) -> TrainResult:
+    """Train ``method`` on the config's data: AdamW, warm-up + ``train.lr_schedule``, grad clip, EMA, validation
+    every ``val_every`` steps with the best model kept, checkpoints every ``checkpoint_every`` steps."""
+    tc = cfg.train
+    accelerator, run_dir = start_run(cfg, resume)
+    trainer = Trainer(cfg, accelerator, run_dir, load_run_data(cfg, run_dir, accelerator))
+    set_seed(int(cfg.run.seed))  # identical initialisation on every rank
+    model = method.build(trainer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tuple(tc.adam_betas))
+    lr_scheduler = make_lr_scheduler(optimizer, tc)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    base = accelerator.unwrap_model(model)
+    averaged = method.ema_module(base)
+    ema = make_ema(averaged, tc.ema, accelerator.device)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    state = load_trainer_state(accelerator, run_dir, resume)
+    if accelerator.is_main_process:
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                for k, v in _flatten(to_container(cfg)).items()}
+        accelerator.init_trackers(method.tracker_name, config=flat)
+
+    def export(path: Path) -> None:
+        with ema_weights(ema, averaged.parameters()):
+            save_pipeline(method.pipeline(base), path)
+
+    def validate() -> float:
+        with ema_weights(ema, averaged.parameters()), eval_mode(base), torch.no_grad():
+            return method.validate(base)
+
+    data, rank, world = trainer.data, accelerator.process_index, accelerator.num_processes
+    n_train, bs, seed, n_codes = len(data.train_pairs), int(tc.batch_size), int(cfg.run.seed), len(trainer.codes)
+    step, seen = int(state["step"]), []
+    book = StepBookkeeping(accelerator, cfg, state, run_dir, validate, export, data.val_images is not None,
+                           method.description)
+    model.train()
+    while step < int(tc.max_steps):
+        idx = batch_indices(n_train, bs, world, rank, step, seed)
+        g = seeded(seed, 2, step, rank)
+        losses = method.losses(model, Batch(idx, torch.randint(n_codes, (len(idx),), generator=g), g, step))
+        accelerator.backward(losses["loss"])
+        grad_norm = accelerator.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip else None
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(averaged.parameters())
+        step += 1
+        if tc.log_samples:
+            seen.extend(idx.tolist())
+        book.after_step(step, losses, lambda gn=grad_norm: {"lr": lr_scheduler.get_last_lr()[0],
+                                                            **({} if gn is None else {"grad_norm": float(gn)})})
+    if tc.log_samples:  # what each rank read and ended with: lets tests check sharding and replica sync
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs" / f"samples-rank{rank}.json").write_text(json.dumps(seen))
+        torch.save({k: v.detach().cpu() for k, v in base.state_dict().items()},
+                   run_dir / "logs" / f"final-weights-rank{rank}.pt")
+    return book.finish()

@@ -1,0 +1,206 @@
+"""The LEAF training method (one step, LEAF.md "Training step" as the README restates it):
+
+z^x = E_theta(image) * s; z0 = E(mask) * s (frozen, cached); t ~ U{0..T-1}; z_t = sqrt(abar) z0 + sqrt(1 - abar) eps;
+pred, h = f_theta([z^x, z_t], t); loss = L1(pred, target) + lambda * mean(-cos(phi(h), teacher tokens)).
+
+Frozen, deterministic quantities (mask latents and teacher tokens, per training image and flip) are computed once
+and cached on disk (``leafseg.training.caches``); the engine (``leafseg.training.engine``) does the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+from omegaconf import DictConfig
+
+from .. import data as D
+from ..config import to_container
+from ..diffusion import add_noise, make_scheduler, training_target
+from ..metrics import dice as dice_score
+from ..models import autoencoder as ae_ops
+from ..models.alignment import Projector, alignment_loss, feature_map_to_tokens
+from ..models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, load_pretrained_unet,
+                               set_unet_dropout)
+from ..models.image_encoder import ImageEncoder
+from ..pipelines.leaf import LeafSegPipeline
+from .caches import cache_key, cached, compute_cache, mirror_tokens
+from .engine import Batch, Trainer
+
+
+def build_components(cfg: DictConfig) -> dict:
+    """Autoencoder (frozen), image encoder (copy of its encoder), UNet (2C in), scheduler."""
+    ac = cfg.autoencoder
+    ae = ae_ops.load_autoencoder(ac.kind, ac.path, to_container(ac)["config"], ac.scaling_factor)
+    factor = ae_ops.downscale_factor(ae)
+    if cfg.data.resolution % factor:
+        raise ValueError(f"data.resolution {cfg.data.resolution} must be a multiple of the autoencoder's {factor}")
+    latent_size = cfg.data.resolution // factor
+    channels = ae_ops.latent_channels(ae)
+    image_encoder = ImageEncoder.from_autoencoder(ae, dropout=cfg.image_encoder.dropout)
+    image_encoder.freeze_leading_layers(int(cfg.image_encoder.get("frozen_layers", 0)))
+    uc = to_container(cfg.unet)
+    pretrained = uc.pop("pretrained")
+    if pretrained:
+        unet = set_unet_dropout(load_pretrained_unet(pretrained, channels, sample_size=latent_size), uc["dropout"])
+    else:
+        unet = build_unet(channels, latent_size, **uc)
+    scheduler = make_scheduler(**to_container(cfg.diffusion))
+    return {"autoencoder": ae, "image_encoder": image_encoder, "unet": unet, "scheduler": scheduler}
+
+
+def build_alignment_teacher(ac: DictConfig, device="cpu"):
+    """The frozen teacher of config section ``align`` on ``device``, in ``align.teacher_dtype``."""
+    from ..models.teachers import build_teacher
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if ac.teacher_dtype not in dtypes:
+        raise ValueError(f"align.teacher_dtype must be float32 or bfloat16, got {ac.teacher_dtype!r}")
+    teacher = build_teacher(ac.teacher, checkpoint=ac.teacher_checkpoint, layer=ac.teacher_layer,
+                            image_size=ac.teacher_image_size, antialias=bool(ac.teacher_antialias))
+    return teacher.to(device, dtypes[ac.teacher_dtype])
+
+
+class LeafTrainingModel(torch.nn.Module):
+    """The trainable networks in one module (one DDP wrapper), returning the loss terms."""
+
+    def __init__(self, image_encoder: ImageEncoder, unet: UNet2DModel, projector: Projector | None, scheduler,
+                 cfg: DictConfig, latent_scale: float):
+        super().__init__()
+        self.image_encoder, self.unet, self.projector = image_encoder, unet, projector
+        self.scheduler = scheduler
+        self.prediction_type = cfg.diffusion.prediction_type
+        self.loss_kind = cfg.loss.kind
+        self.align_layer = int(cfg.align.layer)
+        self.align_weight = float(cfg.align.weight)
+        self.quirk = bool(cfg.align.reference_batch_quirk)
+        self.latent_scale = latent_scale
+        if self.loss_kind not in ("l1", "l2"):
+            raise ValueError(f"loss.kind must be l1 or l2, got {self.loss_kind!r}")
+
+    def forward(self, images: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                teacher_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        zx = self.image_encoder(images) * self.latent_scale
+        z_t = add_noise(self.scheduler, z0, noise, t)
+        with DownBlockFeatures(self.unet, self.align_layer) as features:
+            pred = self.unet(torch.cat([zx, z_t.to(zx.dtype)], dim=1), t).sample
+        target = training_target(self.prediction_type, self.scheduler, z0, noise, t)
+        loss_fn = F.l1_loss if self.loss_kind == "l1" else F.mse_loss
+        loss_main = loss_fn(pred.float(), target.float())
+        out = {"loss_main": loss_main, "loss": loss_main}
+        if self.projector is not None and teacher_tokens is not None:
+            projected = self.projector(feature_map_to_tokens(features.value))
+            loss_align = alignment_loss(projected, teacher_tokens, self.quirk)
+            out["loss_align"] = loss_align
+            out["loss"] = loss_main + self.align_weight * loss_align
+        return out
+
+
+class LeafMethod:
+    """LEAF under the training engine: image encoder + UNet (+ projector) trained, EMA on the UNet, the pipeline
+    exported without projector or teacher."""
+
+    tracker_name = "leafseg"
+    description = "training"
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        if cfg.align.flip_tokens not in ("recompute", "mirror"):
+            raise ValueError(f"align.flip_tokens must be recompute or mirror, got {cfg.align.flip_tokens!r}")
+
+    def build(self, trainer: Trainer) -> torch.nn.Module:
+        cfg, ac, device = self.cfg, self.cfg.align, trainer.device
+        self.trainer = trainer
+        self.components = build_components(cfg)
+        self.autoencoder = self.components["autoencoder"].to(device)
+        scale = ae_ops.latent_scale(self.autoencoder)
+        unet: UNet2DModel = self.components["unet"]
+        self.grid = down_block_grids(unet, int(unet.config.sample_size))[int(ac.layer)]
+        self.teacher = projector = None
+        if ac.enabled:
+            self.teacher = build_alignment_teacher(ac, device)
+            channels = unet.down_blocks[int(ac.layer)].resnets[-1].out_channels
+            projector = Projector(channels, self.teacher.feature_dim, int(ac.projector_dim))
+        model = LeafTrainingModel(self.components["image_encoder"], unet, projector, self.components["scheduler"],
+                                  cfg, scale)
+        self._build_caches(scale)
+        return model
+
+    def _build_caches(self, scale: float) -> None:
+        """Mask latents and (with alignment) teacher tokens, per training image and flip code."""
+        cfg, ac, trainer = self.cfg, self.cfg.align, self.trainer
+        data, codes, device = trainer.data, trainer.codes, trainer.device
+        # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
+        key = cache_key(str(Path(cfg.data.root).resolve()), cfg.data.get("layout", "folder"), data.split["train"],
+                        codes, int(cfg.data.resolution), to_container(cfg.autoencoder), scale)
+        mask_u8 = data.train_masks[:, None].expand(-1, 3, -1, -1).to(torch.uint8) * 255
+        cache_dir = Path(cfg.run.get("cache_dir") or trainer.run_dir / "cache")
+        ae = self.autoencoder
+        self.z0_cache = cached(cache_dir / f"mask-latents-{key}.safetensors", trainer.accelerator,
+                               lambda: compute_cache(lambda m: ae_ops.encode(ae, m * 2 - 1) * scale, mask_u8, codes,
+                                                     device, 16, "mask latents"))
+        self.tokens_cache = None
+        teacher, grid = self.teacher, self.grid
+        if teacher is None or not ac.cache:
+            return
+
+        def build_tokens():
+            if ac.flip_tokens == "recompute":
+                return compute_cache(lambda x: teacher(x, grid).half(), data.train_images, codes, device, 8,
+                                     "teacher tokens")
+            plain = compute_cache(lambda x: teacher(x, grid).half(), data.train_images, [(False, False)], device, 8,
+                                  "teacher tokens")[:, 0]
+            return torch.stack([mirror_tokens(plain, grid, h, v) for h, v in codes], dim=1)
+
+        tkey = cache_key(key, teacher.name, grid, ac.flip_tokens, str(ac.teacher_dtype))
+        self.tokens_cache = cached(cache_dir / f"teacher-{tkey}.safetensors", trainer.accelerator, build_tokens)
+
+    def ema_module(self, model: LeafTrainingModel) -> torch.nn.Module:
+        return model.unet
+
+    def _teacher_tokens(self, idx: list[int], code: list[int], images: torch.Tensor) -> torch.Tensor | None:
+        if self.teacher is None:
+            return None
+        device, grid, codes = self.trainer.device, self.grid, self.trainer.codes
+        if self.tokens_cache is not None:
+            return self.tokens_cache[idx, code].float().to(device)
+        with torch.no_grad():
+            if self.cfg.align.flip_tokens == "recompute":
+                return self.teacher(images.to(device).float() / 255, grid)
+            plain = self.teacher(self.trainer.data.train_images[idx].to(device).float() / 255, grid)
+        return torch.stack([mirror_tokens(p[None], grid, *codes[c])[0] for p, c in zip(plain, code)])
+
+    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        g, device, codes = batch.generator, self.trainer.device, self.trainer.codes
+        idx, code = batch.indices, batch.codes
+        t = torch.randint(0, self.components["scheduler"].config.num_train_timesteps, (len(idx),), generator=g)
+        train_images = self.trainer.data.train_images
+        images = torch.stack([D.flip(train_images[i], *codes[c]) for i, c in zip(idx.tolist(), code.tolist())])
+        z0 = self.z0_cache[idx, code]
+        noise = torch.randn(z0.shape, generator=g)
+        tokens = self._teacher_tokens(idx, code, images)
+        x = images.to(device).float() / 255 * 2 - 1
+        with self.trainer.accelerator.autocast():
+            return model(x, z0.to(device), noise.to(device), t.to(device), tokens)
+
+    def _pipe(self, model: LeafTrainingModel) -> LeafSegPipeline:
+        pipe = LeafSegPipeline(self.autoencoder, model.image_encoder, model.unet, self.components["scheduler"])
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def validate(self, model: LeafTrainingModel) -> float:
+        """Mean per-image Dice on the val split at the processing resolution (single step)."""
+        pipe, data, device = self._pipe(model), self.trainer.data, self.trainer.device
+        scores = []
+        for i in range(0, len(data.val_images), 16):
+            x = data.val_images[i:i + 16].to(device).float() / 255 * 2 - 1
+            with self.trainer.accelerator.autocast():
+                soft = pipe.latents_to_soft_masks(pipe.predict_latents(x)[0])
+            scores += [dice_score(p, gt) for p, gt in zip((soft > 0.5).cpu().numpy(), data.val_masks[i:i + 16].numpy())]
+        return float(np.mean(scores))
+
+    def pipeline(self, model: LeafTrainingModel) -> LeafSegPipeline:
+        return self._pipe(model)
