@@ -1,14 +1,17 @@
-"""The LEAF ablation (target x alignment) plus a supervised UNet baseline, at CPU scale, on CVC-ClinicDB.
+"""The LEAF ablation (target x alignment, with seeds) plus a supervised UNet baseline, on CVC-ClinicDB, on a CPU.
 
-Every run: the `cpu-small` config (TAEF2 autoencoder, LiteMedSAM teacher, 128x128), the same step budget, the
-committed split file (benchmarks/splits/cvc-clinicdb.json, 60/20/20 sorted + seeded), selection of model-best on
-the val split, then `leafseg evaluate` on the test split. Runs are resumable: rerunning the script skips finished
-runs and resumes an interrupted one. At the end it writes docs/results.md with the table, the machine, the wall
-time of each run and the exact commands.
+Every run: one packaged recipe (default `cpu`), the same step budget, the committed split file
+(benchmarks/splits/cvc-clinicdb.json), selection of model-best on the val split, then `leafseg evaluate` once on the
+test split. x0 and x0 + alignment (the paper's central claim) run with 3 training seeds, the other variants with 1.
 
-    .venv/bin/python benchmarks/ablation.py                       # the full cpu-small budget (hours on 2 cores)
-    .venv/bin/python benchmarks/ablation.py --steps 400           # a shorter, equal budget for every run
-    .venv/bin/python benchmarks/ablation.py --report-only         # rewrite docs/results.md from finished runs
+Each finished run leaves a small record, `benchmarks/results/<recipe>-ablation/<run>.json` (commands, wall times,
+val curve, test metrics), which is meant to be committed as it comes: a later session skips every run that has a
+record, and an interrupted run resumes from its checkpoint (`--resume`) while its run folder exists. The report,
+docs/results.md, is rebuilt from the records alone.
+
+    .venv/bin/python benchmarks/ablation.py                    # every run not recorded yet, one at a time (hours)
+    .venv/bin/python benchmarks/ablation.py --only x0-align-s0 # one run
+    .venv/bin/python benchmarks/ablation.py --report-only      # rewrite docs/results.md from the records
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -25,15 +29,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-RUNS = {  # name: (label, overrides)
-    "eps": ("ε, no alignment", ["diffusion.prediction_type=epsilon", "align.enabled=false"]),
-    "eps-align": ("ε + alignment", ["diffusion.prediction_type=epsilon", "align.enabled=true"]),
-    "v": ("v, no alignment", ["diffusion.prediction_type=v_prediction", "align.enabled=false"]),
-    "v-align": ("v + alignment", ["diffusion.prediction_type=v_prediction", "align.enabled=true"]),
-    "x0": ("x0, no alignment", ["diffusion.prediction_type=sample", "align.enabled=false"]),
-    "x0-align": ("x0 + alignment (LEAF)", ["diffusion.prediction_type=sample", "align.enabled=true"]),
-    "unet": ("supervised UNet (Dice + BCE)", ["method=supervised_unet"]),
+VARIANTS = {  # name: (label, overrides, seeds)
+    "x0-align": ("x0 + alignment (LEAF)", ["diffusion.prediction_type=sample", "align.enabled=true"], (0, 1, 2)),
+    "x0": ("x0, no alignment", ["diffusion.prediction_type=sample", "align.enabled=false"], (0, 1, 2)),
+    "v-align": ("v + alignment", ["diffusion.prediction_type=v_prediction", "align.enabled=true"], (0,)),
+    "v": ("v, no alignment", ["diffusion.prediction_type=v_prediction", "align.enabled=false"], (0,)),
+    "eps-align": ("ε + alignment", ["diffusion.prediction_type=epsilon", "align.enabled=true"], (0,)),
+    "eps": ("ε, no alignment", ["diffusion.prediction_type=epsilon", "align.enabled=false"], (0,)),
+    "unet": ("supervised UNet (Dice + BCE)", ["method=supervised_unet"], (0,)),
 }
+RUNS = {f"{v}-s{seed}": (v, seed) for v, (_, _, seeds) in VARIANTS.items() for seed in seeds}
 
 
 def leafseg() -> str:
@@ -42,7 +47,7 @@ def leafseg() -> str:
 
 
 def run_logged(cmd: list[str], log: Path) -> float:
-    """Run a command, tee-less: output appended to ``log``; returns wall seconds; raises on failure."""
+    """Run a command with its output appended to ``log``; returns wall seconds; raises on failure."""
     started = time.time()
     with open(log, "a") as f:
         f.write(f"\n$ {shlex.join(cmd)}\n")
@@ -69,145 +74,159 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cvc-clinicdb"))
-    ap.add_argument("--taef2", default=str(REPO.parent / "shared" / "weights" / "taef2"))
-    ap.add_argument("--split-file", default=str(REPO / "benchmarks" / "splits" / "cvc-clinicdb.json"))
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "runs" / "cvc-ablation"))
-    ap.add_argument("--steps", type=int, default=None, help="training steps per run (default: cpu-small's)")
-    ap.add_argument("--val-every", type=int, default=None)
-    ap.add_argument("--only", nargs="*", default=None, choices=sorted(RUNS), help="run a subset")
-    ap.add_argument("--results", default=str(REPO / "docs" / "results.md"))
-    ap.add_argument("--report-only", action="store_true")
-    args = ap.parse_args()
+def relative(text: str) -> str:
+    """Paths as a user in the repository would type them."""
+    return text.replace(str(REPO.parent / "shared"), "../shared").replace(str(REPO) + "/", "")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = args.only or list(RUNS)
+
+def run_one(name: str, args, out: Path, records: Path) -> None:
+    variant, seed = RUNS[name]
+    run_dir = out / name
     common = [f"data.root={args.data}", "data.layout=cvc-clinicdb", f"data.split_file={args.split_file}",
-              f"autoencoder.path={args.taef2}", f"run.cache_dir={out / 'cache'}", "train.val_at_start=true"]
-    if args.steps:
-        common += [f"train.max_steps={args.steps}", f"train.checkpoint_every={max(50, args.steps // 4)}"]
-    if args.val_every:
-        common.append(f"train.val_every={args.val_every}")
-    if not args.report_only:
-        (out / "invocation.txt").write_text(shlex.join(["benchmarks/ablation.py", *sys.argv[1:]]) + "\n")
-    for name in names if not args.report_only else []:
-        run_dir = out / name
-        timing_file = run_dir / "benchmark-timing.json"
-        timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-        if "eval_s" in timing:
-            print(f"{name}: done already")
-            continue
-        train_cmd = [leafseg(), "train", "--config", "cpu-small", "--output", str(run_dir),
-                     *common, *RUNS[name][1]]
-        if (run_dir / "checkpoint-last").exists():
-            train_cmd.insert(4, "--resume")
-        print(f"{name}: training ({shlex.join(train_cmd)})", flush=True)
-        log = out / f"{name}.log"
-        timing["train_s"] = timing.get("train_s", 0.0) + run_logged(train_cmd, log)
-        timing["train_cmd"] = shlex.join([c for c in train_cmd if c != "--resume"])
+              f"autoencoder.path={args.taef2}", f"run.cache_dir={out / 'cache'}", f"run.seed={seed}",
+              *([f"train.num_threads={args.threads}"] if args.threads else []), *args.override]
+    train_cmd = [leafseg(), "train", "--config", args.recipe, "--output", str(run_dir), *common,
+                 *VARIANTS[variant][1]]
+    log = out / f"{name}.log"
+    partial = run_dir / "benchmark-timing.json"
+    timing = json.loads(partial.read_text()) if partial.exists() else {"train_s": 0.0}
+    if (run_dir / "model-last").exists() and "eval_s" in timing:
+        pass  # trained and evaluated; only the record is missing
+    else:
+        resume = ["--resume"] if (run_dir / "checkpoint-last").exists() else []
+        print(f"{name}: training{' (resumed)' if resume else ''}", flush=True)
+        timing["train_s"] += run_logged(train_cmd[:2] + resume + train_cmd[2:], log)
         eval_cmd = [leafseg(), "evaluate", "--model", str(run_dir / "model-best"), "--data", args.data,
                     "--layout", "cvc-clinicdb", "--split", "test", "--split-file", args.split_file,
                     "--output", str(run_dir / "eval-test")]
         print(f"{name}: evaluating", flush=True)
         timing["eval_s"] = run_logged(eval_cmd, log)
-        timing["eval_cmd"] = shlex.join(eval_cmd)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        timing_file.write_text(json.dumps(timing, indent=2))
-    write_report(out, Path(args.results), args)
+        timing["train_cmd"], timing["eval_cmd"] = shlex.join(train_cmd), shlex.join(eval_cmd)
+        partial.write_text(json.dumps(timing, indent=2))
+    state = json.loads((run_dir / "checkpoint-last" / "trainer_state.json").read_text())
+    summary = json.loads((run_dir / "eval-test" / "summary.json").read_text())
+    m = summary["metrics"]
+    record = {
+        "run": name, "variant": variant, "label": VARIANTS[variant][0], "seed": seed, "recipe": args.recipe,
+        "steps": state["step"], "best_val_dice": state["best_val_dice"], "best_step": state["best_step"],
+        "val_curve": [[h["step"], h["val_dice"]] for h in state["history"] if "val_dice" in h],
+        "test": {"dice": m["dice"], "iou": m["iou"], "hd95": m["hd95"], "paper_compatible": m["paper_compatible"]},
+        "n_test": summary["n_images"], "checkpoint_sha256": summary["checkpoint_sha256"],
+        "train_s": round(timing["train_s"], 1), "eval_s": round(timing["eval_s"], 1),
+        "train_cmd": relative(timing["train_cmd"]), "eval_cmd": relative(timing["eval_cmd"]), "machine": machine(),
+    }
+    records.mkdir(parents=True, exist_ok=True)
+    (records / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{name}: test Dice {m['dice']['mean']:.4f}; record {relative(str(records / f'{name}.json'))}", flush=True)
 
 
-def _fmt(m: dict, key: str, digits: int = 1, pct: bool = True) -> str:
-    s = m[key]
-    scale = 100 if pct else 1
-    if s.get("mean") is None:
-        return "n/a"
-    text = f"{s['mean'] * scale:.{digits}f}"
-    if "ci_low" in s and s["ci_low"] is not None:
-        text += f" [{s['ci_low'] * scale:.{digits}f}, {s['ci_high'] * scale:.{digits}f}]"
-    return text
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="cpu", help="packaged config of every LEAF run")
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cvc-clinicdb"))
+    ap.add_argument("--taef2", default=str(REPO.parent / "shared" / "weights" / "taef2"))
+    ap.add_argument("--split-file", default=str(REPO / "benchmarks" / "splits" / "cvc-clinicdb.json"))
+    ap.add_argument("--out", default=None, help="run folders (default benchmarks/runs/<recipe>-ablation)")
+    ap.add_argument("--threads", type=int, default=None, help="train.num_threads of every run")
+    ap.add_argument("--override", nargs="*", default=[], help="extra key=value for every run")
+    ap.add_argument("--only", nargs="*", default=None, choices=sorted(RUNS), help="run a subset")
+    ap.add_argument("--results", default=str(REPO / "docs" / "results.md"))
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
 
-
-def write_report(out: Path, results: Path, args) -> None:
-    rows, commands = [], []
-    for name, (label, _) in RUNS.items():
-        run_dir = out / name
-        summary_file = run_dir / "eval-test" / "summary.json"
-        timing_file = run_dir / "benchmark-timing.json"
-        if not summary_file.exists() or not timing_file.exists():
-            rows.append(f"| {label} | not run | | | | | | |")
+    out = Path(args.out or REPO / "benchmarks" / "runs" / f"{args.recipe}-ablation")
+    records = REPO / "benchmarks" / "results" / f"{args.recipe}-ablation"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in [] if args.report_only else (args.only or list(RUNS)):
+        if (records / f"{name}.json").exists():
+            print(f"{name}: recorded already")
             continue
-        summary = json.loads(summary_file.read_text())
-        timing = json.loads(timing_file.read_text())
-        state = json.loads((run_dir / "checkpoint-last" / "trainer_state.json").read_text())
-        m = summary["metrics"]
-        start = next((h["val_dice"] for h in state["history"] if h.get("step") == 0 and "val_dice" in h), None)
-        paper = m["paper_compatible"]
-        start_text = f" (start {start * 100:.1f})" if start is not None else ""
-        rows.append(
-            f"| {label} | {_fmt(m, 'dice')} | {_fmt(m, 'iou')} | {m['hd95']['mean']:.1f} | "
-            f"{paper['dice'] * 100:.1f} | "
-            f"{state['best_val_dice'] * 100:.1f} @ {state['best_step']}{start_text} | "
-            f"{state['step']} | {timing['train_s'] / 60:.1f} + {timing['eval_s'] / 60:.1f} |")
-        commands += [f"# {label}", timing["train_cmd"], timing["eval_cmd"]]
+        run_one(name, args, out, records)
+    write_report(records, Path(args.results), args)
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _row(r: dict) -> str:
+    t = r["test"]
+    ci = f" [{_pct(t['dice']['ci_low'])}, {_pct(t['dice']['ci_high'])}]"
+    return (f"| {r['label']} | {r['seed']} | {_pct(t['dice']['mean'])}{ci} | {_pct(t['iou']['mean'])} | "
+            f"{t['hd95']['mean']:.1f} | {_pct(t['paper_compatible']['dice'])} | "
+            f"{_pct(r['best_val_dice'])} @ {r['best_step']} | {r['train_s'] / 60:.0f} + {r['eval_s'] / 60:.1f} |")
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{_pct(values[0])} (1 seed)"
+    return f"{_pct(statistics.mean(values))} ± {_pct(statistics.stdev(values))} ({len(values)} seeds)"
+
+
+def write_report(records: Path, results: Path, args) -> None:
+    recs = {p.stem: json.loads(p.read_text()) for p in sorted(records.glob("*.json"))}
+    per_run = [_row(recs[n]) if n in recs else f"| {VARIANTS[RUNS[n][0]][0]} | {RUNS[n][1]} | not run yet | | | | "
+               f"| |" for n in RUNS]
+    summary = []
+    for variant, (label, _, _) in VARIANTS.items():
+        done = [r for r in recs.values() if r["variant"] == variant]
+        if done:
+            summary.append(f"| {label} | {_mean_std([r['test']['dice']['mean'] for r in done])} | "
+                           f"{_mean_std([r['test']['paper_compatible']['dice'] for r in done])} | "
+                           f"{_mean_std([r['best_val_dice'] for r in done])} |")
+        else:
+            summary.append(f"| {label} | not run yet | | |")
     split = json.loads(Path(args.split_file).read_text())
-    header = RESULTS_HEADER.format(
-        machine=machine(), n_train=len(split["train"]), n_val=len(split["val"]), n_test=len(split["test"]),
-        split_file=os.path.relpath(args.split_file, REPO),
-        script=(out / "invocation.txt").read_text().strip() if (out / "invocation.txt").exists() else "n/a",
-    )
-    table = ("| run | test Dice % [95% CI] | test IoU % [95% CI] | HD95 px | paper-style Dice % "
-             "| best val Dice % @ step | steps | wall min (train + eval) |\n|---|---|---|---|---|---|---|---|\n"
-             + "\n".join(rows))
+    any_rec = next(iter(recs.values()), None)
+    text = HEADER.format(recipe=args.recipe, machine=any_rec["machine"] if any_rec else "n/a",
+                         n_train=len(split["train"]), n_val=len(split["val"]), n_test=len(split["test"]),
+                         records=relative(str(records)))
+    text += ("\n## Mean over training seeds (test Dice %)\n\n| variant | test Dice % | paper-style Dice % | "
+             "best val Dice % |\n|---|---|---|---|\n" + "\n".join(summary) + "\n")
+    text += ("\n## Every run\n\n| run | seed | test Dice % [95% CI] | test IoU % | HD95 px | paper-style Dice % | "
+             "best val Dice % @ step | wall min (train + eval) |\n|---|---|---|---|---|---|---|---|\n"
+             + "\n".join(per_run) + "\n\n" + NOTES)
+    text += "\n## Commands\n\n```bash\n" + "\n".join(
+        f"# {r['run']}\n{r['train_cmd']}\n{r['eval_cmd']}" for r in recs.values()) + "\n```\n"
     results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = results.with_name(f".{results.name}.tmp")
-    text = (header + "\n" + table + "\n\n" + RESULTS_NOTES + "\n## Commands\n\n```bash\n" + "\n".join(commands)
-            + "\n```\n")
-    # paths relative to the repository (and ../shared), as a user would type them
-    text = text.replace(str(REPO.parent / "shared"), "../shared").replace(str(REPO) + "/", "")
-    tmp.write_text(text + MANUAL_SECTION.format(existing=_manual(results)))
-    tmp.replace(results)
-    print(f"wrote {results}")
+    results.write_text(text + "\n" + MARKER + "\n\n" + _manual(results) + "\n")
+    print(f"wrote {relative(str(results))}")
 
 
 def _manual(results: Path) -> str:
-    """Keep the hand-written analysis (after the marker) when the table is regenerated."""
-    if results.exists():
-        text = results.read_text()
-        if MARKER in text:
-            return text.split(MARKER, 1)[1].strip("\n")
+    """Keep the hand-written analysis (after the marker) when the tables are regenerated."""
+    if results.exists() and MARKER in results.read_text():
+        return results.read_text().split(MARKER, 1)[1].strip("\n")
     return "(to be written after looking at the numbers)"
 
 
 MARKER = "<!-- analysis: kept when the script rewrites this file -->"
 
-RESULTS_HEADER = """# Results: the LEAF ablation at CPU scale on CVC-ClinicDB
+HEADER = """# Results: the LEAF ablation on CVC-ClinicDB, on a 2-core CPU
 
-Produced by `benchmarks/ablation.py` (invocation: `{script}`); regenerate the table with
-`.venv/bin/python benchmarks/ablation.py --report-only`.
+Built by `benchmarks/ablation.py` from the run records in `{records}/` (one JSON per finished run, committed as
+they come); `.venv/bin/python benchmarks/ablation.py --report-only` rebuilds this file from them.
 
 - Machine: {machine}.
-- Data: `../shared/data/cvc-clinicdb` (612 frames, 384x288), split file `{split_file}`
+- Data: `../shared/data/cvc-clinicdb` (612 frames, 384x288), split file `benchmarks/splits/cvc-clinicdb.json`
   (sorted stems, seeded shuffle, seed 0): {n_train} train / {n_val} val / {n_test} test.
-- Every LEAF run: the `cpu-small` config (TAEF2 autoencoder at 128x128 -> 16x16x32 latents, LiteMedSAM TinyViT
-  teacher on 128x128 inputs with mirrored tokens for flips, UNet [64, 128, 128], batch 4, lr 2e-4, EMA), only the
-  target and the alignment switch differ. The supervised UNet: diffusers UNet2DModel [32, 64, 128, 256] on the
-  128x128 image, soft Dice + BCE, same batches, flips, lr, EMA and step budget.
-- Selection: model-best = highest val Dice (EMA weights, single step, at 128x128) among the validations; the test
-  split is touched only by the final `leafseg evaluate`, once per run, at each image's original size (single step,
-  seed 0).
+- Every LEAF run: the `{recipe}` recipe (`src/leafseg/configs/{recipe}.yaml`), only the target, the alignment
+  switch and the training seed differ. The supervised UNet: diffusers UNet2DModel [32, 64, 128, 256] on the image
+  at the same resolution, soft Dice + BCE, the same batches, flips, optimiser, schedule, EMA and step budget.
+- Selection: model-best = highest val Dice (EMA weights, single step, at the processing resolution) among the
+  validations; the test split is touched only by the final `leafseg evaluate`, once per run, at each image's
+  original size (single step, seed 0).
 """
 
-RESULTS_NOTES = """Columns: per-image foreground Dice and IoU on the test split, mean with a 95% percentile-bootstrap
-CI (2000 resamples of the images); HD95 in pixels at the original 384x288; "paper-style Dice" the number to put
-beside the paper's tables: per-image foreground Dice at the processing resolution with both-empty images scored 0,
-what the authors' torchmetrics call computes on their single-channel input; best val Dice and its step ("start":
-the untrained model). Definitions: README, "What the numbers mean".
+NOTES = """Columns: per-image foreground Dice and IoU on the test split (mean; the bracket is a 95% percentile-bootstrap
+CI over the test images for that one model, not over training seeds); HD95 in pixels at the original 384x288;
+"paper-style Dice": the number to put beside the paper's tables (per-image foreground Dice at the processing
+resolution, both-empty images scored 0, as the authors' torchmetrics call computes it); best val Dice and its step.
+Mean ± std over seeds uses the sample standard deviation of the per-run means. Definitions: README, "What the
+numbers mean".
 """
-
-MANUAL_SECTION = "\n" + MARKER + "\n\n{existing}\n"
 
 
 if __name__ == "__main__":

@@ -31,9 +31,15 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import predict
 
-    files = predict(args.model, args.input, args.output, args.steps, args.ensemble, args.seed, args.batch_size,
-                    args.device, args.uncertainty)
-    print(f"wrote {len(files)} mask(s) and overlay(s) to {args.output}")
+    report = predict(args.model, args.input, args.output, args.steps, args.ensemble, args.seed, args.batch_size,
+                     args.device, args.uncertainty, args.threshold, args.save_probabilities, args.strict,
+                     args.overwrite)
+    print(f"wrote masks and overlays of {len(report.written)} image(s) to {args.output}")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} unreadable file(s):", file=sys.stderr)
+        for path, reason in report.skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -42,7 +48,8 @@ def cmd_evaluate(args) -> int:
 
     result = evaluate(args.model, args.data, args.split, args.split_file, args.output, args.steps, args.ensemble,
                       args.seed, args.batch_size, args.device, layout=args.layout, seeds=args.seeds,
-                      worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None)
+                      worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None,
+                      overwrite=args.overwrite)
     summary = result["summary"]
     m = summary["metrics"]
     print(f"{summary['n_images']} images: Dice {m['dice']['mean']:.4f} [95% CI {m['dice']['ci_low']:.4f}, "
@@ -132,7 +139,12 @@ def _add_predict(sub) -> None:
     p.add_argument("--model", required=True, help="saved pipeline folder (e.g. RUN/model-best)")
     p.add_argument("--input", required=True, help="image file or folder")
     p.add_argument("--output", required=True, help="folder for masks and overlays")
-    p.add_argument("--uncertainty", action="store_true", help="with --ensemble > 1: write uncertainty maps")
+    p.add_argument("--uncertainty", action="store_true", help="write uncertainty maps (needs --ensemble >= 2)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability above which a pixel is foreground")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <name>_probability.npy (float32 soft mask at the image's size)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder first")
     _add_inference_args(p)
 
 
@@ -150,6 +162,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--worst", type=int, default=8, help="how many worst cases to list and draw")
     p.add_argument("--spacing", type=float, nargs=2, metavar=("SY", "SX"), default=None,
                    help="pixel spacing (e.g. mm) for HD95/ASSD (default: pixels)")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder first")
     _add_inference_args(p)
 
 
@@ -222,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
         print(f"leafseg {args.command}: error: {err}", file=sys.stderr)
         return 2
 

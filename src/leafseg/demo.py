@@ -173,7 +173,7 @@ def run_demo(output: str | Path = "leafseg-demo", minutes: float | None = None, 
     print(f"[3/4] LEAF trained {result.step} steps; best val Dice {result.best_val_dice:.4f} "
           f"at step {result.best_step} -> {run_dir / BEST}")
 
-    ev = evaluate(str(run_dir / BEST), str(data_root), "test", None, str(out / "test-eval"))
+    ev = evaluate(str(run_dir / BEST), str(data_root), "test", None, str(out / "test-eval"), overwrite=True)
     m = ev["summary"]["metrics"]
     wall = time.time() - started
     print(f"[4/4] test split ({ev['summary']['n_images']} images): Dice {m['dice']['mean']:.4f}, "

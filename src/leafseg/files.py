@@ -127,3 +127,16 @@ def folder_digest(folder: str | os.PathLike, suffixes: Sequence[str] = (".safete
             digest.update(str(rel).encode())
             digest.update(sha256_file(f).encode())
     return digest.hexdigest()
+
+
+def prepare_output(folder: str | os.PathLike, overwrite: bool) -> Path:
+    """An empty output folder: a folder that already holds files is refused (or, with ``overwrite``, emptied), so
+    the results of two runs never mix."""
+    out = Path(folder)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out}: output folder is not empty (choose another, or pass --overwrite to "
+                                  "replace its contents)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import data as D
 from .evaluation.figures import overlay, save_png
+from .files import prepare_output
 
 
 def input_files(source: str | Path) -> list[Path]:
@@ -23,26 +25,64 @@ def input_files(source: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no such file or folder")
 
 
+def output_names(files: list[Path]) -> dict[Path, str]:
+    """The name stem of each input's outputs: its stem, or stem + extension where two inputs share a stem
+    (``1.png`` and ``1.jpg`` -> ``1_png``, ``1_jpg``), so no output overwrites another."""
+    stems = [f.stem for f in files]
+    return {f: f.stem if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}" for f in files}
+
+
+@dataclass
+class PredictReport:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+
+
 def predict(model: str | Path, source: str | Path, output: str | Path, steps: int = 1, ensemble: int = 1,
-            seed: int = 0, batch_size: int = 8, device: str | None = None, uncertainty: bool = False) -> list[Path]:
-    """Write ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` (and with ``uncertainty`` and an ensemble,
-    ``<stem>_uncertainty.png``, the per-pixel std scaled from [0, 0.5] to [0, 255]) for every input image."""
+            seed: int = 0, batch_size: int = 8, device: str | None = None, uncertainty: bool = False,
+            threshold: float = 0.5, save_probabilities: bool = False, strict: bool = False,
+            overwrite: bool = False) -> PredictReport:
+    """Write ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` for every readable input image; with
+    ``uncertainty`` (an ensemble) ``<name>_uncertainty.png`` (per-pixel std scaled from [0, 0.5] to [0, 255]); with
+    ``save_probabilities`` ``<name>_probability.npy`` (float32, the soft mask at the image's size). An unreadable
+    file is skipped and reported (``strict``: the first one stops the run)."""
     from tqdm.auto import tqdm
 
     from .pipelines import load_pipeline
 
-    pipe = load_pipeline(model, device)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    if uncertainty and ensemble < 2:
+        raise ValueError("--uncertainty needs an ensemble: pass --ensemble N with N >= 2 (e.g. 5)")
     files = input_files(source)
-    for i in tqdm(range(0, len(files), batch_size), desc="predicting", disable=len(files) < 2):
-        chunk = files[i:i + batch_size]
-        images = [D.load_image(f) for f in chunk]
-        result = pipe(images, num_inference_steps=steps, ensemble_size=ensemble, seed=seed)
-        for k, (f, image, mask) in enumerate(zip(chunk, images, result.masks)):
-            save_png(mask.astype(np.uint8) * 255, out / f"{f.stem}_mask.png")
-            save_png(overlay(image, mask), out / f"{f.stem}_overlay.png")
-            if result.uncertainty is not None and uncertainty:
-                std = result.uncertainty[k]  # std of values in [0, 1]: at most 0.5
-                save_png((np.clip(std / 0.5, 0, 1) * 255).astype(np.uint8), out / f"{f.stem}_uncertainty.png")
-    return files
+    pipe = load_pipeline(model, device)
+    out = prepare_output(output, overwrite)
+    names, report = output_names(files), PredictReport()
+    with tqdm(total=len(files), desc="predicting", unit="img", disable=len(files) < 2) as bar:
+        for i in range(0, len(files), batch_size):
+            chunk, images = [], []
+            for f in files[i:i + batch_size]:
+                try:
+                    images.append(D.load_image(f))
+                    chunk.append(f)
+                except (ValueError, OSError) as err:
+                    if strict:
+                        raise
+                    report.skipped.append((f, str(err)))
+            if chunk:
+                result = pipe(images, num_inference_steps=steps, ensemble_size=ensemble, seed=seed,
+                              threshold=threshold)
+                for k, (f, image, mask) in enumerate(zip(chunk, images, result.masks)):
+                    _write(out, names[f], image, mask, result, k, uncertainty, save_probabilities)
+                    report.written.append(f)
+            bar.update(len(files[i:i + batch_size]))
+    return report
+
+
+def _write(out: Path, name: str, image: np.ndarray, mask: np.ndarray, result, k: int, uncertainty: bool,
+           save_probabilities: bool) -> None:
+    save_png(mask.astype(np.uint8) * 255, out / f"{name}_mask.png")
+    save_png(overlay(image, mask), out / f"{name}_overlay.png")
+    if uncertainty and result.uncertainty is not None:
+        std = result.uncertainty[k]  # std of values in [0, 1]: at most 0.5
+        save_png((np.clip(std / 0.5, 0, 1) * 255).astype(np.uint8), out / f"{name}_uncertainty.png")
+    if save_probabilities:
+        np.save(out / f"{name}_probability.npy", result.probabilities[k].astype(np.float32))

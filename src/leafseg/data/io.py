@@ -1,8 +1,8 @@
 """Reading images and masks, resizing them to the processing resolution, flips, and in-memory arrays.
 
 Images may be RGB, RGBA (alpha dropped), greyscale (replicated) or 16-bit (min-max scaled to 8 bit). Masks are
-binarised: 8-bit masks at > 127; masks whose maximum is 1 (label maps) at > 0; 16-bit masks are scaled to 8 bit
-first. Every read error names the file.
+read by what they encode (labels, palette indices, intensities, alpha; see :func:`mask_from_array`), and a mask whose
+encoding is ambiguous is refused. Every read error names the file.
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ def _open(path: Path) -> Image.Image:
         return image
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path}: refused: {err} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path}: cannot read image ({err})") from None
+        raise ValueError(f"{path}: cannot read image ({err}); readable formats: "
+                         f"{', '.join(IMAGE_EXTENSIONS)}") from None
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -76,27 +79,72 @@ MASK_RULES = ("binary", "refuge_cup")
 
 
 def load_mask(path: str | Path, rule: str = "binary") -> np.ndarray:
-    """(H, W) bool foreground mask.
+    """(H, W) bool foreground mask, read by what the file encodes (see :func:`mask_from_array`).
 
-    ``binary``: > 127 for 8-bit masks, > 0 for label maps whose maximum is 1. ``refuge_cup`` (REFUGE optic cup):
-    a mask holding REFUGE grey levels (0 cup, 128 rim, 255 background; detected by any pixel in 64..191) gives
-    cup = pixels < 64; a two-level mask is read as ``binary`` (255 = cup), the SDSeg-prepared form.
+    ``refuge_cup`` (REFUGE optic cup): a mask holding REFUGE grey levels (0 cup, 128 rim, 255 background; detected by
+    any pixel in 64..191) gives cup = pixels < 64; a two-level mask is read as ``binary`` (255 = cup), the
+    SDSeg-prepared form.
     """
     path = Path(path)
     if rule not in MASK_RULES:
         raise ValueError(f"{path}: unknown mask rule {rule!r} (choose from {MASK_RULES})")
     image = _open(path)
-    array = np.asarray(image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA", "1") else image)
+    if rule == "refuge_cup":
+        grey = np.asarray(image.convert("L"))
+        if np.any((grey >= 64) & (grey < 192)):
+            return grey < 64
+    return mask_from_array(_mask_plane(image), path, palette=image.mode == "P")
+
+
+def _mask_plane(image: Image.Image) -> np.ndarray:
+    """The one 2-D plane of a mask image that carries the mask: palette indices for P; alpha where the colour is
+    the same everywhere (RGBA/LA masks drawn in the alpha channel); else the brightest colour channel (so a red
+    object on black counts, which a grey conversion would dim to 76)."""
+    if image.mode == "1":
+        return np.asarray(image).astype(bool)
+    array = np.asarray(image)
+    if image.mode in ("RGBA", "LA"):
+        colour, alpha = array[..., :-1], array[..., -1]
+        constant_colour = all(np.ptp(colour[..., c]) == 0 for c in range(colour.shape[-1]))
+        if constant_colour and np.ptp(alpha) > 0:
+            return alpha
+        array = colour
     if array.ndim == 3:
         array = array.max(axis=-1)
-    if array.dtype != np.uint8:
-        if array.max() <= 1:
-            return array > 0
-        if array.max() > 255:
-            array = array.astype(np.float64) * (255.0 / 65535.0)
-    if rule == "refuge_cup" and np.any((array >= 64) & (array < 192)):
-        return array < 64
-    return array > 0 if array.max() == 1 else array > 127
+    return array
+
+
+def mask_from_array(array: np.ndarray, path: str | Path = "mask", palette: bool = False) -> np.ndarray:
+    """The foreground of one mask plane, by its encoding:
+
+    * labels -- values {0, 1}, or {0, k} for one small label k (e.g. {0, 100}): foreground = the non-zero label;
+      palette (P-mode) images are always labels, with VOC's 255 "void" border counted as background;
+    * intensities -- 0/255 (also JPEG-compressed, i.e. many values, and soft masks): foreground > 127; 16-bit
+      masks scaled to 8 bit first; float masks in [0, 1]: > 0.5.
+    Anything else -- several labels, or a few grey levels none of them near white -- is ambiguous for a binary
+    task and refused with the file and its values.
+    """
+    if array.dtype == bool:
+        return array
+    if np.issubdtype(array.dtype, np.floating) and array.max() <= 1:
+        return array > 0.5
+    if array.max() > 255:
+        array = array.astype(np.float64) * (255.0 / 65535.0)
+        return array > 127
+    values = np.unique(array)
+    if palette:
+        labels = [v for v in values if v not in (0, 255)] or [v for v in values if v]
+        if len(labels) > 1:
+            raise ValueError(f"{path}: palette mask with several object labels {[int(v) for v in labels[:10]]}: "
+                             "leafseg segments one foreground class; merge the labels or keep one first")
+        return array == labels[0] if labels else np.zeros(array.shape, bool)
+    if len(values) == 1 or (len(values) == 2 and values[0] == 0):
+        return array == values[-1] if values[-1] > 0 else np.zeros(array.shape, bool)
+    if len(values) >= 16 or values[-1] >= 250:
+        return array > 127
+    shown = ", ".join(str(int(v)) for v in values[:10])
+    raise ValueError(f"{path}: ambiguous mask: {len(values)} grey levels ({shown}) - neither 0/1 or 0/k labels nor a "
+                     "0/255 intensity mask; leafseg segments one foreground class: convert the mask first")
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

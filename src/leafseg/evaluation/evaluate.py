@@ -6,15 +6,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .. import __version__
 from .. import data as D
-from ..files import folder_digest, write_csv, write_json
+from ..files import folder_digest, prepare_output, write_csv, write_json
 from ..metrics import PaperMetrics, SegmentationMetrics, dice
 from ..models.weights import read_config
 from ..pipelines import load_pipeline
-from .figures import panel_row, save_png, stack_rows
+from .figures import panel_row, read_own_png, save_png, stack_rows
 
 
 def _run_config(model: Path) -> dict | None:
@@ -72,7 +71,7 @@ def _write_figures(out: Path, rows: list[dict], first_panels: list[np.ndarray], 
     save_png(stack_rows(first_panels), out / "grid.png")
     worst = sorted(rows, key=lambda r: r["dice"])[:worst_k]
     if worst:
-        save_png(stack_rows([np.asarray(Image.open(out / "overlays" / f"{r['name']}.png")) for r in worst]),
+        save_png(stack_rows([read_own_png(out / "overlays" / f"{r['name']}.png") for r in worst]),
                  out / "worst_cases.png")
     return worst
 
@@ -80,8 +79,9 @@ def _write_figures(out: Path, rows: list[dict], first_panels: list[np.ndarray], 
 def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None, output: str | None,
              steps: int = 1, ensemble: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
              layout: str | None = None, images_dir: str = "images", masks_dir: str = "masks", seeds: int = 1,
-             worst_k: int = 8, spacing: tuple[float, float] | None = None) -> dict:
-    """Metrics on one split at each image's original size.
+             worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False) -> dict:
+    """Metrics on one split at each image's original size, into ``output`` (default MODEL/eval-SPLIT), which must
+    be empty or absent (``overwrite``: emptied first).
 
     Writes ``per_image.csv``, ``summary.json`` (metrics, config, split-file and checkpoint hashes, seeds),
     ``overlays/<stem>.png`` (image | ground truth | prediction | uncertainty), ``grid.png`` (the first images),
@@ -100,8 +100,8 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     chosen, split_path = _chosen_pairs(model, data_root, split, split_file, layout, images_dir, masks_dir)
     pipe = load_pipeline(model_dir, device)
     metrics, paper = SegmentationMetrics(spacing=spacing), PaperMetrics()
-    out = Path(output) if output else model / f"eval-{split}"
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    out = prepare_output(Path(output) if output else model / f"eval-{split}", overwrite)
+    (out / "overlays").mkdir()
     started = time.time()
     stability, panels = [], {}
     for i in tqdm(range(0, len(chosen), batch_size), desc=f"evaluating {split}"):

@@ -91,3 +91,10 @@ def cached_sha256(path: str | Path) -> str:
     path = Path(path)
     st = path.stat()
     return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def assert_finite(module: nn.Module, what: str) -> None:
+    """FloatingPointError naming ``what`` and the first parameter or buffer holding nan/inf."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise FloatingPointError(f"{what}: {name} holds non-finite values (nan/inf)")

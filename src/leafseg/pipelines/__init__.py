@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.weights import read_config
+from ..models.weights import assert_finite, read_config
 from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
 from .leaf import LeafSegPipeline, LeafSegPipelineOutput
 from .supervised import SupervisedSegPipeline
@@ -46,7 +46,13 @@ def load_pipeline(model_dir: str | Path, device: str | None = None):
             sys.modules.setdefault(library, importlib.import_module(LEGACY_MODULES[library]))
         elif isinstance(library, str) and library.startswith("leafseg."):
             importlib.import_module(library)
-    pipe = PIPELINES[name].from_pretrained(folder, local_files_only=True)
+    try:
+        pipe = PIPELINES[name].from_pretrained(folder, local_files_only=True)
+    except (OSError, RuntimeError) as err:  # truncated or corrupt weight files, among others
+        raise ValueError(f"{folder}: could not load the saved model ({type(err).__name__}: {err})") from None
+    for component_name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            assert_finite(component, f"{folder / component_name}")
     pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe.set_progress_bar_config(disable=True)
     return pipe

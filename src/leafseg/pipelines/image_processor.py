@@ -38,7 +38,9 @@ class SegmentationImageProcessor:
 
     @staticmethod
     def to_tensor(image) -> torch.Tensor:
-        """PIL image / HxW(x3) uint8 or float array / (3, H, W) tensor in [0, 1] -> float (3, H, W) in [0, 1]."""
+        """One image -> float (3, H, W) in [0, 1]. Accepted, and nothing else (a wrong range is refused rather than
+        segmented as if it were right): PIL images; numpy arrays (H, W), (H, W, 3) or (H, W, 4) and torch tensors
+        (3, H, W), either uint8 (0..255) or floating point in [0, 1]."""
         if isinstance(image, Image.Image):
             image = np.asarray(image.convert("RGB"))
         if isinstance(image, np.ndarray):
@@ -46,13 +48,21 @@ class SegmentationImageProcessor:
                 image = np.repeat(image[..., None], 3, axis=-1)
             if image.ndim != 3 or image.shape[-1] not in (3, 4):
                 raise ValueError(f"expected an (H, W, 3) image array, got shape {image.shape}")
-            tensor = torch.from_numpy(np.array(image[..., :3])).permute(2, 0, 1)  # a writable copy
-            return tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
-        if isinstance(image, torch.Tensor):
+            image = torch.from_numpy(np.array(image[..., :3])).permute(2, 0, 1)  # a writable copy
+        elif isinstance(image, torch.Tensor):
             if image.ndim != 3 or image.shape[0] != 3:
-                raise ValueError(f"expected a (3, H, W) image tensor in [0, 1], got shape {tuple(image.shape)}")
-            return image.float()
-        raise TypeError(f"unsupported image type {type(image).__name__}")
+                raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(image.shape)}")
+        else:
+            raise TypeError(f"unsupported image type {type(image).__name__} (PIL image, numpy array or torch tensor)")
+        if image.dtype == torch.uint8:
+            return image.float() / 255.0
+        if not image.is_floating_point():
+            raise ValueError(f"unsupported image dtype {image.dtype}: give uint8 (0..255) or float in [0, 1]")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"float image values must be in [0, 1], got [{lo:.4g}, {hi:.4g}] (divide 0..255 images "
+                             "by 255, or pass them as uint8)")
+        return image.float()
 
     def preprocess(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """One image or a list (or a (B, 3, H, W) tensor) -> (B, 3, R, R) in [-1, 1], plus the original sizes."""

@@ -12,6 +12,7 @@ rank reads its own shard of every global batch.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import time
 from contextlib import contextmanager
@@ -26,11 +27,13 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .. import data as D
 from ..config import to_container
-from ..files import atomic_dir, replace_dir, write_json
+from ..files import atomic_dir, replace_dir, write_csv, write_json
+from ..models.weights import assert_finite
 from .curves import plot_training_curves
 
 CHECKPOINT = "checkpoint-last"
@@ -74,7 +77,11 @@ def resolve_mixed_precision(value: str | bool) -> str:
 
 
 def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
-    """Accelerator, run folder and config.yaml; refuses to overwrite a run unless resuming."""
+    """Accelerator, run folder (locked for this run) and config.yaml. Refuses, before writing anything, a config
+    with unset keys, a folder another training holds, and a folder that holds a run unless resuming."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"config value(s) not set: {', '.join(missing)} (give them as key=value or in the config)")
     tc = cfg.train
     run_dir = Path(cfg.run.output_dir)
     if tc.num_threads:
@@ -86,15 +93,58 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
         mixed_precision=resolve_mixed_precision(tc.mixed_precision), log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(run_dir)
+        recover_checkpoint(run_dir)
+    accelerator.wait_for_everyone()
     if (run_dir / CHECKPOINT).exists() and not resume:  # checked on every rank: no rank waits for one that stopped
         raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
                               "or choose another run.output_dir")
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            OmegaConf.save(cfg, run_dir / "config.yaml")
+    if accelerator.is_main_process and not resume:
+        OmegaConf.save(cfg, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
     return accelerator, run_dir
+
+
+_LOCKS: dict[Path, object] = {}  # open lock files, held until the process ends
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """An exclusive lock on ``run_dir/.lock`` for this process: a second training into the same folder stops at
+    once instead of sharing its checkpoints."""
+    import fcntl
+
+    key = run_dir.resolve()
+    if key in _LOCKS:
+        return
+    handle = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise FileExistsError(f"{run_dir}: another training run is using this folder") from None
+    _LOCKS[key] = handle
+
+
+def release_run_dir(run_dir: Path) -> None:
+    handle = _LOCKS.pop(run_dir.resolve(), None)
+    if handle is not None:
+        handle.close()
+
+
+def recover_checkpoint(run_dir: Path) -> None:
+    """Finish a checkpoint swap that was interrupted (see :func:`leafseg.files.replace_dir`): with no
+    ``checkpoint-last``, the newest complete one of ``.checkpoint-last.tmp`` (complete once trainer_state.json is in
+    it) and ``checkpoint-last.old`` takes its place."""
+    final, tmp, old = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.tmp", run_dir / f"{CHECKPOINT}.old"
+    if final.exists():
+        return
+    for candidate in (tmp, old):
+        if (candidate / "trainer_state.json").is_file():
+            candidate.rename(final)
+            print(f"recovered {final} from an interrupted checkpoint swap ({candidate.name})", flush=True)
+            return
 
 
 @dataclass
@@ -123,6 +173,10 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
     res = int(cfg.data.resolution)
     train_images, train_masks = D.load_arrays(train_pairs, res, "loading train")
     val_images, val_masks = D.load_arrays(val_pairs, res, "loading val") if val_pairs else (None, None)
+    for name, masks, pairs in (("train", train_masks, train_pairs), ("val", val_masks, val_pairs)):
+        if masks is not None and not masks.any():  # nothing to learn or select on: a wrong mask encoding, usually
+            raise ValueError(f"all {len(pairs)} {name} masks are empty at {res}x{res} (e.g. {pairs[0].mask}); "
+                             "check the mask files and their encoding")
     return RunData(split, train_pairs, train_images, train_masks, val_images, val_masks)
 
 
@@ -176,13 +230,20 @@ def eval_mode(module: torch.nn.Module):
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 def save_pipeline(pipe, path: Path) -> None:
-    """save_pretrained (safetensors) into a temporary folder, then swap it into place."""
+    """save_pretrained (safetensors) into a temporary folder, then swap it into place; a model with non-finite
+    weights is refused (nothing is written)."""
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            assert_finite(component, f"{name} of the model to be saved to {path}")
     with atomic_dir(path) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, export_last) -> None:
-    """accelerate state + trainer_state.json into checkpoint-last (atomic swap), then export model-last."""
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, export_last, extra) -> None:
+    """accelerate state (model and optimiser as safetensors/tensor files, RNG states) + trainer_state.json (step,
+    history, LR schedule and EMA scalars) + ema.safetensors into checkpoint-last (atomic swap), then model-last.
+    Nothing in it needs code execution to load: the LR schedule and the EMA are not pickled (accelerate would
+    unpickle its custom states with weights_only=False)."""
     tmp = run_dir / f".{CHECKPOINT}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -190,20 +251,55 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, export
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(state, tmp / "trainer_state.json")
+        scalars, tensors = extra.state()
+        if tensors:
+            save_file(tensors, str(tmp / "ema.safetensors"))
+        write_json({**state, **scalars}, tmp / "trainer_state.json")  # written last: marks the folder complete
         replace_dir(tmp, run_dir / CHECKPOINT)
         export_last(run_dir / LAST)
     accelerator.wait_for_everyone()
 
 
-def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool) -> dict:
+def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool, extra) -> dict:
     if not resume:
         return {"step": 0, "best_val_dice": None, "best_step": None, "history": []}
     checkpoint = run_dir / CHECKPOINT
     if not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint}: nothing to resume")
-    accelerator.load_state(str(checkpoint))
-    return json.loads((checkpoint / "trainer_state.json").read_text())
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if "lr_scheduler" not in state:
+        raise ValueError(f"{checkpoint} was written by an earlier leafseg, which pickled its LR-schedule and EMA "
+                         "state; leafseg no longer unpickles them (loading a pickle can run code): start a new run")
+    try:  # accelerate reads its files with weights_only=True: a file that needs code to load is refused
+        accelerator.load_state(str(checkpoint))
+    except (pickle.UnpicklingError, RuntimeError, OSError) as err:
+        raise ValueError(f"{checkpoint}: cannot resume from it ({type(err).__name__}: {err})") from None
+    ema_file = checkpoint / "ema.safetensors"
+    extra.load(state, load_file(str(ema_file)) if ema_file.exists() else {})
+    return {k: state[k] for k in ("step", "best_val_dice", "best_step", "history")}
+
+
+class ScheduleAndEMA:
+    """The LR scheduler and the EMA, saved as JSON scalars and safetensors instead of accelerate's pickles."""
+
+    def __init__(self, lr_scheduler, ema: EMAModel | None):
+        self.lr_scheduler, self.ema = lr_scheduler, ema
+
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        scalars = {"lr_scheduler": self.lr_scheduler.state_dict()}
+        if self.ema is None:
+            return scalars, {}
+        ema = self.ema.state_dict()
+        shadow = ema.pop("shadow_params")
+        return {**scalars, "ema": ema}, {f"shadow.{i}": t.detach().cpu().contiguous() for i, t in enumerate(shadow)}
+
+    def load(self, scalars: dict, tensors: dict[str, torch.Tensor]) -> None:
+        self.lr_scheduler.load_state_dict(scalars["lr_scheduler"])
+        if self.ema is not None:
+            if "ema" not in scalars:
+                raise ValueError("the checkpoint has no EMA state, but train.ema.enabled is true")
+            shadow = [tensors[f"shadow.{i}"] for i in range(len(tensors))]
+            self.ema.load_state_dict({**scalars["ema"], "shadow_params": shadow})
 
 
 @dataclass
@@ -221,8 +317,9 @@ class StepBookkeeping:
     (model-best when there is no val split, training curves, tracker shutdown)."""
 
     def __init__(self, accelerator: Accelerator, cfg: DictConfig, state: dict, run_dir: Path, validate, export,
-                 has_val: bool, desc: str):
-        self.accelerator, self.tc, self.state, self.run_dir = accelerator, cfg.train, state, run_dir
+                 has_val: bool, desc: str, extra: ScheduleAndEMA, check_finite):
+        self.accelerator, self.tc, self.state, self.run_dir, self.extra = accelerator, cfg.train, state, run_dir, extra
+        self.check_finite = check_finite
         self.validate, self.export, self.has_val = validate, export, has_val
         self.max_steps = int(self.tc.max_steps)
         self.t_start = time.time()
@@ -259,7 +356,10 @@ class StepBookkeeping:
             self._validate(step)
         self.state["step"] = step
         if step % int(tc.checkpoint_every) == 0 or last:
-            save_checkpoint(self.accelerator, self.run_dir, self.state, self.export)
+            self.check_finite()  # a checkpoint is only ever a good state
+            save_checkpoint(self.accelerator, self.run_dir, self.state, self.export, self.extra)
+            if self.accelerator.is_main_process:  # a plain-text record beside TensorBoard's
+                write_csv(self.state["history"], self.run_dir / "logs" / "history.csv")
 
     def finish(self) -> TrainResult:
         self.progress.close()
@@ -270,6 +370,8 @@ class StepBookkeeping:
             if state["history"]:
                 plot_training_curves(state["history"], self.run_dir / "logs" / "curves.png")
         accelerator.end_training()
+        if accelerator.is_main_process:
+            release_run_dir(self.run_dir)
         return TrainResult(self.run_dir, int(state["step"]), state["best_val_dice"], state["best_step"],
                            state["history"])
 
@@ -349,13 +451,13 @@ def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) 
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tuple(tc.adam_betas))
     lr_scheduler = make_lr_scheduler(optimizer, tc)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(lr_scheduler)
     base = accelerator.unwrap_model(model)
     averaged = method.ema_module(base)
     ema = make_ema(averaged, tc.ema, accelerator.device)
+    extra = ScheduleAndEMA(lr_scheduler, ema)
+    state = load_trainer_state(accelerator, run_dir, resume, extra)
     if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    state = load_trainer_state(accelerator, run_dir, resume)
+        ema.to(accelerator.device)
     if accelerator.is_main_process:
         flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                 for k, v in _flatten(to_container(cfg)).items()}
@@ -363,7 +465,7 @@ def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) 
 
     def export(path: Path) -> None:
         with ema_weights(ema, averaged.parameters()):
-            save_pipeline(method.pipeline(base), path)
+            save_pipeline(method.pipeline(base), path)  # refuses non-finite weights
 
     def validate() -> float:
         with ema_weights(ema, averaged.parameters()), eval_mode(base), torch.no_grad():
@@ -373,12 +475,19 @@ def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) 
     n_train, bs, seed, n_codes = len(data.train_pairs), int(tc.batch_size), int(cfg.run.seed), len(trainer.codes)
     step, seen = int(state["step"]), []
     book = StepBookkeeping(accelerator, cfg, state, run_dir, validate, export, data.val_images is not None,
-                           method.description)
+                           method.description, extra,
+                           lambda: assert_finite(base, f"the model at step {book.state['step']} (training stopped; "
+                                                       f"the last good state is {run_dir / CHECKPOINT})"))
     model.train()
     while step < int(tc.max_steps):
         idx = batch_indices(n_train, bs, world, rank, step, seed)
         g = seeded(seed, 2, step, rank)
         losses = method.losses(model, Batch(idx, torch.randint(n_codes, (len(idx),), generator=g), g, step))
+        if not torch.isfinite(losses["loss"].detach()).all():
+            raise FloatingPointError(
+                f"non-finite training loss at step {step + 1} (lr {lr_scheduler.get_last_lr()[0]:.3g}): training "
+                f"stopped; the last good state is {run_dir / CHECKPOINT} (step {state['step']}) - lower train.lr "
+                "and start again, or resume from it")
         accelerator.backward(losses["loss"])
         grad_norm = accelerator.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip else None
         optimizer.step()

@@ -9,6 +9,7 @@ and cached on disk (``leafseg.training.caches``); the engine (``leafseg.training
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,27 @@ from .caches import cache_key, cached, compute_cache, mirror_tokens
 from .engine import Batch, Trainer
 
 
+def autoencoder_path(ac: DictConfig) -> Path | None:
+    """``autoencoder.path``, or for TAEF2 without one ``$LEAFSEG_SHARED/weights/taef2``: never a path relative to
+    wherever the command happens to run. Says which folder it uses."""
+    if ac.kind == "kl":
+        return None
+    path = ac.path
+    if path is None and ac.kind == "taef2" and os.environ.get("LEAFSEG_SHARED"):
+        path = Path(os.environ["LEAFSEG_SHARED"]) / "weights" / "taef2"
+    if path is None:
+        raise ValueError(f"autoencoder.path is not set: give the {ac.kind} autoencoder folder (for TAEF2, the folder "
+                         "with taef2_encoder.pth and taef2_decoder.pth, or set LEAFSEG_SHARED to the folder that "
+                         "holds weights/taef2)")
+    path = Path(path).expanduser().resolve()
+    print(f"autoencoder: {ac.kind} from {path}", flush=True)
+    return path
+
+
 def build_components(cfg: DictConfig) -> dict:
     """Autoencoder (frozen), image encoder (copy of its encoder), UNet (2C in), scheduler."""
     ac = cfg.autoencoder
-    ae = ae_ops.load_autoencoder(ac.kind, ac.path, to_container(ac)["config"], ac.scaling_factor)
+    ae = ae_ops.load_autoencoder(ac.kind, autoencoder_path(ac), to_container(ac)["config"], ac.scaling_factor)
     factor = ae_ops.downscale_factor(ae)
     if cfg.data.resolution % factor:
         raise ValueError(f"data.resolution {cfg.data.resolution} must be a multiple of the autoencoder's {factor}")

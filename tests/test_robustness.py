@@ -1,0 +1,359 @@
+"""No silent wrong answer: mask encodings, interrupted checkpoint swaps, unreadable inputs, overwrites, non-finite
+training, unset config keys, corrupt model folders, pickles that would run code (issue 12), and the newcomer's
+first-hour fixes (issue 13)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from leafseg import data as D
+from leafseg.cli import main
+from leafseg.training import train
+from tiny import tiny_config, tiny_pipeline
+
+
+# --------------------------------------------------------------------------------------------- mask encodings
+def _blob(value=1, dtype=np.uint8) -> np.ndarray:
+    a = np.zeros((8, 8), dtype)
+    a[2:5, 2:6] = value
+    return a
+
+
+@pytest.mark.parametrize("name,make", [
+    ("grey-label-100", lambda: Image.fromarray(_blob(100))),
+    ("label-0-1", lambda: Image.fromarray(_blob(1))),
+    ("intensity-0-255", lambda: Image.fromarray(_blob(255))),
+    ("sixteen-bit", lambda: Image.fromarray(_blob(65535, np.uint16))),
+])
+def test_grey_masks_are_read_by_encoding(tmp_path, name, make):
+    make().save(tmp_path / f"{name}.png")
+    assert D.load_mask(tmp_path / f"{name}.png").sum() == 12
+
+
+def test_palette_alpha_and_colour_masks(tmp_path):
+    pal = Image.fromarray(_blob(1), mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # VOC style: index 1 is the object
+    pal.save(tmp_path / "palette.png")
+    assert D.load_mask(tmp_path / "palette.png").sum() == 12
+    voc = _blob(1)
+    voc[0, :] = 255  # VOC "void" border: background for a binary task
+    vp = Image.fromarray(voc, mode="P")
+    vp.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    vp.save(tmp_path / "voc.png")
+    assert D.load_mask(tmp_path / "voc.png").sum() == 12
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = 200  # constant colour, the object in the alpha channel
+    rgba[..., 3] = _blob(255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    assert D.load_mask(tmp_path / "alpha.png").sum() == 12
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = _blob(255)  # red on black: a grey conversion would give 76 < 128
+    Image.fromarray(red).save(tmp_path / "red.png")
+    assert D.load_mask(tmp_path / "red.png").sum() == 12
+
+
+def test_ambiguous_masks_are_refused_naming_file_and_values(tmp_path):
+    multi = _blob(1)
+    multi[6, 6] = 2
+    Image.fromarray(multi).save(tmp_path / "labels.png")
+    with pytest.raises(ValueError, match=r"labels\.png.*0, 1, 2"):
+        D.load_mask(tmp_path / "labels.png")
+    two = np.zeros((8, 8), np.uint8)
+    two[0, :3] = [100, 50, 25]
+    Image.fromarray(two).save(tmp_path / "grey.png")
+    with pytest.raises(ValueError, match=r"grey\.png.*ambiguous"):
+        D.load_mask(tmp_path / "grey.png")
+    pal = _blob(1)
+    pal[6, 6] = 2
+    p = Image.fromarray(pal, mode="P")
+    p.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    p.save(tmp_path / "pal2.png")
+    with pytest.raises(ValueError, match=r"pal2\.png.*several object labels \[1, 2\]"):
+        D.load_mask(tmp_path / "pal2.png")
+
+
+def test_all_empty_training_masks_are_reported_before_training(tmp_path, synthetic):
+    root = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for f in sorted((synthetic / "images").iterdir())[:8]:
+        (root / "images" / f.name).write_bytes(f.read_bytes())
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "masks" / f.name)
+    with pytest.raises(ValueError, match="masks are empty"):
+        train(tiny_config(tmp_path / "run", root))
+    assert not (tmp_path / "run" / "checkpoint-last").exists()
+
+
+# -------------------------------------------------------------------------------------- checkpoints and runs
+def test_kill_inside_the_checkpoint_swap_is_recovered(tmp_path, synthetic, monkeypatch):
+    run = tmp_path / "run"
+    train(tiny_config(run, synthetic, "train.max_steps=2", "train.checkpoint_every=2"))
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if self.name == ".checkpoint-last.tmp":  # checkpoint-last -> checkpoint-last.old done, this one not
+            raise KeyboardInterrupt("killed inside the swap")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(run, synthetic, "train.max_steps=4", "train.checkpoint_every=2"), resume=True)
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert not (run / "checkpoint-last").exists() and (run / ".checkpoint-last.tmp" / "trainer_state.json").exists()
+    assert (run / "checkpoint-last.old" / "trainer_state.json").exists()
+    with pytest.raises(FileExistsError, match="--resume"):  # a fresh start over it is refused
+        train(tiny_config(run, synthetic, "train.max_steps=4"))
+    resumed = train(tiny_config(run, synthetic, "train.max_steps=4"), resume=True)  # the newest complete one
+    assert resumed.step == 4
+    straight = train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=4", "train.checkpoint_every=2"))
+    a = [h["loss"] for h in straight.history if "loss" in h]
+    assert [h["loss"] for h in resumed.history if "loss" in h] == a
+
+
+def test_second_training_into_one_folder_is_refused(tmp_path, synthetic):
+    import fcntl
+
+    from leafseg.training.engine import lock_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = open(run / ".lock", "w")  # another process's lock, as flock sees it
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(FileExistsError, match="another training run"):
+        lock_run_dir(run)
+    holder.close()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synthetic, capsys):
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    OmegaConf.save(tiny_config(run, synthetic), tmp_path / "tiny.yaml")
+    code = main(["train", "--config", str(tmp_path / "tiny.yaml"), "train.max_steps=40", "train.lr=1e30",
+                 "train.grad_clip=0", "train.warmup_steps=0", "train.val_every=100", "train.checkpoint_every=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "non-finite training loss at step" in err
+    failed_at = int(err.split("non-finite training loss at step ")[1].split()[0])
+    state = json.loads((run / "checkpoint-last" / "trainer_state.json").read_text())
+    assert state["step"] == failed_at - 1 and all(np.isfinite(h["loss"]) for h in state["history"] if "loss" in h)
+    assert all(torch.isfinite(p).all() for p in tiny_load(run / "model-last").unet.parameters())
+
+
+def tiny_load(folder):
+    from leafseg.pipelines import load_pipeline
+
+    return load_pipeline(folder, "cpu")
+
+
+def test_non_finite_models_are_neither_saved_nor_loaded(tmp_path):
+    from leafseg.training.engine import save_pipeline
+
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "good")
+    with torch.no_grad():
+        pipe.unet.conv_out.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="conv_out.weight"):
+        save_pipeline(pipe, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    pipe.save_pretrained(tmp_path / "nan")  # written behind leafseg's back
+    with pytest.raises(FloatingPointError, match="unet"):
+        tiny_load(tmp_path / "nan")
+
+
+def test_unset_key_is_refused_before_anything_is_written(tmp_path, capsys):
+    code = main(["train", "--output", str(tmp_path / "run"), "train.max_steps=1"])
+    assert code == 2 and "data.root" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_overrides_after_an_option_are_accepted():
+    from leafseg.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), ["train", "train.max_steps=3", "--config", "c.yaml", "--output", "runs/x",
+                                       "data.root=d"])
+    assert args.overrides == ["train.max_steps=3", "data.root=d"] and args.output == "runs/x"
+    with pytest.raises(SystemExit):
+        parse_args(build_parser(), ["evaluate", "--model", "m", "--data", "d", "stray=1"])
+
+
+def test_corrupt_model_folders_name_the_file(tmp_path):
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model_index.json").write_text("{oops")
+    with pytest.raises(ValueError, match="model_index.json"):
+        tiny_load(tmp_path / "m")
+    pipe.save_pretrained(tmp_path / "t")
+    weights = tmp_path / "t" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    with pytest.raises(ValueError, match=str(tmp_path / "t")):
+        tiny_load(tmp_path / "t")
+
+
+def test_decompression_bomb_is_refused_clearly(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match=r"big\.png: refused"):
+        D.load_image(tmp_path / "big.png")
+
+
+# ------------------------------------------------------------------------------------------------- predict
+def _model(tmp_path) -> Path:
+    tiny_pipeline().save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_predict_skips_unreadable_files_and_says_so(tmp_path, capsys):
+    model, inputs = _model(tmp_path), tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(inputs / name)
+    (inputs / "broken.png").write_bytes(b"not a png")
+    code = main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and "broken.png" in err and "skipped 1" in err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.png")) == ["a_mask.png", "b_mask.png"]
+    code = main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "out2"),
+                 "--strict"])
+    assert code == 2 and "broken.png" in capsys.readouterr().err
+
+
+def test_predict_outputs_never_overwrite_each_other(tmp_path, capsys):
+    model, inputs = _model(tmp_path), tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(inputs / "1.png")
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(inputs / "1.jpg")
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "o")]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").glob("*_mask.png")) == ["1_jpg_mask.png", "1_png_mask.png"]
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "o")]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "o"),
+                 "--overwrite", "--save-probabilities", "--threshold", "0.3"]) == 0
+    prob = np.load(tmp_path / "o" / "1_png_probability.npy")
+    mask = np.asarray(Image.open(tmp_path / "o" / "1_png_mask.png")) > 0
+    assert prob.shape == (20, 30) and np.array_equal(mask, prob > 0.3)
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "u"),
+                 "--uncertainty"]) == 2
+    assert "--ensemble" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ pickles that would run code
+class _Payload:
+    """Unpickling this writes a marker file: any loader that lets it through runs code."""
+
+    marker: Path = Path("/nonexistent")
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def _crafted(path: Path, marker: Path) -> None:
+    payload = _Payload()
+    payload.marker = marker
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": payload}, f)
+
+
+def test_resume_never_unpickles_code(tmp_path, synthetic):
+    run = tmp_path / "run"
+    train(tiny_config(run, synthetic, "train.max_steps=2"))
+    marker = tmp_path / "marker"
+    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"):  # where accelerate pickles custom states
+        _crafted(run / "checkpoint-last" / name, marker)
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(tiny_config(run, synthetic, "train.max_steps=3"), resume=True)
+    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"):
+        (run / "checkpoint-last" / name).unlink()
+    _crafted(run / "checkpoint-last" / "random_states_0.pkl", marker)  # accelerate's own RNG state file: read with
+    assert train(tiny_config(run, synthetic, "train.max_steps=4"), resume=True).step == 4  # weights_only, skipped
+    assert not marker.exists()
+
+
+def test_weight_loaders_never_unpickle_code(tmp_path):
+    from leafseg.conversion import load_checkpoint
+    from leafseg.models.taef2 import TAEF2
+    from leafseg.models.teachers import LiteMedSAMTeacher
+
+    marker = tmp_path / "marker"
+    bad = tmp_path / "bad.ckpt"
+    _crafted(bad, marker)
+    with pytest.raises(ValueError):
+        load_checkpoint(bad)
+    with pytest.raises(ValueError):
+        TAEF2.from_taesd_weights(bad, bad)
+    with pytest.raises(ValueError):
+        LiteMedSAMTeacher(checkpoint=bad)
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "m", safe_serialization=False)  # .bin weights: pickles
+    _crafted(tmp_path / "m" / "unet" / "diffusion_pytorch_model.bin", marker)
+    with pytest.raises(ValueError):
+        tiny_load(tmp_path / "m")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------- a newcomer's first hour
+def test_evaluation_does_not_change_the_checkpoint_hash(tmp_path, synthetic):
+    from leafseg.evaluation import evaluate
+
+    run = tmp_path / "run"
+    train(tiny_config(run, synthetic, "train.max_steps=2"))
+    first = evaluate(str(run / "model-best"), str(synthetic), "test", None, None)["summary"]["checkpoint_sha256"]
+    second = evaluate(str(run / "model-best"), str(synthetic), "val", None, None)["summary"]["checkpoint_sha256"]
+    assert first == second  # the first evaluation wrote into model-best/eval-test
+    assert (run / "logs" / "history.csv").read_text().splitlines()[0].startswith("step,")
+
+
+@pytest.mark.parametrize("image,ok", [
+    (np.full((16, 16, 3), 200, np.uint8), True),
+    (torch.full((3, 16, 16), 200, dtype=torch.uint8), True),
+    (np.full((16, 16, 3), 0.5, np.float32), True),
+    (np.full((16, 16, 3), 200.0, np.float32), False),
+    (torch.full((3, 16, 16), 200.0), False),
+    (np.full((16, 16, 3), 3, np.int64), False),
+])
+def test_pipeline_accepts_only_unambiguous_image_conventions(image, ok):
+    pipe = tiny_pipeline()
+    if ok:
+        assert pipe(image).masks[0].shape == (16, 16)
+    else:
+        with pytest.raises(ValueError, match=r"\[0, 1\]|uint8"):
+            pipe(image)
+
+
+def test_autoencoder_path_never_comes_from_the_working_directory(tmp_path, monkeypatch):
+    from leafseg.config import load_config
+    from leafseg.training.leaf import autoencoder_path
+
+    monkeypatch.delenv("LEAFSEG_SHARED", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="autoencoder.path is not set"):
+        autoencoder_path(load_config("cpu", ["data.root=x"]).autoencoder)
+    monkeypatch.setenv("LEAFSEG_SHARED", str(tmp_path / "shared"))
+    assert autoencoder_path(load_config("cpu", ["data.root=x"]).autoencoder) == tmp_path / "shared/weights/taef2"
+
+
+def test_cli_starts_without_torch_and_has_a_version():
+    code = ("import sys, leafseg.cli as c; c.build_parser(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-m", "leafseg.cli", "--version"], capture_output=True, text=True,
+                         env={**os.environ})
+    assert out.stdout.strip().startswith("leafseg ")
+
+
+def test_package_root_exports_the_python_api(tmp_path):
+    import leafseg
+
+    tiny_pipeline().save_pretrained(tmp_path / "m")
+    pipe = leafseg.LeafSegPipeline.from_pretrained(tmp_path / "m")
+    out = pipe(np.zeros((20, 24, 3), np.uint8))
+    assert out.masks[0].shape == (20, 24) and leafseg.__version__
