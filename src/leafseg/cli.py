@@ -1,4 +1,4 @@
-"""``leafseg`` command line: train, predict, evaluate, split, demo, convert-ldm.
+"""``leafseg`` command line: train, predict, evaluate, split, demo, export, convert-ldm.
 
 Argument parsing only: each command calls one function of the package, imported when the command runs, so that
 ``leafseg --help`` starts without torch. ``leafseg train`` runs the same on one CPU, one GPU or several processes:
@@ -33,7 +33,7 @@ def cmd_predict(args) -> int:
 
     report = predict(args.model, args.input, args.output, args.steps, args.ensemble, args.seed, args.batch_size,
                      args.device, args.uncertainty, args.threshold, args.save_probabilities, args.strict,
-                     args.overwrite)
+                     args.overwrite, args.backend)
     print(f"wrote masks and overlays of {len(report.written)} image(s) to {args.output}")
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable file(s):", file=sys.stderr)
@@ -49,7 +49,7 @@ def cmd_evaluate(args) -> int:
     result = evaluate(args.model, args.data, args.split, args.split_file, args.output, args.steps, args.ensemble,
                       args.seed, args.batch_size, args.device, layout=args.layout, seeds=args.seeds,
                       worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, backend=args.backend)
     summary = result["summary"]
     m = summary["metrics"]
     print(f"{summary['n_images']} images: Dice {m['dice']['mean']:.4f} [95% CI {m['dice']['ci_low']:.4f}, "
@@ -81,6 +81,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .pipelines import load_pipeline
+    from .pipelines.onnx import export_onnx
+
+    out = export_onnx(load_pipeline(args.model, "cpu", "torch"), args.output, args.opset, source=str(args.model))
+    print(f"exported {args.model} to {out} (run it with --backend onnx, or leafseg.load_pipeline)")
+    return 0
+
+
 def cmd_convert_ldm(args) -> int:
     from .conversion import convert_ldm_checkpoints
 
@@ -94,7 +103,7 @@ def cmd_convert_ldm(args) -> int:
         raise ValueError("give --unet and/or --vae")
     written = convert_ldm_checkpoints(args.unet, args.vae, args.out, use_ema=args.use_ema,
                                       unet_overrides=unet_overrides, vae_overrides=vae_overrides,
-                                      overwrite=args.overwrite)
+                                      overwrite=args.overwrite, backend=args.backend)
     for name, folder in written.items():
         print(f"wrote {name}: {folder}")
     return 0
@@ -121,6 +130,8 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (ensemble member k uses seed + k)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
+                   help="auto: by the model folder (a saved model: PyTorch; a `leafseg export` folder: ONNX Runtime)")
 
 
 def _add_train(sub) -> None:
@@ -189,6 +200,16 @@ def _add_demo(sub) -> None:
     p.add_argument("--minutes", type=float, default=None, help="rough time budget for LEAF training")
 
 
+def _add_export(sub) -> None:
+    p = _command(sub, "export", cmd_export, "export a saved model's inference networks (no projector, no teacher) "
+                 "to ONNX, for ONNX Runtime", "leafseg export --model runs/cvc/model-best --format onnx --output "
+                 "runs/cvc/model-best-onnx")
+    p.add_argument("--model", required=True, help="saved pipeline folder (e.g. RUN/model-best)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--output", required=True, help="folder for the graphs and their manifest")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+
+
 def _add_convert_ldm(sub) -> None:
     p = _command(sub, "convert-ldm", cmd_convert_ldm,
                  "CompVis LDM UNet / kl-f8 autoencoder checkpoints -> diffusers unet/ and vae/ folders "
@@ -215,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leafseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"leafseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_predict, _add_evaluate, _add_split, _add_demo, _add_convert_ldm):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_split, _add_demo, _add_export, _add_convert_ldm):
         add(sub)
     return parser
 

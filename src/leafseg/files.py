@@ -24,7 +24,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     replaces ``path`` in one rename. On any error the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    # the temporary name ends like the final one (".nii.gz" too): writers that pick the format by name need that
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{''.join(path.suffixes)}")
     os.close(fd)
     tmp = Path(name)
     try:

@@ -282,6 +282,11 @@ class SegmentationMetrics:
         for pi, gi, ni in zip(p, g, names):
             self._add(pi, gi, ni, self.spacing if spacing is None else spacing)
 
+    def add(self, pred: Any, gt: Any, name: str | None = None, spacing: float | Sequence[float] | None = None
+            ) -> None:
+        """Add one case of any dimension (a 3D volume: metrics over its voxels, distances in ``spacing`` units)."""
+        self._add(*_pair(pred, gt), name, self.spacing if spacing is None else spacing)
+
     def _add(self, p: np.ndarray, g: np.ndarray, name: str | None, spacing) -> None:
         tp, fp, fn, tn = _counts(p, g)
         fg = tp + fp + fn

@@ -13,12 +13,13 @@ from .files import prepare_output
 
 
 def input_files(source: str | Path) -> list[Path]:
-    """One image file, or the images of a folder in natural stem order."""
+    """One image file (2D, NIfTI or DICOM) or DICOM series folder, or the images and volumes of a folder in natural
+    stem order."""
     path = Path(source)
-    if path.is_file():
+    if path.is_file() or (path.is_dir() and D.is_volume(path)):
         return [path]
     if path.is_dir():
-        files = sorted(D.list_images(path), key=lambda p: D.sort_key(p.stem))
+        files = sorted(D.list_images(path), key=lambda p: D.sort_key(D.file_stem(p)))
         if not files:
             raise ValueError(f"{path}: no images ({', '.join(D.IMAGE_EXTENSIONS)})")
         return files
@@ -28,8 +29,9 @@ def input_files(source: str | Path) -> list[Path]:
 def output_names(files: list[Path]) -> dict[Path, str]:
     """The name stem of each input's outputs: its stem, or stem + extension where two inputs share a stem
     (``1.png`` and ``1.jpg`` -> ``1_png``, ``1_jpg``), so no output overwrites another."""
-    stems = [f.stem for f in files]
-    return {f: f.stem if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}" for f in files}
+    stems = [D.file_stem(f) for f in files]
+    return {f: s if stems.count(s) == 1 else f"{s}_{f.name[len(s):].lstrip('.').replace('.', '_').lower() or 'dir'}"
+            for f, s in zip(files, stems)}
 
 
 @dataclass
@@ -41,8 +43,9 @@ class PredictReport:
 def predict(model: str | Path, source: str | Path, output: str | Path, steps: int = 1, ensemble: int = 1,
             seed: int = 0, batch_size: int = 8, device: str | None = None, uncertainty: bool = False,
             threshold: float = 0.5, save_probabilities: bool = False, strict: bool = False,
-            overwrite: bool = False) -> PredictReport:
-    """Write ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` for every readable input image; with
+            overwrite: bool = False, backend: str = "auto") -> PredictReport:
+    """Write ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` for every readable input image (a NIfTI/DICOM
+    volume: ``<name>_mask.nii.gz`` in the input's space, see :func:`_predict_volume`); with
     ``uncertainty`` (an ensemble) ``<name>_uncertainty.png`` (per-pixel std scaled from [0, 0.5] to [0, 255]); with
     ``save_probabilities`` ``<name>_probability.npy`` (float32, the soft mask at the image's size). An unreadable
     file is skipped and reported (``strict``: the first one stops the run)."""
@@ -53,23 +56,33 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
     if uncertainty and ensemble < 2:
         raise ValueError("--uncertainty needs an ensemble: pass --ensemble N with N >= 2 (e.g. 5)")
     files = input_files(source)
-    pipe = load_pipeline(model, device)
+    pipe = load_pipeline(model, device, backend)
     out = prepare_output(output, overwrite)
     names, report = output_names(files), PredictReport()
+    options = {"num_inference_steps": steps, "ensemble_size": ensemble, "seed": seed, "threshold": threshold}
+    volumes = [f for f in files if D.is_volume(f) and not _is_2d_volume(f)]
+    for f in volumes:
+        try:
+            _predict_volume(pipe, f, out, names[f], batch_size, options, save_probabilities)
+            report.written.append(f)
+        except (ValueError, OSError) as err:
+            if strict:
+                raise
+            report.skipped.append((f, str(err)))
+    files = [f for f in files if f not in volumes]
     with tqdm(total=len(files), desc="predicting", unit="img", disable=len(files) < 2) as bar:
         for i in range(0, len(files), batch_size):
             chunk, images = [], []
             for f in files[i:i + batch_size]:
                 try:
-                    images.append(D.load_image(f))
+                    images.append(D.load_image(f, pipe.config.get("intensity")))
                     chunk.append(f)
                 except (ValueError, OSError) as err:
                     if strict:
                         raise
                     report.skipped.append((f, str(err)))
             if chunk:
-                result = pipe(images, num_inference_steps=steps, ensemble_size=ensemble, seed=seed,
-                              threshold=threshold)
+                result = pipe(images, **options)
                 for k, (f, image, mask) in enumerate(zip(chunk, images, result.masks)):
                     _write(out, names[f], image, mask, result, k, uncertainty, save_probabilities)
                     report.written.append(f)
@@ -86,3 +99,34 @@ def _write(out: Path, name: str, image: np.ndarray, mask: np.ndarray, result, k:
         save_png((np.clip(std / 0.5, 0, 1) * 255).astype(np.uint8), out / f"{name}_uncertainty.png")
     if save_probabilities:
         np.save(out / f"{name}_probability.npy", result.probabilities[k].astype(np.float32))
+
+
+def _is_2d_volume(path: Path) -> bool:
+    try:
+        return D.read_volume(path).array.shape[2] == 1
+    except (ValueError, OSError):
+        return False  # unreadable: reported when it is read as a volume
+
+
+def _predict_volume(pipe, path: Path, out: Path, name: str, batch_size: int, options: dict,
+                    save_probabilities: bool) -> None:
+    """Segment a NIfTI/DICOM volume slice by slice (scaled to 8 bit as in training) and write
+    ``<name>_mask.nii.gz`` with the input's affine (and NIfTI header), ``<name>_overlay.png`` of the slice with the
+    largest predicted area, and with ``save_probabilities`` ``<name>_probability.npy`` (X, Y, Z)."""
+    from tqdm.auto import tqdm
+
+    axis = int(pipe.config.get("slice_axis", 2))
+    volume = D.read_volume(path)
+    scaled = D.to_uint8(volume.array, pipe.config.get("intensity"))
+    slices = [np.repeat(np.take(scaled, k, axis=axis)[..., None], 3, axis=-1) for k in range(scaled.shape[axis])]
+    masks, probabilities = [], []
+    for i in tqdm(range(0, len(slices), batch_size), desc=f"{path.name}", unit="batch", leave=False):
+        result = pipe(slices[i:i + batch_size], **options)
+        masks += result.masks
+        probabilities += result.probabilities
+    mask = np.stack(masks, axis=axis)
+    D.write_mask_volume(mask, volume, out / f"{name}_mask.nii.gz")
+    k = int(np.argmax([m.sum() for m in masks]))
+    save_png(overlay(slices[k], masks[k]), out / f"{name}_overlay.png")
+    if save_probabilities:
+        np.save(out / f"{name}_probability.npy", np.stack(probabilities, axis=axis).astype(np.float32))

@@ -17,16 +17,32 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:
     import torch
 
+from .volumes import VOLUME_SUFFIXES, is_volume, read_volume, to_uint8, volume_stem
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+READABLE = IMAGE_EXTENSIONS + VOLUME_SUFFIXES + ("DICOM series folders",)
+
+
+def is_image_file(path: Path) -> bool:
+    """A 2D image file, a NIfTI/DICOM file, or a folder holding a DICOM series (by name; hidden files excluded)."""
+    if path.name.startswith("."):
+        return False
+    if path.is_dir():
+        return is_volume(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS or path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def file_stem(path: Path) -> str:
+    """The name without its extension (``case.nii.gz`` -> ``case``)."""
+    return volume_stem(path) if path.is_dir() or path.name.lower().endswith(VOLUME_SUFFIXES) else path.stem
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder`` (by extension; hidden files skipped), sorted by name."""
+    """Images (2D files, NIfTI/DICOM volumes, DICOM series folders) directly in ``folder``, sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: folder not found")
-    return [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            and not p.name.startswith(".")]
+    return [p for p in sorted(folder.iterdir()) if is_image_file(p)]
 
 
 def sort_key(stem: str):
@@ -44,8 +60,7 @@ def _open(path: Path) -> Image.Image:
     except Image.DecompressionBombError as err:
         raise ValueError(f"{path}: refused: {err} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path}: cannot read image ({err}); readable formats: "
-                         f"{', '.join(IMAGE_EXTENSIONS)}") from None
+        raise ValueError(f"{path}: cannot read image ({err}); readable formats: {', '.join(READABLE)}") from None
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -58,9 +73,20 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return np.zeros(array.shape, np.uint8) if hi <= lo else ((array - lo) / (hi - lo) * 255).round().astype(np.uint8)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
+def _single_slice(path: Path) -> np.ndarray:
+    volume = read_volume(path)
+    if volume.array.shape[2] != 1:
+        raise ValueError(f"{path}: a 3D volume ({'x'.join(map(str, volume.array.shape))}); leafseg reads volumes "
+                         "slice by slice: give it as a volume pair to train/evaluate, or to predict")
+    return volume.array[..., 0]
+
+
+def load_image(path: str | Path, intensity: dict | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB. A 2D NIfTI/DICOM image is scaled to 8 bit by ``intensity`` (see
+    :func:`leafseg.data.volumes.to_uint8`)."""
     path = Path(path)
+    if is_volume(path):
+        return np.repeat(to_uint8(_single_slice(path), intensity)[..., None], 3, axis=-1)
     image = _open(path)
     if image.mode in ("RGB", "L"):
         array = np.asarray(image)
@@ -88,6 +114,8 @@ def load_mask(path: str | Path, rule: str = "binary") -> np.ndarray:
     path = Path(path)
     if rule not in MASK_RULES:
         raise ValueError(f"{path}: unknown mask rule {rule!r} (choose from {MASK_RULES})")
+    if is_volume(path):
+        return mask_from_array(_single_slice(path), path)
     image = _open(path)
     if rule == "refuge_cup":
         grey = np.asarray(image.convert("L"))
@@ -161,19 +189,56 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(soft) > 0.5
 
 
-def load_arrays(pairs: list, resolution: int, desc: str = "loading") -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, R, R) uint8 and masks (N, R, R) bool of :class:`~leafseg.data.layouts.Pair` s, resized to the
-    processing resolution."""
-    import torch  # here, so that reading files (and the CLI's start-up) does not import torch
-    images = np.empty((len(pairs), resolution, resolution, 3), np.uint8)
-    masks = np.empty((len(pairs), resolution, resolution), bool)
-    for i, pair in enumerate(tqdm(pairs, desc=desc, leave=False, disable=len(pairs) < 50)):
+def volume_pair_slices(pair, intensity: dict | None = None, axis: int = 2
+                       ) -> tuple[list[np.ndarray], list[np.ndarray], object]:
+    """The 8-bit RGB slices of a volume pair's image and the mask slices, along ``axis``, and the mask volume."""
+    image_volume, mask_volume = read_volume(pair.image), read_volume(pair.mask)
+    if image_volume.array.shape != mask_volume.array.shape:
+        raise ValueError(f"{pair.image} is {'x'.join(map(str, image_volume.array.shape))} but {pair.mask} is "
+                         f"{'x'.join(map(str, mask_volume.array.shape))}")
+    scaled = to_uint8(image_volume.array, intensity)
+    images = [np.repeat(np.take(scaled, k, axis=axis)[..., None], 3, axis=-1) for k in range(scaled.shape[axis])]
+    masks = [mask_from_array(m, pair.mask) for m in mask_volume.slices(axis)]
+    return images, masks, mask_volume
+
+
+def _samples(pair, intensity, axis, volume_slices) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    if not is_volume(pair.image):
         image, mask = load_image(pair.image), load_mask(pair.mask, pair.mask_rule)
         if image.shape[:2] != mask.shape:
             raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} but {pair.mask} is "
                              f"{mask.shape[1]}x{mask.shape[0]}")
-        images[i], masks[i] = resize_image(image, resolution), resize_mask(mask, resolution)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)
+        return [(pair.stem, image, mask)]
+    images, masks, _ = volume_pair_slices(pair, intensity, axis)
+    keep = range(len(images)) if volume_slices == "all" else [k for k, m in enumerate(masks) if m.any()]
+    return [(f"{pair.stem}/{k}", images[k], masks[k]) for k in keep]
+
+
+def load_samples(pairs: list, resolution: int, desc: str = "loading", intensity: dict | None = None, axis: int = 2,
+                 volume_slices: str = "all") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images (N, 3, R, R) uint8, masks (N, R, R) bool and names of :class:`~leafseg.data.layouts.Pair` s, resized
+    to the processing resolution. A volume pair gives one sample per slice along ``axis`` (``volume_slices``:
+    ``all``, or ``foreground``: only slices whose mask is not empty), named ``stem/k``."""
+    import torch  # here, so that reading files (and the CLI's start-up) does not import torch
+
+    if volume_slices not in ("all", "foreground"):
+        raise ValueError(f"data.volume_slices must be all or foreground, got {volume_slices!r}")
+    names, images, masks = [], [], []
+    for pair in tqdm(pairs, desc=desc, leave=False, disable=len(pairs) < 50):
+        for name, image, mask in _samples(pair, intensity, axis, volume_slices):
+            names.append(name)
+            images.append(resize_image(image, resolution))
+            masks.append(resize_mask(mask, resolution))
+    if not names:
+        raise ValueError(f"no samples in {len(pairs)} pair(s) (e.g. {pairs[0].image if pairs else 'none'})")
+    return (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(np.stack(masks)),
+            names)
+
+
+def load_arrays(pairs: list, resolution: int, desc: str = "loading", **volume_options
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, R, R) uint8 and masks (N, R, R) bool (see :func:`load_samples`)."""
+    return load_samples(pairs, resolution, desc, **volume_options)[:2]
 
 
 def flip(x: torch.Tensor, hflip: bool, vflip: bool) -> torch.Tensor:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .io import IMAGE_EXTENSIONS, list_images, sort_key
+from .io import IMAGE_EXTENSIONS, file_stem, list_images, sort_key
 
 __all__ = ["LAYOUTS", "Layout", "Pair", "find_dataset", "find_pairs", "match_pairs"]
 
@@ -69,21 +69,22 @@ def match_pairs(images: list[Path], masks: list[Path], mask_stem: Callable[[str]
     files."""
     by_stem: dict[str, Path] = {}
     for m in masks:
-        if m.stem in by_stem:
-            raise ValueError(f"{m}: two masks share the stem {m.stem!r} (the other is {by_stem[m.stem]})")
-        by_stem[m.stem] = m
+        if file_stem(m) in by_stem:
+            raise ValueError(f"{m}: two masks share the stem {file_stem(m)!r} (the other is {by_stem[file_stem(m)]})")
+        by_stem[file_stem(m)] = m
     pairs, used, lonely = [], set(), []
     seen: dict[str, Path] = {}
     for image in images:
-        if image.stem in seen:
-            raise ValueError(f"{image}: two images share the stem {image.stem!r} (the other is {seen[image.stem]})")
-        seen[image.stem] = image
-        key = mask_stem(image.stem)
+        stem = file_stem(image)
+        if stem in seen:
+            raise ValueError(f"{image}: two images share the stem {stem!r} (the other is {seen[stem]})")
+        seen[stem] = image
+        key = mask_stem(stem)
         if key not in by_stem:
             lonely.append(image)
             continue
         used.add(key)
-        pairs.append(Pair(image.stem, image, by_stem[key], mask_rule, subset))
+        pairs.append(Pair(stem, image, by_stem[key], mask_rule, subset))
     lonely += [m for s, m in by_stem.items() if s not in used]
     if lonely:
         raise ValueError(f"{where}: {len(lonely)} file(s) without a partner image/mask, e.g. "

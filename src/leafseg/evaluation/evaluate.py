@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from .. import data as D
-from ..files import folder_digest, prepare_output, write_csv, write_json
+from ..files import folder_digest, prepare_output, write_csv, write_json, write_text
 from ..metrics import PaperMetrics, SegmentationMetrics, dice
 from ..models.weights import read_config
 from ..pipelines import load_pipeline
-from .figures import panel_row, read_own_png, save_png, stack_rows
+from .figures import figure, panel_row, read_own_png, save_png
+from .report import report_markdown
 
 
 def _run_config(model: Path) -> dict | None:
@@ -40,9 +42,61 @@ def _chosen_pairs(model: Path, data_root: str, split: str, split_file: str | Non
     return chosen, split_path
 
 
+@dataclass
+class _Sample:
+    name: str
+    image: np.ndarray           # (H, W, 3) uint8
+    gt: np.ndarray              # (H, W) bool
+    volume: str | None = None   # the volume a slice belongs to
+    spacing: tuple[float, float] | None = None
+
+
+def _samples(pairs: list, intensity: dict | None, axis: int, volumes: dict):
+    """2D pairs as one sample each; a volume pair as its slices along ``axis`` (recorded in ``volumes`` so that
+    the predictions can be stacked back), scaled to 8 bit as the model was trained."""
+    for pair in pairs:
+        if not D.is_volume(pair.image):
+            image, gt = D.load_image(pair.image), D.load_mask(pair.mask, pair.mask_rule)
+            if gt.shape != image.shape[:2]:
+                raise ValueError(f"{pair.mask}: mask is {gt.shape[1]}x{gt.shape[0]} but its image {pair.image} is "
+                                 f"{image.shape[1]}x{image.shape[0]}")
+            yield _Sample(pair.stem, image, gt), True
+            continue
+        images, masks, mask_volume = D.volume_pair_slices(pair, intensity, axis)
+        volumes[pair.stem] = {"gt": masks, "pred": [], "axis": axis, "spacing": mask_volume.spacing}
+        last = len(images) - 1
+        for k, (image, gt) in enumerate(zip(images, masks)):
+            yield _Sample(f"{pair.stem}/{k}", image, gt, pair.stem, mask_volume.slice_spacing(axis)), k == last
+
+
+def _batches(samples, batch_size: int, bar):
+    """Batches of samples; the progress bar counts finished cases (images or volumes)."""
+    chunk = []
+    for sample, case_done in samples:
+        chunk.append(sample)
+        bar.update(int(case_done))
+        if len(chunk) == batch_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _volume_metrics(volumes: dict) -> SegmentationMetrics | None:
+    """3D metrics of each volume (its slices stacked back), distances in the voxel spacing of its header (mm)."""
+    if not volumes:
+        return None
+    acc = SegmentationMetrics()
+    for stem, v in volumes.items():
+        acc.add(np.stack(v["pred"], axis=v["axis"]), np.stack(v["gt"], axis=v["axis"]), stem, v["spacing"])
+    return acc
+
+
 def model_digest(model: Path) -> str:
     """sha256 of a saved model's own files (model_index.json and the component folders it names): evaluation
     outputs written inside the model folder do not change it."""
+    if (model / "leafseg_onnx.json").is_file():  # an ONNX export: its graphs and manifest
+        return folder_digest(model, suffixes=(".onnx", ".json"))
     components = {k for k in read_config(model, "model_index.json") if not k.startswith("_")}
     return folder_digest(model, exclude=lambda rel: not (rel.parts[0] in components or str(rel) == "model_index.json"))
 
@@ -66,12 +120,14 @@ def _stability_summary(stability: list[dict], seeds: list[int]) -> dict:
     }
 
 
-def _write_figures(out: Path, rows: list[dict], first_panels: list[np.ndarray], worst_k: int) -> list[dict]:
+def _write_figures(out: Path, rows: list[dict], first_panels: list[np.ndarray], worst_k: int,
+                   with_uncertainty: bool) -> list[dict]:
     """grid.png (the first images' panels) and worst_cases.png (the ``worst_k`` lowest Dice); returns the worst rows."""
-    save_png(stack_rows(first_panels), out / "grid.png")
+    save_png(figure(first_panels, with_uncertainty), out / "grid.png")
     worst = sorted(rows, key=lambda r: r["dice"])[:worst_k]
     if worst:
-        save_png(stack_rows([read_own_png(out / "overlays" / f"{r['name']}.png") for r in worst]),
+        save_png(figure([read_own_png(out / "overlays" / f"{r['name'].replace('/', '_')}.png") for r in worst
+                         if (out / "overlays" / f"{r['name'].replace('/', '_')}.png").exists()], with_uncertainty),
                  out / "worst_cases.png")
     return worst
 
@@ -79,7 +135,8 @@ def _write_figures(out: Path, rows: list[dict], first_panels: list[np.ndarray], 
 def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None, output: str | None,
              steps: int = 1, ensemble: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
              layout: str | None = None, images_dir: str = "images", masks_dir: str = "masks", seeds: int = 1,
-             worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False) -> dict:
+             worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False,
+             backend: str = "auto") -> dict:
     """Metrics on one split at each image's original size, into ``output`` (default MODEL/eval-SPLIT), which must
     be empty or absent (``overwrite``: emptied first).
 
@@ -98,37 +155,40 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     if layout is None:
         layout = ((run_config or {}).get("data") or {}).get("layout", "folder")
     chosen, split_path = _chosen_pairs(model, data_root, split, split_file, layout, images_dir, masks_dir)
-    pipe = load_pipeline(model_dir, device)
+    pipe = load_pipeline(model_dir, device, backend)
     metrics, paper = SegmentationMetrics(spacing=spacing), PaperMetrics()
     out = prepare_output(Path(output) if output else model / f"eval-{split}", overwrite)
     (out / "overlays").mkdir()
     started = time.time()
-    stability, panels = [], {}
-    for i in tqdm(range(0, len(chosen), batch_size), desc=f"evaluating {split}"):
-        chunk = chosen[i:i + batch_size]
-        images = [D.load_image(p.image) for p in chunk]
+    stability, panels, volumes = [], {}, {}
+    samples = _samples(chosen, pipe.config.get("intensity"), int(pipe.config.get("slice_axis", 2)), volumes)
+    bar = tqdm(total=len(chosen), desc=f"evaluating {split}", unit="case")
+    for chunk in _batches(samples, batch_size, bar):
+        images = [c.image for c in chunk]
         runs = [pipe(images, num_inference_steps=steps, ensemble_size=ensemble, seed=seed + 1000 * k)
                 for k in range(seeds)]  # seed + 1000 k: ensemble members (seed .. seed+E-1) never overlap
         result = runs[0]
-        for j, (pair, image, pred) in enumerate(zip(chunk, images, result.masks)):
-            gt = D.load_mask(pair.mask, pair.mask_rule)
-            if gt.shape != pred.shape:
-                raise ValueError(f"{pair.mask}: mask is {gt.shape[1]}x{gt.shape[0]} but its image {pair.image} is "
-                                 f"{pred.shape[1]}x{pred.shape[0]}")
-            metrics.update(pred, gt, name=pair.stem)
-            paper.update(result.processing_masks[j], D.resize_mask(gt, pipe.resolution))
+        for j, (c, pred) in enumerate(zip(chunk, result.masks)):
+            metrics.update(pred, c.gt, name=c.name, spacing=c.spacing or spacing)
+            paper.update(result.processing_masks[j], D.resize_mask(c.gt, pipe.resolution))
+            if c.volume is not None:
+                volumes[c.volume]["pred"].append(pred)
             unc = result.uncertainty[j] if result.uncertainty is not None else None
             if seeds > 1:
-                stability.append(_seed_stability(pair.stem, gt, runs, j))
+                stability.append(_seed_stability(c.name, c.gt, runs, j))
                 if unc is None:
                     unc = np.stack([r.probabilities[j] for r in runs]).std(0)
-            row = panel_row(image, gt, pred, unc)
-            save_png(row, out / "overlays" / f"{pair.stem}.png")
+            if c.volume is not None and not (pred.any() or c.gt.any()):
+                continue  # a volume's empty slices get no figure
+            row = panel_row(c.image, c.gt, pred, unc, f"{c.name}   Dice {dice(pred, c.gt):.3f}")
+            save_png(row, out / "overlays" / f"{c.name.replace('/', '_')}.png")
             if len(panels) < 8:
-                panels[pair.stem] = row
+                panels[c.name] = row
+    bar.close()
+    volume_rows = _volume_metrics(volumes)
     rows = metrics.rows()
     write_csv(rows, out / "per_image.csv")
-    worst = _write_figures(out, rows, list(panels.values()), worst_k)
+    worst = _write_figures(out, rows, list(panels.values()), worst_k, ensemble > 1 or seeds > 1)
     summary = {
         "model": str(model.resolve()), "checkpoint_sha256": model_digest(model),
         "data": str(Path(data_root).resolve()), "layout": layout, "split": split,
@@ -145,10 +205,14 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
         "figures": {"overlays": "overlays/<stem>.png: image | ground truth | prediction | uncertainty",
                     "grid": "grid.png", "worst_cases": "worst_cases.png" if worst else None},
     }
+    if volume_rows is not None:
+        summary["volumes"] = volume_rows.summary()
+        write_csv(volume_rows.rows(), out / "per_volume.csv")
     if seeds > 1:
         summary["seed_stability"] = _stability_summary(stability, [seed + 1000 * k for k in range(seeds)])
         write_csv(stability, out / "seed_stability.csv")
     write_json(summary, out / "summary.json")
+    write_text(report_markdown(summary), out / "report.md")
     return {"summary": summary, "output": out}
 
 

@@ -1,4 +1,5 @@
-"""Figures of an evaluation and of predictions: mask overlays, uncertainty heat maps, panels and grids."""
+"""Figures of an evaluation and of predictions: mask overlays, uncertainty heat maps with a colour bar, titled
+panels and grids with column headers (PIL only, so that thousands of overlays stay fast)."""
 
 from __future__ import annotations
 
@@ -35,10 +36,59 @@ def heatmap(values: np.ndarray, vmax: float) -> np.ndarray:
     return (colormaps["magma"](np.clip(values / vmax, 0, 1))[..., :3] * 255).astype(np.uint8)
 
 
-def panel_row(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, uncertainty: np.ndarray | None) -> np.ndarray:
-    """image | ground truth | prediction | uncertainty (std over seeds/ensemble, 0..0.5; black when none)."""
-    unc = np.zeros_like(image) if uncertainty is None else heatmap(uncertainty, 0.5)
-    return np.concatenate([image, overlay(image, gt, (0, 200, 0)), overlay(image, pred), unc], axis=1)
+COLUMNS = ("image", "ground truth", "prediction", "uncertainty (std over seeds)")
+_BAR = 28  # width of the uncertainty colour bar strip
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _label(width: int, text: str, height: int = 22, size: int = 14) -> np.ndarray:
+    """A white strip with ``text`` on it, (height, width, 3) uint8."""
+    from PIL import ImageDraw
+
+    strip = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(strip).text((4, (height - size) // 2 - 1), text, fill="black", font=_font(size))
+    return np.asarray(strip)
+
+
+def colour_bar(height: int, vmax: float = 0.5) -> np.ndarray:
+    """A vertical 'magma' scale from vmax (top) to 0 (bottom) with its end values, (height, _BAR, 3) uint8."""
+    from PIL import ImageDraw
+
+    ramp = heatmap(np.linspace(vmax, 0, height)[:, None].repeat(8, axis=1), vmax)
+    bar = Image.new("RGB", (_BAR, height), "white")
+    bar.paste(Image.fromarray(ramp), (0, 0))
+    draw, font = ImageDraw.Draw(bar), _font(10)
+    draw.text((10, 0), f"{vmax:g}", fill="black", font=font)
+    draw.text((10, height - 12), "0", fill="black", font=font)
+    return np.asarray(bar)
+
+
+def panel_row(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, uncertainty: np.ndarray | None,
+              title: str | None = None) -> np.ndarray:
+    """image | ground truth | prediction [| uncertainty with its colour bar (std of values in [0, 1]: 0..0.5)],
+    under a strip with ``title`` (e.g. the case and its Dice). No uncertainty column without an ensemble."""
+    panels = [image, overlay(image, gt, (0, 200, 0)), overlay(image, pred)]
+    if uncertainty is not None:
+        panels += [heatmap(uncertainty, 0.5), colour_bar(image.shape[0])]
+    row = np.concatenate(panels, axis=1)
+    if title is None:
+        return row
+    size = max(12, row.shape[1] // 55)  # readable once a grid shrinks the row to its width
+    return np.concatenate([_label(row.shape[1], title, height=size + 8, size=size), row], axis=0)
+
+
+def figure(rows: list[np.ndarray], with_uncertainty: bool, panel_width: int = 192) -> np.ndarray:
+    """Rows of panels (from :func:`panel_row`) resized to a common panel width, under a header naming the columns."""
+    n = 4 if with_uncertainty else 3
+    width = n * panel_width + (_BAR if with_uncertainty else 0)
+    header = np.concatenate([_label(panel_width, c) for c in COLUMNS[:n]]
+                            + ([_label(_BAR, "")] if with_uncertainty else []), axis=1)
+    return np.concatenate([header, stack_rows(rows, width)], axis=0)
 
 
 def stack_rows(rows: list[np.ndarray], width: int = 4 * 192) -> np.ndarray:

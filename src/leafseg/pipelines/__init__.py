@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 
 from ..models.weights import assert_finite, read_config
 from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
@@ -23,14 +24,28 @@ PIPELINES = {cls.__name__: cls for cls in (LeafSegPipeline, SupervisedSegPipelin
 LEGACY_MODULES = {"leafseg.convert": "leafseg.models.ldm_unet"}
 
 
-def load_pipeline(model_dir: str | Path, device: str | None = None):
+def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str = "auto"):
     """A saved LEAF pipeline or supervised-UNet baseline folder (by model_index.json's class), offline, on
-    ``device`` (default: cuda if available), progress bars off.
+    ``device`` (default: cuda if available), progress bars off; or a folder written by ``leafseg export --format
+    onnx``, run by ONNX Runtime (``backend``: ``auto`` picks by the folder, ``torch`` or ``onnx`` insist).
 
     diffusers imports no module just because a folder names it, so leafseg's own component modules are imported
     here, and a module path recorded by an earlier leafseg is mapped to where its class lives now.
     """
     folder = Path(model_dir)
+    if backend not in ("auto", "torch", "onnx"):
+        raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
+    exported = (folder / "leafseg_onnx.json").is_file()
+    if backend == "onnx" and not exported:
+        raise ValueError(f"{folder}: not an exported model; export it first: leafseg export --model {folder} "
+                         "--format onnx --output FOLDER")
+    if exported:
+        if backend == "torch":
+            raise ValueError(f"{folder}: an ONNX export; give the saved PyTorch model for --backend torch")
+        from .onnx import OnnxSegPipeline
+
+        threads = torch.get_num_threads()
+        return OnnxSegPipeline(folder, threads)
     index = folder / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{index}: not a saved leafseg pipeline folder")
@@ -47,6 +62,7 @@ def load_pipeline(model_dir: str | Path, device: str | None = None):
         elif isinstance(library, str) and library.startswith("leafseg."):
             importlib.import_module(library)
     try:
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" on every call is noise here
         pipe = PIPELINES[name].from_pretrained(folder, local_files_only=True)
     except (OSError, RuntimeError) as err:  # truncated or corrupt weight files, among others
         raise ValueError(f"{folder}: could not load the saved model ({type(err).__name__}: {err})") from None

@@ -28,9 +28,12 @@ LeafSegPipelineOutput = SegmentationPipelineOutput  # the output of both segment
 class LeafSegPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "image_encoder->unet->autoencoder"
 
-    def __init__(self, autoencoder, image_encoder: ImageEncoder, unet: UNet2DModel, scheduler: DDIMScheduler):
+    def __init__(self, autoencoder, image_encoder: ImageEncoder, unet: UNet2DModel, scheduler: DDIMScheduler,
+                 intensity: dict | None = None, slice_axis: int = 2):
         super().__init__()
         self.register_modules(autoencoder=autoencoder, image_encoder=image_encoder, unet=unet, scheduler=scheduler)
+        # how NIfTI/DICOM volumes were turned into 8-bit slices in training: predict does the same
+        self.register_to_config(intensity=intensity, slice_axis=slice_axis)
 
     @property
     def resolution(self) -> int:

@@ -35,9 +35,10 @@ def unet_logits(unet: UNet2DModel, images: torch.Tensor) -> torch.Tensor:
 class SupervisedSegPipeline(DiffusionPipeline):
     """Inference for the baseline, with LeafSegPipeline's call signature and output (deterministic: no seeds)."""
 
-    def __init__(self, unet: UNet2DModel):
+    def __init__(self, unet: UNet2DModel, intensity: dict | None = None, slice_axis: int = 2):
         super().__init__()
         self.register_modules(unet=unet)
+        self.register_to_config(intensity=intensity, slice_axis=slice_axis)  # volumes, as for LeafSegPipeline
 
     @property
     def resolution(self) -> int:

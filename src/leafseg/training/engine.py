@@ -35,6 +35,7 @@ from ..config import to_container
 from ..files import atomic_dir, replace_dir, write_csv, write_json
 from ..models.weights import assert_finite
 from .curves import plot_training_curves
+from .model_card import model_card
 
 CHECKPOINT = "checkpoint-last"
 BEST, LAST = "model-best", "model-last"
@@ -157,6 +158,11 @@ class RunData:
     val_masks: torch.Tensor | None
 
 
+def volume_config(cfg: DictConfig) -> dict:
+    """How volumes become slices (saved with the exported pipeline, so that predict does the same)."""
+    return {"intensity": to_container(cfg.data.intensity), "slice_axis": int(cfg.data.slice_axis)}
+
+
 def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> RunData:
     """The dataset in its layout, the split file (made once by the main process), train and val arrays."""
     layout = cfg.data.get("layout", "folder")
@@ -171,8 +177,11 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
     if cfg.train.val_max_images:
         val_pairs = val_pairs[: int(cfg.train.val_max_images)]
     res = int(cfg.data.resolution)
-    train_images, train_masks = D.load_arrays(train_pairs, res, "loading train")
-    val_images, val_masks = D.load_arrays(val_pairs, res, "loading val") if val_pairs else (None, None)
+    vc = volume_config(cfg)  # NIfTI/DICOM pairs: one sample per slice
+    volumes = {"intensity": vc["intensity"], "axis": vc["slice_axis"], "volume_slices": cfg.data.volume_slices}
+    train_images, train_masks = D.load_arrays(train_pairs, res, "loading train", **volumes)
+    val_images, val_masks = (D.load_arrays(val_pairs, res, "loading val", **volumes) if val_pairs
+                             else (None, None))
     for name, masks, pairs in (("train", train_masks, train_pairs), ("val", val_masks, val_pairs)):
         if masks is not None and not masks.any():  # nothing to learn or select on: a wrong mask encoding, usually
             raise ValueError(f"all {len(pairs)} {name} masks are empty at {res}x{res} (e.g. {pairs[0].mask}); "
@@ -229,14 +238,16 @@ def eval_mode(module: torch.nn.Module):
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 
-def save_pipeline(pipe, path: Path) -> None:
-    """save_pretrained (safetensors) into a temporary folder, then swap it into place; a model with non-finite
-    weights is refused (nothing is written)."""
+def save_pipeline(pipe, path: Path, card: str | None = None) -> None:
+    """save_pretrained (safetensors) and the model card into a temporary folder, then swap it into place; a model
+    with non-finite weights is refused (nothing is written)."""
     for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module):
             assert_finite(component, f"{name} of the model to be saved to {path}")
     with atomic_dir(path) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        if card is not None:
+            (tmp / "README.md").write_text(card)
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, export_last, extra) -> None:
@@ -445,6 +456,12 @@ def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) 
     tc = cfg.train
     accelerator, run_dir = start_run(cfg, resume)
     trainer = Trainer(cfg, accelerator, run_dir, load_run_data(cfg, run_dir, accelerator))
+    if accelerator.is_main_process:
+        data, n_val = trainer.data, 0 if trainer.data.val_images is None else len(trainer.data.val_images)
+        print(f"{method.description}: {len(data.train_images)} train / {n_val} val samples at "
+              f"{cfg.data.resolution}x{cfg.data.resolution}, steps {tc.max_steps} (batch {tc.batch_size} x "
+              f"{accelerator.num_processes} process(es)), validation every {tc.val_every}, into {run_dir}; frozen "
+              "targets are computed first (each says how long it will take)", flush=True)
     set_seed(int(cfg.run.seed))  # identical initialisation on every rank
     model = method.build(trainer)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -463,16 +480,19 @@ def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) 
                 for k, v in _flatten(to_container(cfg)).items()}
         accelerator.init_trackers(method.tracker_name, config=flat)
 
+    split_sha = D.split_digest(Path(cfg.data.split_file or run_dir / "split.json"))
+
     def export(path: Path) -> None:
+        card = model_card(cfg, state, split_sha, "best" if path.name == BEST else "last")
         with ema_weights(ema, averaged.parameters()):
-            save_pipeline(method.pipeline(base), path)  # refuses non-finite weights
+            save_pipeline(method.pipeline(base), path, card)  # refuses non-finite weights
 
     def validate() -> float:
         with ema_weights(ema, averaged.parameters()), eval_mode(base), torch.no_grad():
             return method.validate(base)
 
     data, rank, world = trainer.data, accelerator.process_index, accelerator.num_processes
-    n_train, bs, seed, n_codes = len(data.train_pairs), int(tc.batch_size), int(cfg.run.seed), len(trainer.codes)
+    n_train, bs, seed, n_codes = len(data.train_images), int(tc.batch_size), int(cfg.run.seed), len(trainer.codes)
     step, seen = int(state["step"]), []
     book = StepBookkeeping(accelerator, cfg, state, run_dir, validate, export, data.val_images is not None,
                            method.description, extra,

@@ -29,7 +29,7 @@ from ..models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, 
 from ..models.image_encoder import ImageEncoder
 from ..pipelines.leaf import LeafSegPipeline
 from .caches import cache_key, cached, compute_cache, mirror_tokens
-from .engine import Batch, Trainer
+from .engine import Batch, Trainer, volume_config
 
 
 def autoencoder_path(ac: DictConfig) -> Path | None:
@@ -205,7 +205,8 @@ class LeafMethod:
             return model(x, z0.to(device), noise.to(device), t.to(device), tokens)
 
     def _pipe(self, model: LeafTrainingModel) -> LeafSegPipeline:
-        pipe = LeafSegPipeline(self.autoencoder, model.image_encoder, model.unet, self.components["scheduler"])
+        pipe = LeafSegPipeline(self.autoencoder, model.image_encoder, model.unet, self.components["scheduler"],
+                               **volume_config(self.cfg))
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

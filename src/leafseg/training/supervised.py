@@ -19,7 +19,7 @@ from .. import data as D
 from ..config import to_container
 from ..metrics import dice as dice_score
 from ..pipelines.supervised import SupervisedSegPipeline, build_segmentation_unet, unet_logits
-from .engine import Batch, Trainer
+from .engine import Batch, Trainer, volume_config
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0, bce_weight: float = 1.0,
@@ -67,4 +67,4 @@ class SupervisedMethod:
         return float(np.mean(scores))
 
     def pipeline(self, model: UNet2DModel) -> SupervisedSegPipeline:
-        return SupervisedSegPipeline(unet=model)
+        return SupervisedSegPipeline(unet=model, **volume_config(self.cfg))

@@ -1,0 +1,49 @@
+"""``report.md``: an evaluation's summary as Markdown a paper or a lab notebook can take as it is."""
+
+from __future__ import annotations
+
+
+def _num(x, pct: bool = False, digits: int = 4) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.1f}" if pct else f"{x:.{digits}g}" if abs(x) >= 10 else f"{x:.{digits}f}"
+
+
+def report_markdown(summary: dict) -> str:
+    m, inf = summary["metrics"], summary["inference"]
+    rows = []
+    for key, label in (("dice", "Dice"), ("iou", "IoU"), ("precision", "precision"), ("recall", "recall"),
+                       ("specificity", "specificity"), ("hd95", f"HD95 ({m['units']})"),
+                       ("assd", f"ASSD ({m['units']})")):
+        s = m[key]
+        ci = f"[{_num(s.get('ci_low'))}, {_num(s.get('ci_high'))}]" if "ci_low" in s else ""
+        rows.append(f"| {label} | {_num(s['mean'])} | {ci} | {_num(s['median'])} | {_num(s['std'])} | "
+                    f"{s['n_valid']} | {s['n_nan']} |")
+    pc, e = m["paper_compatible"], m["empty"]
+    res = "x".join(map(str, pc["resolution"] or []))
+    worst = ", ".join(f"{w['name']} ({w['dice']:.3f})" for w in summary["worst_cases"])
+    lines = [
+        f"# Evaluation: {summary['split']} split, {summary['n_images']} images", "",
+        f"Model `{summary['model']}` (sha256 `{summary['checkpoint_sha256'][:16]}`), data `{summary['data']}` "
+        f"(layout `{summary['layout']}`), split file sha256 `{(summary['split_file_sha256'] or 'n/a')[:16]}`; "
+        f"{inf['pipeline']}, {inf['steps']} step(s), ensemble {inf['ensemble']}, seed {inf['seed']}, "
+        f"on {inf['device']}; leafseg {summary['leafseg']}.", "",
+        "Per-image foreground metrics at each image's original size; 95% CI: percentile bootstrap over images.", "",
+        "| metric | mean | 95% CI | median | std | n | n undefined |", "|---|---|---|---|---|---|---|", *rows, "",
+        f"**Paper-compatible** (to put beside the LEAF paper's Table 1; per-image foreground Dice / IoU at the {res} "
+        f"processing resolution, both-empty images scored 0): Dice {_num(pc['dice'])}, mIoU "
+        f"{_num(pc['miou_batch_mean'])} (mean over batches of {pc['batch_size']}).", "",
+        f"Empty masks: {e['gt_empty']} empty ground truths, {e['pred_empty']} empty predictions, {e['both_empty']} "
+        f"both (scored {e['empty_score']:g} here). Pooled (dataset-level) Dice {_num(m['pooled']['dice'])}.", "",
+        f"Lowest Dice: {worst or 'n/a'}.", "",
+    ]
+    if "seed_stability" in summary:
+        st = summary["seed_stability"]
+        lines += [f"Seed stability over seeds {st['seeds']}: per-image Dice std mean {_num(st['dice_std_mean'])} "
+                  f"(max {_num(st['dice_std_max'])}); pixels on which the seeds disagree: mean "
+                  f"{100 * st['disagreement_mean']:.2f}%.", ""]
+    lines += ["![first images](grid.png)", "", "![lowest Dice](worst_cases.png)", "",
+              "Panels: image | ground truth (green) | prediction (orange)"
+              + (" | uncertainty (std over seeds/ensemble, 0-0.5)" if inf["ensemble"] > 1 or inf["seeds"] > 1
+                 else "") + "; every image's panel is in `overlays/`, every number in `per_image.csv`."]
+    return "\n".join(lines) + "\n"

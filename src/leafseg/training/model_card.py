@@ -1,0 +1,60 @@
+"""The model card (``README.md``) written into every saved model folder, as diffusers / Hub models carry one:
+what the model is, how it was trained (config, data, split hash, the command), how it scored on val, and the
+licences of the pretrained parts it contains or was trained with."""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+import sys
+
+from omegaconf import DictConfig
+
+from .. import __version__
+
+LICENCES = {
+    "taef2": "TAEF2 autoencoder (Ollin Boer Bohan, MIT)",
+    "diffusers": "the diffusers autoencoder folder given as autoencoder.path (its publisher's licence; the paper's "
+                 "CompVis kl-f8 comes from the CompVis latent-diffusion model zoo)",
+    "kl": "an autoencoder initialised or fitted by leafseg (no third-party weights)",
+    "lite_medsam": "LiteMedSAM TinyViT teacher (bowang-lab MedSAM, Apache-2.0; training only, not in the model)",
+    "dinov2": "DINOv2 teacher (Meta AI, Apache-2.0; training only, not in the model)",
+}
+
+
+def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str) -> str:
+    """Markdown for a model exported at ``state['step']`` (``kind``: "best" or "last")."""
+    d, tc = cfg.data, cfg.train
+    method = cfg.get("method", "leaf")
+    best = state.get("best_val_dice")
+    lines = [
+        f"# leafseg model ({'LEAF' if method == 'leaf' else 'supervised UNet baseline'}, {kind})", "",
+        "Load it with `leafseg.load_pipeline(folder)` or `leafseg.LeafSegPipeline.from_pretrained(folder)`; "
+        "segment with `leafseg predict --model FOLDER --input IMAGES --output OUT`.", "",
+        "## What it is", "",
+    ]
+    if method == "leaf":
+        lines += [f"- LEAF (MICCAI 2025) latent-diffusion segmentation, single reverse step; target "
+                  f"`{cfg.diffusion.prediction_type}`, feature alignment {'on' if cfg.align.enabled else 'off'}"
+                  f"{f' (teacher {cfg.align.teacher})' if cfg.align.enabled else ''}.",
+                  f"- Mask autoencoder: {cfg.autoencoder.kind} (`{cfg.autoencoder.path}`), processing resolution "
+                  f"{d.resolution}x{d.resolution}; the image is resized to it and the mask back to the image size."]
+    else:
+        lines += [f"- A supervised UNet (soft Dice + BCE) at {d.resolution}x{d.resolution}."]
+    lines += ["", "## How it was trained", "",
+              f"- Data: `{d.root}` (layout `{d.get('layout', 'folder')}`), split file sha256 `{split_sha256}`.",
+              f"- {state.get('step')} of {tc.max_steps} steps, batch {tc.batch_size}, lr {tc.lr} "
+              f"({tc.lr_schedule}, {tc.warmup_steps} warm-up steps), EMA {'on' if tc.ema.enabled else 'off'}, seed "
+              f"{cfg.run.seed}; the full configuration is `config.yaml` in the run folder.",
+              f"- Command: `{shlex.join(sys.argv)}`.",
+              f"- leafseg {__version__}, written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+              "", "## Scores", "",
+              f"- Best val Dice (per-image foreground, processing resolution, single step): "
+              f"{'n/a' if best is None else f'{best:.4f}'} at step {state.get('best_step')} (selection on val only).",
+              "- Test metrics: run `leafseg evaluate`; its `report.md` holds them with confidence intervals.",
+              "", "## Licences of the pretrained parts", ""]
+    parts = [cfg.autoencoder.kind] + ([cfg.align.teacher] if method == "leaf" and cfg.align.enabled else [])
+    lines += [f"- {LICENCES.get(p, p)}" for p in parts]
+    if cfg.unet.get("pretrained"):
+        lines.append(f"- UNet initialised from `{cfg.unet.pretrained}` (the paper's: CompVis LDM LSUN-Churches-256)")
+    return "\n".join(lines) + "\n"
