@@ -55,15 +55,16 @@ def test_overfits_a_handful_of_cvc_pairs(tmp_path, cvc_dir, taef2_dir):
     assert after > 0.6 and after > before + 0.3
 
 
-def test_cpu_small_validation_dice_rises_on_cvc(tmp_path, cvc_dir, taef2_dir):
-    """The cpu-small config, briefly, on held-out CVC-ClinicDB frames: val Dice must leave its start far behind.
+def test_cpu_recipe_validation_dice_rises_on_cvc(tmp_path, cvc_dir, taef2_dir):
+    """The `cpu` recipe at reduced scale on held-out CVC-ClinicDB frames: val Dice must leave its start far behind.
 
-    A subset of the committed benchmark split keeps it inside CI's time: 64 train and 32 val frames.
+    A subset of the committed benchmark split keeps it inside CI's time: 64 train and 32 val frames, 400 steps (the
+    cosine schedule spans them).
     """
     committed = json.loads((Path(__file__).parents[1] / "benchmarks" / "splits" / "cvc-clinicdb.json").read_text())
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": committed["train"][:64], "val": committed["val"][:32], "test": []}))
-    cfg = load_config("cpu-small", [
+    cfg = load_config("cpu", [
         f"run.output_dir={tmp_path / 'run'}", f"data.root={cvc_dir}", "data.layout=cvc-clinicdb",
         f"data.split_file={split}", f"autoencoder.path={taef2_dir}",
         "train.max_steps=400", "train.val_every=100", "train.checkpoint_every=400",
@@ -71,10 +72,11 @@ def test_cpu_small_validation_dice_rises_on_cvc(tmp_path, cvc_dir, taef2_dir):
     ])
     result = train(cfg)
     curve = [(h["step"], h["val_dice"]) for h in result.history if "val_dice" in h]
-    print(f"cpu-small on 64 CVC frames, val Dice on 32 held-out frames: {curve}")
+    print(f"cpu recipe on 64 CVC frames, val Dice on 32 held-out frames: {curve}")
     start, best = curve[0][1], result.best_val_dice
     assert curve[0][0] == 0 and result.best_step > 0
-    # measured on the dev machine (2-core CPU, 6.9 min): val Dice 0.012 at step 0, 0.000 / 0.171 / 0.647 / 0.741 at
-    # steps 100-400. An untrained, non-learning or mis-parameterised pipeline stays near its start.
-    assert best > 0.45 and best > start + 0.4
+    # measured on the dev machine: see BOUND_NOTE. An untrained, non-learning or mis-parameterised pipeline stays near
+    # its start.
+    assert best > BEST_BOUND and best > start + 0.4
     assert (result.run_dir / "logs" / "curves.png").exists()
+    assert (result.run_dir / "logs" / "history.csv").exists() and (result.run_dir / "model-best" / "README.md").exists()

@@ -123,7 +123,7 @@ def test_kill_inside_the_checkpoint_swap_is_recovered(tmp_path, synthetic, monke
 def test_second_training_into_one_folder_is_refused(tmp_path, synthetic):
     import fcntl
 
-    from leafseg.training.engine import lock_run_dir
+    from leafseg.training.checkpoints import lock_run_dir
 
     run = tmp_path / "run"
     run.mkdir()
@@ -156,7 +156,7 @@ def tiny_load(folder):
 
 
 def test_non_finite_models_are_neither_saved_nor_loaded(tmp_path):
-    from leafseg.training.engine import save_pipeline
+    from leafseg.training.checkpoints import save_pipeline
 
     pipe = tiny_pipeline()
     pipe.save_pretrained(tmp_path / "good")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .engine import BEST, CHECKPOINT, LAST, TrainResult, run_training
+from .checkpoints import BEST, CHECKPOINT, LAST
+from .engine import TrainResult, run_training
 from .leaf import LeafMethod, LeafTrainingModel, build_alignment_teacher, build_components
 from .supervised import SupervisedMethod
 

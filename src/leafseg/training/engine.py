@@ -12,8 +12,6 @@ rank reads its own shard of every global batch.
 from __future__ import annotations
 
 import json
-import pickle
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,18 +25,16 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .. import data as D
 from ..config import to_container
-from ..files import atomic_dir, replace_dir, write_csv, write_json
+from ..files import write_csv
 from ..models.weights import assert_finite
+from .checkpoints import (BEST, CHECKPOINT, ScheduleAndEMA, load_trainer_state, lock_run_dir,
+                          recover_checkpoint, release_run_dir, save_checkpoint, save_pipeline)
 from .curves import plot_training_curves
 from .model_card import model_card
-
-CHECKPOINT = "checkpoint-last"
-BEST, LAST = "model-best", "model-last"
 
 
 # ------------------------------------------------------------------------------------------------ randomness
@@ -106,46 +102,6 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
         OmegaConf.save(cfg, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
     return accelerator, run_dir
-
-
-_LOCKS: dict[Path, object] = {}  # open lock files, held until the process ends
-
-
-def lock_run_dir(run_dir: Path) -> None:
-    """An exclusive lock on ``run_dir/.lock`` for this process: a second training into the same folder stops at
-    once instead of sharing its checkpoints."""
-    import fcntl
-
-    key = run_dir.resolve()
-    if key in _LOCKS:
-        return
-    handle = open(run_dir / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise FileExistsError(f"{run_dir}: another training run is using this folder") from None
-    _LOCKS[key] = handle
-
-
-def release_run_dir(run_dir: Path) -> None:
-    handle = _LOCKS.pop(run_dir.resolve(), None)
-    if handle is not None:
-        handle.close()
-
-
-def recover_checkpoint(run_dir: Path) -> None:
-    """Finish a checkpoint swap that was interrupted (see :func:`leafseg.files.replace_dir`): with no
-    ``checkpoint-last``, the newest complete one of ``.checkpoint-last.tmp`` (complete once trainer_state.json is in
-    it) and ``checkpoint-last.old`` takes its place."""
-    final, tmp, old = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.tmp", run_dir / f"{CHECKPOINT}.old"
-    if final.exists():
-        return
-    for candidate in (tmp, old):
-        if (candidate / "trainer_state.json").is_file():
-            candidate.rename(final)
-            print(f"recovered {final} from an interrupted checkpoint swap ({candidate.name})", flush=True)
-            return
 
 
 @dataclass
@@ -237,80 +193,6 @@ def eval_mode(module: torch.nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-
-def save_pipeline(pipe, path: Path, card: str | None = None) -> None:
-    """save_pretrained (safetensors) and the model card into a temporary folder, then swap it into place; a model
-    with non-finite weights is refused (nothing is written)."""
-    for name, component in pipe.components.items():
-        if isinstance(component, torch.nn.Module):
-            assert_finite(component, f"{name} of the model to be saved to {path}")
-    with atomic_dir(path) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if card is not None:
-            (tmp / "README.md").write_text(card)
-
-
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, export_last, extra) -> None:
-    """accelerate state (model and optimiser as safetensors/tensor files, RNG states) + trainer_state.json (step,
-    history, LR schedule and EMA scalars) + ema.safetensors into checkpoint-last (atomic swap), then model-last.
-    Nothing in it needs code execution to load: the LR schedule and the EMA are not pickled (accelerate would
-    unpickle its custom states with weights_only=False)."""
-    tmp = run_dir / f".{CHECKPOINT}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        scalars, tensors = extra.state()
-        if tensors:
-            save_file(tensors, str(tmp / "ema.safetensors"))
-        write_json({**state, **scalars}, tmp / "trainer_state.json")  # written last: marks the folder complete
-        replace_dir(tmp, run_dir / CHECKPOINT)
-        export_last(run_dir / LAST)
-    accelerator.wait_for_everyone()
-
-
-def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool, extra) -> dict:
-    if not resume:
-        return {"step": 0, "best_val_dice": None, "best_step": None, "history": []}
-    checkpoint = run_dir / CHECKPOINT
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"{checkpoint}: nothing to resume")
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    if "lr_scheduler" not in state:
-        raise ValueError(f"{checkpoint} was written by an earlier leafseg, which pickled its LR-schedule and EMA "
-                         "state; leafseg no longer unpickles them (loading a pickle can run code): start a new run")
-    try:  # accelerate reads its files with weights_only=True: a file that needs code to load is refused
-        accelerator.load_state(str(checkpoint))
-    except (pickle.UnpicklingError, RuntimeError, OSError) as err:
-        raise ValueError(f"{checkpoint}: cannot resume from it ({type(err).__name__}: {err})") from None
-    ema_file = checkpoint / "ema.safetensors"
-    extra.load(state, load_file(str(ema_file)) if ema_file.exists() else {})
-    return {k: state[k] for k in ("step", "best_val_dice", "best_step", "history")}
-
-
-class ScheduleAndEMA:
-    """The LR scheduler and the EMA, saved as JSON scalars and safetensors instead of accelerate's pickles."""
-
-    def __init__(self, lr_scheduler, ema: EMAModel | None):
-        self.lr_scheduler, self.ema = lr_scheduler, ema
-
-    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        scalars = {"lr_scheduler": self.lr_scheduler.state_dict()}
-        if self.ema is None:
-            return scalars, {}
-        ema = self.ema.state_dict()
-        shadow = ema.pop("shadow_params")
-        return {**scalars, "ema": ema}, {f"shadow.{i}": t.detach().cpu().contiguous() for i, t in enumerate(shadow)}
-
-    def load(self, scalars: dict, tensors: dict[str, torch.Tensor]) -> None:
-        self.lr_scheduler.load_state_dict(scalars["lr_scheduler"])
-        if self.ema is not None:
-            if "ema" not in scalars:
-                raise ValueError("the checkpoint has no EMA state, but train.ema.enabled is true")
-            shadow = [tensors[f"shadow.{i}"] for i in range(len(tensors))]
-            self.ema.load_state_dict({**scalars["ema"], "shadow_params": shadow})
 
 
 @dataclass
