@@ -154,7 +154,8 @@ def _pct(x) -> str:
 def _row(r: dict) -> str:
     t = r["test"]
     ci = f" [{_pct(t['dice']['ci_low'])}, {_pct(t['dice']['ci_high'])}]"
-    return (f"| {r['label']} | {r['seed']} | {_pct(t['dice']['mean'])}{ci} | {_pct(t['iou']['mean'])} | "
+    label = f"{r['label']}{' (see run notes)' if r.get('note') else ''}"
+    return (f"| {label} | {r['seed']} | {_pct(t['dice']['mean'])}{ci} | {_pct(t['iou']['mean'])} | "
             f"{t['hd95']['mean']:.1f} | {_pct(t['paper_compatible']['dice'])} | "
             f"{_pct(r['best_val_dice'])} @ {r['best_step']} | {r['train_s'] / 60:.0f} + {r['eval_s'] / 60:.1f} |")
 
@@ -188,6 +189,9 @@ def write_report(records: Path, results: Path, args) -> None:
     text += ("\n## Every run\n\n| run | seed | test Dice % [95% CI] | test IoU % | HD95 px | paper-style Dice % | "
              "best val Dice % @ step | wall min (train + eval) |\n|---|---|---|---|---|---|---|---|\n"
              + "\n".join(per_run) + "\n\n" + NOTES)
+    notes = [f"- {r['run']}: {r['note']}" for r in recs.values() if r.get("note")]
+    if notes:
+        text += "\nRun notes:\n\n" + "\n".join(notes) + "\n"
     text += "\n## Commands\n\n```bash\n" + "\n".join(
         f"# {r['run']}\n{r['train_cmd']}\n{r['eval_cmd']}" for r in recs.values()) + "\n```\n"
     results.parent.mkdir(parents=True, exist_ok=True)

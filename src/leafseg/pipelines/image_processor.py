@@ -37,10 +37,10 @@ class SegmentationImageProcessor:
         self.resolution = int(resolution)
 
     @staticmethod
-    def to_tensor(image) -> torch.Tensor:
-        """One image -> float (3, H, W) in [0, 1]. Accepted, and nothing else (a wrong range is refused rather than
-        segmented as if it were right): PIL images; numpy arrays (H, W), (H, W, 3) or (H, W, 4) and torch tensors
-        (3, H, W), either uint8 (0..255) or floating point in [0, 1]."""
+    def validate(image) -> torch.Tensor:
+        """One image -> a (3, H, W) tensor, uint8 (0..255) or float in [0, 1]. Accepted, and nothing else (a wrong
+        range is refused rather than segmented as if it were right): PIL images; numpy arrays (H, W), (H, W, 3) or
+        (H, W, 4) and torch tensors (3, H, W), either uint8 or floating point in [0, 1]."""
         if isinstance(image, Image.Image):
             image = np.asarray(image.convert("RGB"))
         if isinstance(image, np.ndarray):
@@ -55,7 +55,7 @@ class SegmentationImageProcessor:
         else:
             raise TypeError(f"unsupported image type {type(image).__name__} (PIL image, numpy array or torch tensor)")
         if image.dtype == torch.uint8:
-            return image.float() / 255.0
+            return image
         if not image.is_floating_point():
             raise ValueError(f"unsupported image dtype {image.dtype}: give uint8 (0..255) or float in [0, 1]")
         lo, hi = float(image.min()), float(image.max())
@@ -64,19 +64,33 @@ class SegmentationImageProcessor:
                              "by 255, or pass them as uint8)")
         return image.float()
 
+    @classmethod
+    def to_tensor(cls, image) -> torch.Tensor:
+        """One image -> float (3, H, W) in [0, 1] (see :meth:`validate` for what is accepted)."""
+        image = cls.validate(image)
+        return image.float() / 255.0 if image.dtype == torch.uint8 else image
+
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        """A validated (3, H, W) image -> float (3, R, R) in [0, 1]. 8-bit images are resized exactly as training
+        resizes them (PIL bilinear on the 8-bit image, :func:`leafseg.data.io.resize_image`), so a model sees the
+        same pixels at inference as in its validation; float images with antialiased bilinear interpolation."""
+        r = self.resolution
+        if tuple(image.shape[-2:]) == (r, r):
+            return image.float() / 255.0 if image.dtype == torch.uint8 else image
+        if image.dtype == torch.uint8:
+            resized = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((r, r), Image.BILINEAR)
+            return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float() / 255.0
+        return F.interpolate(image[None], size=(r, r), mode="bilinear", align_corners=False, antialias=True)[0]
+
     def preprocess(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """One image or a list (or a (B, 3, H, W) tensor) -> (B, 3, R, R) in [-1, 1], plus the original sizes."""
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             images = list(images)
         elif not isinstance(images, (list, tuple)):
             images = [images]
-        tensors = [self.to_tensor(im) for im in images]
+        tensors = [self.validate(im) for im in images]
         sizes = [tuple(t.shape[-2:]) for t in tensors]
-        r = self.resolution
-        batch = torch.stack([
-            F.interpolate(t[None], size=(r, r), mode="bilinear", align_corners=False, antialias=True)[0]
-            if tuple(t.shape[-2:]) != (r, r) else t for t in tensors
-        ])
+        batch = torch.stack([self.resize(t) for t in tensors])
         return batch.clamp(0, 1) * 2 - 1, sizes
 
     @staticmethod
