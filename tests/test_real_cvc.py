@@ -75,8 +75,8 @@ def test_cpu_recipe_validation_dice_rises_on_cvc(tmp_path, cvc_dir, taef2_dir):
     print(f"cpu recipe on 64 CVC frames, val Dice on 32 held-out frames: {curve}")
     start, best = curve[0][1], result.best_val_dice
     assert curve[0][0] == 0 and result.best_step > 0
-    # measured on the dev machine: see BOUND_NOTE. An untrained, non-learning or mis-parameterised pipeline stays near
-    # its start.
-    assert best > BEST_BOUND and best > start + 0.4
+    # measured on the dev machine (2-core CPU, one thread, shared): val Dice 0.012 at step 0, 0.000 / 0.220 / 0.659 /
+    # 0.715 at steps 100-400. An untrained, non-learning or mis-parameterised pipeline stays near its start.
+    assert best > 0.5 and best > start + 0.4
     assert (result.run_dir / "logs" / "curves.png").exists()
     assert (result.run_dir / "logs" / "history.csv").exists() and (result.run_dir / "model-best" / "README.md").exists()
