@@ -87,9 +87,10 @@ def test_evaluate_seeds_worst_cases_figures_and_hashes(tmp_path, model_and_data)
     assert len(list(csv.DictReader(open(out / "seed_stability.csv")))) == 4
     assert "mm" not in summary["metrics"]["units"] and "0.5" in summary["metrics"]["units"]
     grid, worst = Image.open(out / "grid.png"), Image.open(out / "worst_cases.png")
-    assert grid.size[0] == worst.size[0] == 4 * 192
+    assert grid.size[0] == worst.size[0] == 4 * 192 + 28  # four 192-px columns and the uncertainty colour bar
     panel = Image.open(out / "overlays" / "0.png")
-    assert panel.size == (4 * 30, 40)  # image | ground truth | prediction | uncertainty
+    # image | ground truth | prediction | uncertainty + colour bar (28 px), under a 20-px title strip (case, Dice)
+    assert panel.size == (4 * 30 + 28, 40 + 20)
 
 
 def test_evaluate_with_split_file_records_its_hash(tmp_path, model_and_data):

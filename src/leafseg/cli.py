@@ -103,7 +103,7 @@ def cmd_convert_ldm(args) -> int:
         raise ValueError("give --unet and/or --vae")
     written = convert_ldm_checkpoints(args.unet, args.vae, args.out, use_ema=args.use_ema,
                                       unet_overrides=unet_overrides, vae_overrides=vae_overrides,
-                                      overwrite=args.overwrite, backend=args.backend)
+                                      overwrite=args.overwrite)
     for name, folder in written.items():
         print(f"wrote {name}: {folder}")
     return 0

@@ -55,8 +55,8 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
 
     if uncertainty and ensemble < 2:
         raise ValueError("--uncertainty needs an ensemble: pass --ensemble N with N >= 2 (e.g. 5)")
-    files = input_files(source)
     pipe = load_pipeline(model, device, backend)
+    files = input_files(source)
     out = prepare_output(output, overwrite)
     names, report = output_names(files), PredictReport()
     options = {"num_inference_steps": steps, "ensemble_size": ensemble, "seed": seed, "threshold": threshold}

@@ -132,34 +132,12 @@ def _write_figures(out: Path, rows: list[dict], first_panels: list[np.ndarray], 
     return worst
 
 
-def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None, output: str | None,
-             steps: int = 1, ensemble: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
-             layout: str | None = None, images_dir: str = "images", masks_dir: str = "masks", seeds: int = 1,
-             worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False,
-             backend: str = "auto") -> dict:
-    """Metrics on one split at each image's original size, into ``output`` (default MODEL/eval-SPLIT), which must
-    be empty or absent (``overwrite``: emptied first).
-
-    Writes ``per_image.csv``, ``summary.json`` (metrics, config, split-file and checkpoint hashes, seeds),
-    ``overlays/<stem>.png`` (image | ground truth | prediction | uncertainty), ``grid.png`` (the first images),
-    ``worst_cases.png`` + the summary's ``worst_cases`` (the ``worst_k`` lowest Dice). With ``seeds > 1`` the
-    pipeline also runs with seeds ``seed + 1000 k`` (k = 1 .. seeds-1); the reported metrics stay those of ``seed``
-    and the summary gains ``seed_stability`` (per-image Dice std across seeds, pixel disagreement rate).
-    """
+def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetrics, paper: PaperMetrics, split: str,
+                       steps: int, ensemble: int, seed: int, seeds: int, batch_size: int, spacing) -> tuple:
+    """Segment every sample of ``chosen`` (2D images, volumes' slices), score it, write its overlay; returns the
+    seed-stability rows, the first panels (for grid.png) and the volumes' slices (for 3D metrics)."""
     from tqdm.auto import tqdm
 
-    if seeds < 1 or worst_k < 0:
-        raise ValueError("seeds must be >= 1 and worst_k >= 0")
-    model = Path(model_dir)
-    run_config = _run_config(model)
-    if layout is None:
-        layout = ((run_config or {}).get("data") or {}).get("layout", "folder")
-    chosen, split_path = _chosen_pairs(model, data_root, split, split_file, layout, images_dir, masks_dir)
-    pipe = load_pipeline(model_dir, device, backend)
-    metrics, paper = SegmentationMetrics(spacing=spacing), PaperMetrics()
-    out = prepare_output(Path(output) if output else model / f"eval-{split}", overwrite)
-    (out / "overlays").mkdir()
-    started = time.time()
     stability, panels, volumes = [], {}, {}
     samples = _samples(chosen, pipe.config.get("intensity"), int(pipe.config.get("slice_axis", 2)), volumes)
     bar = tqdm(total=len(chosen), desc=f"evaluating {split}", unit="case")
@@ -185,6 +163,37 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
             if len(panels) < 8:
                 panels[c.name] = row
     bar.close()
+    return stability, panels, volumes
+
+
+def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None, output: str | None,
+             steps: int = 1, ensemble: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
+             layout: str | None = None, images_dir: str = "images", masks_dir: str = "masks", seeds: int = 1,
+             worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False,
+             backend: str = "auto") -> dict:
+    """Metrics on one split at each image's original size, into ``output`` (default MODEL/eval-SPLIT), which must
+    be empty or absent (``overwrite``: emptied first).
+
+    Writes ``per_image.csv``, ``summary.json`` (metrics, config, split-file and checkpoint hashes, seeds),
+    ``overlays/<stem>.png`` (image | ground truth | prediction | uncertainty), ``grid.png`` (the first images),
+    ``worst_cases.png`` + the summary's ``worst_cases`` (the ``worst_k`` lowest Dice). With ``seeds > 1`` the
+    pipeline also runs with seeds ``seed + 1000 k`` (k = 1 .. seeds-1); the reported metrics stay those of ``seed``
+    and the summary gains ``seed_stability`` (per-image Dice std across seeds, pixel disagreement rate).
+    """
+    if seeds < 1 or worst_k < 0:
+        raise ValueError("seeds must be >= 1 and worst_k >= 0")
+    model = Path(model_dir)
+    run_config = _run_config(model)
+    if layout is None:
+        layout = ((run_config or {}).get("data") or {}).get("layout", "folder")
+    chosen, split_path = _chosen_pairs(model, data_root, split, split_file, layout, images_dir, masks_dir)
+    pipe = load_pipeline(model_dir, device, backend)
+    metrics, paper = SegmentationMetrics(spacing=spacing), PaperMetrics()
+    out = prepare_output(Path(output) if output else model / f"eval-{split}", overwrite)
+    (out / "overlays").mkdir()
+    started = time.time()
+    stability, panels, volumes = _predict_and_score(pipe, chosen, out, metrics, paper, split, steps, ensemble, seed,
+                                                    seeds, batch_size, spacing)
     volume_rows = _volume_metrics(volumes)
     rows = metrics.rows()
     write_csv(rows, out / "per_image.csv")

@@ -96,6 +96,7 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
         recover_checkpoint(run_dir)
     accelerator.wait_for_everyone()
     if (run_dir / CHECKPOINT).exists() and not resume:  # checked on every rank: no rank waits for one that stopped
+        release_run_dir(run_dir)
         raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
                               "or choose another run.output_dir")
     if accelerator.is_main_process and not resume:
@@ -263,8 +264,6 @@ class StepBookkeeping:
             if state["history"]:
                 plot_training_curves(state["history"], self.run_dir / "logs" / "curves.png")
         accelerator.end_training()
-        if accelerator.is_main_process:
-            release_run_dir(self.run_dir)
         return TrainResult(self.run_dir, int(state["step"]), state["best_val_dice"], state["best_step"],
                            state["history"])
 
@@ -334,16 +333,22 @@ class Trainer:
 
 def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) -> TrainResult:
     """Train ``method`` on the config's data: AdamW, warm-up + ``train.lr_schedule``, grad clip, EMA, validation
-    every ``val_every`` steps with the best model kept, checkpoints every ``checkpoint_every`` steps."""
-    tc = cfg.train
+    every ``val_every`` steps with the best model kept, checkpoints every ``checkpoint_every`` steps. The run
+    folder is locked for the duration."""
     accelerator, run_dir = start_run(cfg, resume)
+    try:
+        return _train(method, cfg, resume, accelerator, run_dir)
+    finally:
+        if accelerator.is_main_process:
+            release_run_dir(run_dir)
+
+
+def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: Accelerator, run_dir: Path
+           ) -> TrainResult:
+    tc = cfg.train
     trainer = Trainer(cfg, accelerator, run_dir, load_run_data(cfg, run_dir, accelerator))
     if accelerator.is_main_process:
-        data, n_val = trainer.data, 0 if trainer.data.val_images is None else len(trainer.data.val_images)
-        print(f"{method.description}: {len(data.train_images)} train / {n_val} val samples at "
-              f"{cfg.data.resolution}x{cfg.data.resolution}, steps {tc.max_steps} (batch {tc.batch_size} x "
-              f"{accelerator.num_processes} process(es)), validation every {tc.val_every}, into {run_dir}; frozen "
-              "targets are computed first (each says how long it will take)", flush=True)
+        _announce(method, trainer)
     set_seed(int(cfg.run.seed))  # identical initialisation on every rank
     model = method.build(trainer)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -358,10 +363,9 @@ def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) 
     if ema is not None:
         ema.to(accelerator.device)
     if accelerator.is_main_process:
-        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                for k, v in _flatten(to_container(cfg)).items()}
-        accelerator.init_trackers(method.tracker_name, config=flat)
-
+        flat = _flatten(to_container(cfg))
+        accelerator.init_trackers(method.tracker_name, config={
+            k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()})
     split_sha = D.split_digest(Path(cfg.data.split_file or run_dir / "split.json"))
 
     def export(path: Path) -> None:
@@ -403,8 +407,22 @@ def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) 
         book.after_step(step, losses, lambda gn=grad_norm: {"lr": lr_scheduler.get_last_lr()[0],
                                                             **({} if gn is None else {"grad_norm": float(gn)})})
     if tc.log_samples:  # what each rank read and ended with: lets tests check sharding and replica sync
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        (run_dir / "logs" / f"samples-rank{rank}.json").write_text(json.dumps(seen))
-        torch.save({k: v.detach().cpu() for k, v in base.state_dict().items()},
-                   run_dir / "logs" / f"final-weights-rank{rank}.pt")
+        _log_samples(run_dir, rank, seen, base)
     return book.finish()
+
+
+def _announce(method: TrainingMethod, trainer: Trainer) -> None:
+    """What the run is about to do, before the caches (which then say how long they will take)."""
+    cfg, data, accelerator = trainer.cfg, trainer.data, trainer.accelerator
+    tc, n_val = cfg.train, 0 if data.val_images is None else len(data.val_images)
+    print(f"{method.description}: {len(data.train_images)} train / {n_val} val samples at "
+          f"{cfg.data.resolution}x{cfg.data.resolution}, steps {tc.max_steps} (batch {tc.batch_size} x "
+          f"{accelerator.num_processes} process(es)), validation every {tc.val_every}, into {trainer.run_dir}; "
+          "frozen targets are computed first (each says how long it will take)", flush=True)
+
+
+def _log_samples(run_dir: Path, rank: int, seen: list[int], base: torch.nn.Module) -> None:
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs" / f"samples-rank{rank}.json").write_text(json.dumps(seen))
+    torch.save({k: v.detach().cpu() for k, v in base.state_dict().items()},
+               run_dir / "logs" / f"final-weights-rank{rank}.pt")
