@@ -114,3 +114,29 @@ def test_evaluate_takes_the_layout_from_the_run_config(tmp_path, model_and_data)
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["layout"] == "cvc-clinicdb" and summary["n_images"] == 2
     assert summary["config"] == {"data": {"layout": "cvc-clinicdb"}}
+
+
+def test_predict_threshold_and_saved_probabilities_agree(tmp_path, model_and_data):
+    model, data = model_and_data
+    foreground = []
+    for threshold in (0.3, 0.7):
+        out = tmp_path / f"t{threshold}"
+        assert main(["predict", "--model", str(model), "--input", str(data / "images"), "--output", str(out),
+                     "--threshold", str(threshold), "--save-probabilities"]) == 0
+        for i, size in enumerate([(30, 40), (32, 32), (50, 20), (17, 33)]):
+            prob = np.load(out / f"{i}_probability.npy")
+            assert prob.dtype == np.float32 and prob.shape == size[::-1]
+            mask = np.asarray(Image.open(out / f"{i}_mask.png")) > 0
+            np.testing.assert_array_equal(mask, prob > threshold)
+        foreground.append(sum((np.asarray(Image.open(m)) > 0).sum() for m in out.glob("*_mask.png")))
+    assert foreground[0] > foreground[1]  # the threshold is used, not 0.5 twice
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "export", "convert-ldm", "demo"])
+def test_help_shows_defaults_and_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert exit_.value.code == 0 and "example:\n  leafseg " + command in text
+    if command == "predict":
+        assert "(default: 0.5)" in text and "(default: 1)" in text  # --threshold, --ensemble

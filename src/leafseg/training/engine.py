@@ -345,6 +345,8 @@ def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) 
 
 def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: Accelerator, run_dir: Path
            ) -> TrainResult:
+    # Kept in one piece (~65 lines) on purpose: set-up, then the step loop, read top to bottom as the algorithm;
+    # everything that is not the loop itself (bookkeeping, checkpoints, EMA state) lives in the helpers it calls.
     tc = cfg.train
     trainer = Trainer(cfg, accelerator, run_dir, load_run_data(cfg, run_dir, accelerator))
     if accelerator.is_main_process:
