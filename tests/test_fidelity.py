@@ -20,6 +20,11 @@ from leafseg.training.engine import make_ema
 from tiny import TINY_AE, TINY_UNET, tiny_pipeline
 
 
+@pytest.fixture(autouse=True)
+def pretrained_root(monkeypatch):  # paper.yaml's networks live under $LEAFSEG_PRETRAINED (not read by these tests)
+    monkeypatch.setenv("LEAFSEG_PRETRAINED", "/pretrained")
+
+
 @pytest.fixture(scope="module")
 def paper():
     return load_config("paper", ["data.root=x"])

@@ -60,11 +60,12 @@ def test_training_starts_from_a_converted_ldm_unet(tmp_path, reference_dir):
         load_pretrained_unet(tmp_path / "unet", latent_channels=c + 1)
 
 
-def test_packaged_configs_resolve():
+def test_packaged_configs_resolve(monkeypatch):
+    monkeypatch.setenv("LEAFSEG_PRETRAINED", "/models")
     paper = load_config("paper", ["data.root=x"])
     assert (paper.train.lr, paper.train.warmup_steps, paper.train.max_steps, paper.train.batch_size) == \
         (4e-5, 10000, 100000, 4)
     assert paper.align.weight == 0.75 and paper.align.teacher == "dinov2" and paper.data.resolution == 256
-    assert paper.autoencoder.path.endswith("ldm/vae")
+    assert paper.autoencoder.path == "/models/ldm/vae"
     small = load_config("cpu-small", ["data.root=x"])
     assert small.autoencoder.kind == "taef2" and small.align.teacher == "lite_medsam"

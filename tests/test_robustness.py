@@ -176,6 +176,17 @@ def test_unset_key_is_refused_before_anything_is_written(tmp_path, capsys):
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
+def test_paper_config_needs_its_pretrained_root_named(tmp_path, capsys, monkeypatch):
+    # paper.yaml reads its networks from $LEAFSEG_PRETRAINED: never from a folder relative to where the user stands
+    monkeypatch.delenv("LEAFSEG_PRETRAINED", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pretrained" / "ldm" / "vae").mkdir(parents=True)
+    code = main(["train", "--config", "paper", "--output", str(tmp_path / "run"), "data.root=x"])
+    err = capsys.readouterr().err
+    assert code == 2 and "LEAFSEG_PRETRAINED" in err and "autoencoder.path" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_overrides_after_an_option_are_accepted():
     from leafseg.cli import build_parser, parse_args
 

@@ -25,6 +25,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from tqdm.auto import tqdm
 
 from .. import data as D
@@ -79,6 +80,11 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(f"config value(s) not set: {', '.join(missing)} (give them as key=value or in the config)")
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:  # e.g. paper.yaml's ${oc.env:LEAFSEG_PRETRAINED} with it unset
+        raise ValueError(f"config value {err.full_key} cannot be resolved: {str(err.msg).splitlines()[0]} (set "
+                         f"the environment variable it names, or give {err.full_key}=... as key=value)") from None
     tc = cfg.train
     run_dir = Path(cfg.run.output_dir)
     if tc.num_threads:
