@@ -84,6 +84,9 @@ def run_one(name: str, args, out: Path, records: Path) -> None:
     run_dir = out / name
     common = [f"data.root={args.data}", "data.layout=cvc-clinicdb", f"data.split_file={args.split_file}",
               f"autoencoder.path={args.taef2}", f"run.cache_dir={out / 'cache'}", f"run.seed={seed}",
+              # torch caches: the runs recorded before cpu.yaml chose ONNX Runtime used them; every run of the
+              # ablation trains on the same frozen targets (ONNX Runtime's differ by float rounding)
+              "run.cache_backend=torch",
               *([f"train.num_threads={args.threads}"] if args.threads else []), *args.override]
     train_cmd = [leafseg(), "train", "--config", args.recipe, "--output", str(run_dir), *common,
                  *VARIANTS[variant][1]]

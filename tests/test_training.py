@@ -103,3 +103,43 @@ def test_validation_at_start_and_shared_cache_dir(tmp_path, synthetic):
     b = train(tiny_config(tmp_path / "b", synthetic, f"run.cache_dir={shared_cache}", "run.seed=3"))
     assert sorted(p.name for p in shared_cache.iterdir()) == cached_files  # reused, nothing recomputed
     assert b.step == 4
+
+
+def test_onnx_cache_backend_gives_the_torch_caches(tmp_path, synthetic):
+    """run.cache_backend=onnx computes the same mask latents and teacher tokens as torch (float rounding), in
+    differently named files, so a shared cache folder never mixes them; training then runs on them."""
+    pytest.importorskip("onnxruntime")
+    caches = {}
+    for backend in ("torch", "onnx"):
+        result = train(tiny_config(tmp_path / backend, synthetic, f"run.cache_backend={backend}",
+                                   "train.max_steps=2", "align.flip_tokens=recompute"))
+        assert result.step == 2
+        caches[backend] = {p.name.split("-")[0]: (p.name, load_file(p)["value"])
+                           for p in sorted((tmp_path / backend / "cache").glob("*.safetensors"))}
+    assert sorted(caches["torch"]) == sorted(caches["onnx"]) == ["mask", "teacher"]
+    for kind in ("mask", "teacher"):
+        (torch_name, a), (onnx_name, b) = caches["torch"][kind], caches["onnx"][kind]
+        assert torch_name != onnx_name and a.shape == b.shape and a.dtype == b.dtype
+        scale = a.float().abs().max()
+        tolerance = 2e-3 if kind == "teacher" else 1e-4  # tokens are stored in float16
+        torch.testing.assert_close(b.float() / scale, a.float() / scale, rtol=0, atol=tolerance)
+
+
+def test_cache_backend_choice_and_fallbacks(monkeypatch):
+    import sys
+
+    from leafseg.pipelines.onnx import OnnxFunction
+    from leafseg.training.caches import cache_backend
+
+    with pytest.raises(ValueError, match="run.cache_backend"):
+        cache_backend("openvino", "cpu")
+    assert cache_backend("torch", "cpu") == "torch"
+    assert cache_backend("onnx", "cuda") == "torch"  # ONNX Runtime's CPU provider only
+    if pytest.importorskip("onnxruntime"):
+        assert cache_backend("onnx", "cpu") == "onnx"
+        f = OnnxFunction(torch.nn.Conv2d(3, 2, 3), torch.zeros(1, 3, 8, 8))
+        assert f(torch.zeros(5, 3, 8, 8)).shape == (5, 2, 6, 6)  # any batch size
+        with pytest.raises(ValueError, match=r"\(B, 3, 8, 8\)"):
+            f(torch.zeros(1, 3, 16, 16))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    assert cache_backend("onnx", "cpu") == "torch"

@@ -11,7 +11,9 @@ PyTorch pipeline draws it, so both give the same masks up to float rounding.
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +76,38 @@ class _Segment(torch.nn.Module):
         return torch.sigmoid(self.unet(images, t).sample[:, 0])
 
 
-def _export(module: torch.nn.Module, inputs: tuple, names: list[str], path: Path, opset: int) -> None:
+def _export(module: torch.nn.Module, inputs: tuple, names: list[str], path: Path | io.BytesIO, opset: int) -> None:
     axes = {n: {0: "batch"} for n in [*names, "output"]}
-    torch.onnx.export(module.eval(), inputs, str(path), input_names=names, output_names=["output"],
+    target = str(path) if isinstance(path, Path) else path
+    torch.onnx.export(module.eval(), inputs, target, input_names=names, output_names=["output"],
                       dynamic_axes=axes, opset_version=opset, dynamo=False)
+
+
+class OnnxFunction:
+    """A frozen module run by ONNX Runtime on the CPU: ``OnnxFunction(module, example)(x)`` == ``module(x)`` up to
+    float rounding, for float32 ``x`` shaped like ``example`` except in the batch size. Exported in memory (the
+    legacy TorchScript exporter, as ``leafseg export``), nothing written to disk. Training uses it for its frozen
+    caches, where ONNX Runtime is 1.5-1.9x faster than PyTorch on a CPU (docs/cpu-recipe.md)."""
+
+    def __init__(self, module: torch.nn.Module, example: torch.Tensor, threads: int | None = None, opset: int = 17):
+        import onnxruntime as ort
+
+        self.sample_shape = tuple(example.shape[1:])
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():  # tracer and exporter chatter; the shape check below covers what they warn of
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                _export(module, (example.detach().float().cpu(),), ["input"], buffer, opset)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(f"OnnxFunction was exported for inputs (B, {', '.join(map(str, self.sample_shape))}), "
+                             f"got {tuple(x.shape)}")
+        out = self.session.run(None, {"input": x.detach().float().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(out)
 
 
 @torch.no_grad()

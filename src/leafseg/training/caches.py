@@ -15,6 +15,9 @@ from tqdm.auto import tqdm
 
 from .. import data as D
 from ..files import atomic_write
+from ..models import autoencoder as ae_ops
+from ..models.alignment import feature_map_to_tokens
+from ..models.teachers import resample_to_grid
 
 
 @torch.no_grad()
@@ -41,6 +44,64 @@ def compute_cache(fn, images_u8: torch.Tensor, codes, device, batch: int, desc: 
         slots.append(torch.cat(parts))
     bar.close()
     return torch.stack(slots, dim=1)
+
+
+CACHE_BACKENDS = ("torch", "onnx")
+
+
+class MaskLatents(torch.nn.Module):
+    """Masks in [0, 1] (B, 3, H, W) -> scaled mask latents z_0 (the x0 targets)."""
+
+    def __init__(self, autoencoder: torch.nn.Module, scale: float):
+        super().__init__()
+        self.autoencoder, self.scale = autoencoder, scale
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        return ae_ops.encode(self.autoencoder, masks * 2 - 1) * self.scale
+
+
+class TeacherFeatures(torch.nn.Module):
+    """Images in [0, 1] -> the teacher's native feature map; :func:`teacher_tokens` turns it into its tokens."""
+
+    def __init__(self, teacher: torch.nn.Module):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.teacher.features(images)
+
+
+def teacher_tokens(features: torch.Tensor, grid: int) -> torch.Tensor:
+    """Native feature map -> (B, grid * grid, D) tokens, as ``teacher(images, grid)`` returns them."""
+    return feature_map_to_tokens(resample_to_grid(features.float(), grid)).contiguous()
+
+
+def cache_backend(name: str, device) -> str:
+    """The backend that will compute the caches: ``run.cache_backend`` validated, with ``onnx`` (ONNX Runtime,
+    CPU only) falling back to ``torch`` - said on screen - on another device or when onnxruntime is missing."""
+    if name not in CACHE_BACKENDS:
+        raise ValueError(f"run.cache_backend must be one of {CACHE_BACKENDS}, got {name!r}")
+    if name == "onnx":
+        if torch.device(device).type != "cpu":
+            tqdm.write(f"run.cache_backend=onnx runs on the CPU only; caches computed with torch on {device}")
+            return "torch"
+        try:
+            import onnx  # noqa: F401  (the exporter needs it)
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            tqdm.write("run.cache_backend=onnx: onnx/onnxruntime not installed (pip install 'leafseg[onnx]'); "
+                       "caches computed with torch, about 1.5-1.9x slower on a CPU")
+            return "torch"
+    return name
+
+
+def frozen_function(module: torch.nn.Module, example: torch.Tensor, backend: str):
+    """``module`` as a function of one float32 batch, run by ``backend`` (torch: the module itself)."""
+    if backend == "torch":
+        return module
+    from ..pipelines.onnx import OnnxFunction
+
+    return OnnxFunction(module.eval(), example)
 
 
 def mirror_tokens(tokens: torch.Tensor, grid: int, hflip: bool, vflip: bool) -> torch.Tensor:

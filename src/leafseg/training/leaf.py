@@ -28,7 +28,8 @@ from ..models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, 
                                set_unet_dropout)
 from ..models.image_encoder import ImageEncoder
 from ..pipelines.leaf import LeafSegPipeline
-from .caches import cache_key, cached, compute_cache, mirror_tokens
+from .caches import (MaskLatents, TeacherFeatures, cache_backend, cache_key, cached, compute_cache, frozen_function,
+                     mirror_tokens, teacher_tokens)
 from .engine import Batch, Trainer, volume_config
 
 
@@ -152,28 +153,39 @@ class LeafMethod:
         cfg, ac, trainer = self.cfg, self.cfg.align, self.trainer
         data, codes, device = trainer.data, trainer.codes, trainer.device
         # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
+        backend = cache_backend(str(cfg.run.get("cache_backend", "torch")), device)
         key = cache_key(str(Path(cfg.data.root).resolve()), cfg.data.get("layout", "folder"), data.split["train"],
-                        codes, int(cfg.data.resolution), to_container(cfg.autoencoder), scale)
+                        codes, int(cfg.data.resolution), to_container(cfg.autoencoder), scale,
+                        *([backend] if backend != "torch" else []))  # torch caches keep their pre-option names
         mask_u8 = data.train_masks[:, None].expand(-1, 3, -1, -1).to(torch.uint8) * 255
         cache_dir = Path(cfg.run.get("cache_dir") or trainer.run_dir / "cache")
-        ae = self.autoencoder
-        self.z0_cache = cached(cache_dir / f"mask-latents-{key}.safetensors", trainer.accelerator,
-                               lambda: compute_cache(lambda m: ae_ops.encode(ae, m * 2 - 1) * scale, mask_u8, codes,
-                                                     device, 16, "mask latents"))
+        example = torch.zeros(1, 3, *mask_u8.shape[-2:])
+
+        def build_latents():
+            encode = frozen_function(MaskLatents(self.autoencoder, scale), example, backend)
+            return compute_cache(encode, mask_u8, codes, device, 16, "mask latents")
+
+        self.z0_cache = cached(cache_dir / f"mask-latents-{key}.safetensors", trainer.accelerator, build_latents)
         self.tokens_cache = None
         teacher, grid = self.teacher, self.grid
         if teacher is None or not ac.cache:
             return
+        # ONNX Runtime for a float32 teacher only (paper.yaml's bf16 teacher stays with torch)
+        teacher_backend = backend if ac.teacher_dtype == "float32" else "torch"
 
         def build_tokens():
+            features = frozen_function(TeacherFeatures(teacher), example, teacher_backend)
+
+            def tokens(x):
+                return teacher_tokens(features(x), grid).half()
+
             if ac.flip_tokens == "recompute":
-                return compute_cache(lambda x: teacher(x, grid).half(), data.train_images, codes, device, 8,
-                                     "teacher tokens")
-            plain = compute_cache(lambda x: teacher(x, grid).half(), data.train_images, [(False, False)], device, 8,
-                                  "teacher tokens")[:, 0]
+                return compute_cache(tokens, data.train_images, codes, device, 8, "teacher tokens")
+            plain = compute_cache(tokens, data.train_images, [(False, False)], device, 8, "teacher tokens")[:, 0]
             return torch.stack([mirror_tokens(plain, grid, h, v) for h, v in codes], dim=1)
 
-        tkey = cache_key(key, teacher.name, grid, ac.flip_tokens, str(ac.teacher_dtype))
+        tkey = cache_key(key, teacher.name, grid, ac.flip_tokens, str(ac.teacher_dtype),
+                         *([teacher_backend] if teacher_backend != "torch" else []))
         self.tokens_cache = cached(cache_dir / f"teacher-{tkey}.safetensors", trainer.accelerator, build_tokens)
 
     def ema_module(self, model: LeafTrainingModel) -> torch.nn.Module:
