@@ -16,8 +16,6 @@ from tqdm.auto import tqdm
 from .. import data as D
 from ..files import atomic_write
 from ..models import autoencoder as ae_ops
-from ..models.alignment import feature_map_to_tokens
-from ..models.teachers import resample_to_grid
 
 
 @torch.no_grad()
@@ -61,7 +59,7 @@ class MaskLatents(torch.nn.Module):
 
 
 class TeacherFeatures(torch.nn.Module):
-    """Images in [0, 1] -> the teacher's native feature map; :func:`teacher_tokens` turns it into its tokens."""
+    """Images in [0, 1] -> the teacher's native feature map (``features_to_tokens`` makes its tokens)."""
 
     def __init__(self, teacher: torch.nn.Module):
         super().__init__()
@@ -69,11 +67,6 @@ class TeacherFeatures(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.teacher.features(images)
-
-
-def teacher_tokens(features: torch.Tensor, grid: int) -> torch.Tensor:
-    """Native feature map -> (B, grid * grid, D) tokens, as ``teacher(images, grid)`` returns them."""
-    return feature_map_to_tokens(resample_to_grid(features.float(), grid)).contiguous()
 
 
 def cache_backend(name: str, device) -> str:

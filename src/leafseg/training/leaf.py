@@ -27,9 +27,10 @@ from ..models.alignment import Projector, alignment_loss, feature_map_to_tokens
 from ..models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, load_pretrained_unet,
                                set_unet_dropout)
 from ..models.image_encoder import ImageEncoder
+from ..models.teachers import build_teacher, features_to_tokens
 from ..pipelines.leaf import LeafSegPipeline
 from .caches import (MaskLatents, TeacherFeatures, cache_backend, cache_key, cached, compute_cache, frozen_function,
-                     mirror_tokens, teacher_tokens)
+                     mirror_tokens)
 from .engine import Batch, Trainer, volume_config
 
 
@@ -73,8 +74,6 @@ def build_components(cfg: DictConfig) -> dict:
 
 def build_alignment_teacher(ac: DictConfig, device="cpu"):
     """The frozen teacher of config section ``align`` on ``device``, in ``align.teacher_dtype``."""
-    from ..models.teachers import build_teacher
-
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     if ac.teacher_dtype not in dtypes:
         raise ValueError(f"align.teacher_dtype must be float32 or bfloat16, got {ac.teacher_dtype!r}")
@@ -177,7 +176,7 @@ class LeafMethod:
             features = frozen_function(TeacherFeatures(teacher), example, teacher_backend)
 
             def tokens(x):
-                return teacher_tokens(features(x), grid).half()
+                return features_to_tokens(features(x), grid).half()
 
             if ac.flip_tokens == "recompute":
                 return compute_cache(tokens, data.train_images, codes, device, 8, "teacher tokens")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import Teacher, resample_to_grid
+from .base import Teacher, features_to_tokens, resample_to_grid
 from .dinov2 import DINOV2_MODEL_TYPES, DINOv2Teacher, resample_position_embeddings
 from .lite_medsam import (LITE_MEDSAM_DIST, LITE_MEDSAM_SHA256, LiteMedSAMTeacher, find_lite_medsam_checkpoint,
                           load_lite_medsam_encoder_state)
 
 __all__ = [
     "DINOV2_MODEL_TYPES", "DINOv2Teacher", "LITE_MEDSAM_DIST", "LITE_MEDSAM_SHA256", "LiteMedSAMTeacher", "TEACHERS",
-    "Teacher", "build_teacher", "find_lite_medsam_checkpoint", "load_lite_medsam_encoder_state",
+    "Teacher", "build_teacher", "features_to_tokens", "find_lite_medsam_checkpoint", "load_lite_medsam_encoder_state",
     "resample_position_embeddings", "resample_to_grid",
 ]
 

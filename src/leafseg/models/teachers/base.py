@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Teacher", "resample_to_grid"]
+__all__ = ["Teacher", "features_to_tokens", "resample_to_grid"]
 
 
 def resample_to_grid(features: torch.Tensor, grid: int) -> torch.Tensor:
@@ -31,6 +31,11 @@ def resample_to_grid(features: torch.Tensor, grid: int) -> torch.Tensor:
     if features.shape[-2:] != (grid, grid):
         features = F.interpolate(features, size=(grid, grid), mode="bilinear", align_corners=False)
     return features
+
+
+def features_to_tokens(features: torch.Tensor, grid: int) -> torch.Tensor:
+    """Native feature map (B, D, h, w) -> (B, grid * grid, D) float32 row-major tokens, as teachers return them."""
+    return resample_to_grid(features.float(), grid).flatten(2).transpose(1, 2).contiguous()
 
 
 class Teacher(nn.Module, ABC):
@@ -73,6 +78,4 @@ class Teacher(nn.Module, ABC):
             raise ValueError(f"{self.name}: images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}] "
                              "(convert [-1, 1] with (x + 1) / 2 and uint8 with x / 255)")
         with torch.no_grad():
-            feats = self.features(images)
-            feats = resample_to_grid(feats.float(), grid)
-        return feats.flatten(2).transpose(1, 2).contiguous()
+            return features_to_tokens(self.features(images), grid)
