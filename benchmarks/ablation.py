@@ -195,8 +195,11 @@ def write_report(records: Path, results: Path, args) -> None:
     notes = [f"- {r['run']}: {r['note']}" for r in recs.values() if r.get("note")]
     if notes:
         text += "\nRun notes:\n\n" + "\n".join(notes) + "\n"
-    text += "\n## Commands\n\n```bash\n" + "\n".join(
-        f"# {r['run']}\n{r['train_cmd']}\n{r['eval_cmd']}" for r in recs.values()) + "\n```\n"
+    text += ("\n## Commands\n\nEvery run trains on torch-computed caches. Runs recorded before `run.cache_backend` "
+             "existed (commit e20c28c) ran without the option, torch being the only backend then; under today's "
+             "`cpu.yaml` (`run.cache_backend: onnx`) add `run.cache_backend=torch` to reproduce them, as this script "
+             "does.\n\n```bash\n"
+             + "\n".join(f"# {r['run']}\n{r['train_cmd']}\n{r['eval_cmd']}" for r in recs.values()) + "\n```\n")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(text + "\n" + MARKER + "\n\n" + _manual(results) + "\n")
     print(f"wrote {relative(str(results))}")
