@@ -295,3 +295,16 @@ def test_missing_transformers_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` raise ImportError
     with pytest.raises(ImportError, match=r"pip install 'leafseg\[dinov2\]'"):
         DINOv2Teacher(tmp_path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_onnx_cache_path_gives_the_torch_features(folders, kind):
+    """run.cache_backend=onnx on a DINOv2 teacher: exported (or, if the exporter cannot trace it, computed by torch,
+    said on screen); the features are the torch ones either way."""
+    pytest.importorskip("onnxruntime")
+    from leafseg.training.caches import TeacherFeatures, frozen_function
+
+    teacher = build_teacher("dinov2", checkpoint=folders[kind], image_size=56)
+    images = _rand(3, 3, 64, 64, seed=2)
+    features = frozen_function(TeacherFeatures(teacher), torch.zeros(1, 3, 64, 64), "onnx")
+    torch.testing.assert_close(features(images), teacher.features(images), rtol=1e-4, atol=1e-4)

@@ -11,8 +11,10 @@ PyTorch pipeline draws it, so both give the same masks up to float rounding.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -83,6 +85,20 @@ def _export(module: torch.nn.Module, inputs: tuple, names: list[str], path: Path
                       dynamic_axes=axes, opset_version=opset, dynamo=False)
 
 
+@contextlib.contextmanager
+def _stdout_to_devnull():
+    """File descriptor 1 to /dev/null for the block: also silences C++ writers, which ``redirect_stdout`` cannot."""
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 class OnnxFunction:
     """A frozen module run by ONNX Runtime on the CPU: ``OnnxFunction(module, example)(x)`` == ``module(x)`` up to
     float rounding, for float32 ``x`` shaped like ``example`` except in the batch size. Exported in memory (the
@@ -94,10 +110,11 @@ class OnnxFunction:
 
         self.sample_shape = tuple(example.shape[1:])
         buffer = io.BytesIO()
-        with warnings.catch_warnings():  # tracer and exporter chatter; the shape check below covers what they warn of
+        # tracer and exporter chatter: the shape check below covers what the warnings are about, and a failure
+        # raises (the dump of the whole graph that torch's C++ logger writes to stdout on failure says nothing more)
+        with warnings.catch_warnings(), _stdout_to_devnull(), torch.no_grad():
             warnings.simplefilter("ignore")
-            with torch.no_grad():
-                _export(module, (example.detach().float().cpu(),), ["input"], buffer, opset)
+            _export(module, (example.detach().float().cpu(),), ["input"], buffer, opset)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])

@@ -1,5 +1,6 @@
 """Frozen training targets computed once and kept on disk: mask latents and teacher tokens, per training image and
-flip. File names carry a digest of everything the tensors depend on, so runs may share one cache folder."""
+flip, by PyTorch or ONNX Runtime (``run.cache_backend``). File names carry a digest of everything the tensors depend
+on, so runs may share one cache folder."""
 
 from __future__ import annotations
 
@@ -89,12 +90,19 @@ def cache_backend(name: str, device) -> str:
 
 
 def frozen_function(module: torch.nn.Module, example: torch.Tensor, backend: str):
-    """``module`` as a function of one float32 batch, run by ``backend`` (torch: the module itself)."""
+    """``module`` as a function of one float32 batch, run by ``backend`` (torch: the module itself). A module the
+    ONNX exporter cannot trace (e.g. a teacher from another library) falls back to torch, saying why."""
     if backend == "torch":
         return module
     from ..pipelines.onnx import OnnxFunction
 
-    return OnnxFunction(module.eval(), example)
+    try:
+        return OnnxFunction(module.eval(), example)
+    except Exception as error:  # any exporter or runtime failure only costs speed
+        name = type(getattr(module, "teacher", None) or getattr(module, "autoencoder", module)).__name__
+        tqdm.write(f"run.cache_backend=onnx: could not export {name} ({type(error).__name__}: "
+                   f"{str(error).splitlines()[0] if str(error) else ''}); computing it with torch")
+        return module
 
 
 def mirror_tokens(tokens: torch.Tensor, grid: int, hflip: bool, vflip: bool) -> torch.Tensor:
