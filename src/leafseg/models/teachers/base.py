@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..alignment import feature_map_to_tokens
+
 __all__ = ["Teacher", "features_to_tokens", "resample_to_grid"]
 
 
@@ -35,7 +37,7 @@ def resample_to_grid(features: torch.Tensor, grid: int) -> torch.Tensor:
 
 def features_to_tokens(features: torch.Tensor, grid: int) -> torch.Tensor:
     """Native feature map (B, D, h, w) -> (B, grid * grid, D) float32 row-major tokens, as teachers return them."""
-    return resample_to_grid(features.float(), grid).flatten(2).transpose(1, 2).contiguous()
+    return feature_map_to_tokens(resample_to_grid(features.float(), grid)).contiguous()
 
 
 class Teacher(nn.Module, ABC):
