@@ -68,6 +68,23 @@ def test_resume_continues_exactly(tmp_path, synthetic):
     assert la == lb
 
 
+def test_resume_refuses_a_changed_recipe_and_records_allowed_changes(tmp_path, synthetic, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(run, synthetic, "train.max_steps=2", "train.lr_schedule=cosine"))
+    # the optimiser state of the checkpoint would silently overwrite a new lr: refused, naming key and values
+    with pytest.raises(ValueError, match=r"train\.lr, unet\.dropout .*train\.lr: 0\.001 in the run, 0\.01 now"):
+        train(tiny_config(run, synthetic, "train.max_steps=3", "train.lr_schedule=cosine", "train.lr=1e-2",
+                          "unet.dropout=0.5"), resume=True)
+    assert load_config(run / "config.yaml").train.max_steps == 2  # nothing written by the refused resume
+    capsys.readouterr()
+    resumed = train(tiny_config(run, synthetic, "train.max_steps=3", "train.lr_schedule=cosine"), resume=True)
+    assert resumed.step == 3  # the folder's lock was released by the refusal
+    out = capsys.readouterr().out
+    assert "resuming with train.max_steps = 3 (the run had 2)" in out
+    assert "LR follows the 3-step curve" in out
+    assert load_config(run / "config.yaml").train.max_steps == 3  # config.yaml says what the run was resumed with
+
+
 def test_mirrored_teacher_tokens_and_no_cache(tmp_path, synthetic):
     result = train(tiny_config(tmp_path / "a", synthetic, "align.flip_tokens=mirror", "train.max_steps=2"))
     assert all("loss_align" in h for h in result.history if "loss" in h)

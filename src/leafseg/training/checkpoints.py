@@ -12,9 +12,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file, save_file
 
-from ..files import atomic_dir, replace_dir, write_json
+from ..config import flatten
+from ..files import atomic_dir, replace_dir, write_json, write_text
 from ..models.weights import assert_finite
 
 CHECKPOINT = "checkpoint-last"
@@ -61,6 +64,49 @@ def recover_checkpoint(run_dir: Path) -> None:
             candidate.rename(final)
             print(f"recovered {final} from an interrupted checkpoint swap ({candidate.name})", flush=True)
             return
+
+
+# What a resumed run may change: where things are and how the run is executed and reported. Everything else decides
+# what is learned: a resumed run that changed it would be neither the old run nor a new one (a changed train.lr,
+# for one, would be overwritten by the optimiser state of the checkpoint).
+RESUMABLE_KEYS = frozenset({
+    "run.output_dir", "run.cache_dir", "run.cache_backend", "data.root", "data.split_file", "autoencoder.path",
+    "unet.pretrained", "align.teacher_checkpoint", "train.max_steps", "train.val_every", "train.checkpoint_every",
+    "train.log_every", "train.val_at_start", "train.log_samples", "train.num_threads", "train.mixed_precision"})
+
+
+def _flat(cfg: DictConfig) -> dict:
+    try:  # the saved config may name an environment variable that is not set now
+        return flatten(OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException:
+        return flatten(OmegaConf.to_container(cfg, resolve=False))
+
+
+def check_resume_config(run_dir: Path, cfg: DictConfig) -> list[str]:
+    """Compare the config a run is resumed with to the run's ``config.yaml``: a changed key outside
+    :data:`RESUMABLE_KEYS` is an error naming it; the changes allowed come back as lines to print. Keys the saved
+    config does not have (options newer than the run) are not compared."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return []
+    saved, given = _flat(OmegaConf.load(path)), _flat(cfg)
+    changed = sorted(k for k in saved.keys() & given.keys() if saved[k] != given[k])
+    refused = [k for k in changed if k not in RESUMABLE_KEYS]
+    if refused:
+        listing = "; ".join(f"{k}: {saved[k]!r} in the run, {given[k]!r} now" for k in refused)
+        raise ValueError(f"{path}: the run cannot be resumed with a different {', '.join(refused)} ({listing}). "
+                         "A resumed run keeps what decides what is learned; give the run's values, or start a new "
+                         "run (another run.output_dir) to change them")
+    notes = [f"resuming with {k} = {given[k]!r} (the run had {saved[k]!r})" for k in changed]
+    if "train.max_steps" in changed and given.get("train.lr_schedule") != "constant_with_warmup":
+        notes.append(f"train.lr_schedule={given['train.lr_schedule']} depends on train.max_steps: from the resumed "
+                     f"step on, the LR follows the {given['train.max_steps']}-step curve")
+    return notes
+
+
+def save_run_config(run_dir: Path, cfg: DictConfig) -> None:
+    """``config.yaml`` of the run folder (atomic): the configuration the run was last started or resumed with."""
+    write_text(OmegaConf.to_yaml(cfg), run_dir / "config.yaml")
 
 
 def save_pipeline(pipe, path: Path, card: str | None = None) -> None:

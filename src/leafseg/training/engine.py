@@ -29,11 +29,11 @@ from omegaconf.errors import InterpolationResolutionError
 from tqdm.auto import tqdm
 
 from .. import data as D
-from ..config import to_container
+from ..config import flatten, to_container
 from ..files import write_csv
 from ..models.weights import assert_finite
-from .checkpoints import (BEST, CHECKPOINT, ScheduleAndEMA, load_trainer_state, lock_run_dir,
-                          recover_checkpoint, release_run_dir, save_checkpoint, save_pipeline)
+from .checkpoints import (BEST, CHECKPOINT, ScheduleAndEMA, check_resume_config, load_trainer_state, lock_run_dir,
+                          recover_checkpoint, release_run_dir, save_checkpoint, save_pipeline, save_run_config)
 from .curves import plot_training_curves
 from .model_card import model_card
 
@@ -101,12 +101,18 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
         lock_run_dir(run_dir)
         recover_checkpoint(run_dir)
     accelerator.wait_for_everyone()
-    if (run_dir / CHECKPOINT).exists() and not resume:  # checked on every rank: no rank waits for one that stopped
+    try:  # checked on every rank: no rank waits for one that stopped
+        if (run_dir / CHECKPOINT).exists() and not resume:
+            raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
+                                  "or choose another run.output_dir")
+        notes = check_resume_config(run_dir, cfg) if resume else []
+    except (FileExistsError, ValueError):
         release_run_dir(run_dir)
-        raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
-                              "or choose another run.output_dir")
-    if accelerator.is_main_process and not resume:
-        OmegaConf.save(cfg, run_dir / "config.yaml")
+        raise
+    if accelerator.is_main_process:
+        for note in notes:
+            print(note, flush=True)
+        save_run_config(run_dir, cfg)
     accelerator.wait_for_everyone()
     return accelerator, run_dir
 
@@ -274,16 +280,6 @@ class StepBookkeeping:
                            state["history"])
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 # ------------------------------------------------------------------------------------------------- the loop
 
 @dataclass
@@ -371,7 +367,7 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
     if ema is not None:
         ema.to(accelerator.device)
     if accelerator.is_main_process:
-        flat = _flatten(to_container(cfg))
+        flat = flatten(to_container(cfg))
         accelerator.init_trackers(method.tracker_name, config={
             k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()})
     split_sha = D.split_digest(Path(cfg.data.split_file or run_dir / "split.json"))
