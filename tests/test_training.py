@@ -150,9 +150,11 @@ def test_cache_backend_choice_and_fallbacks(monkeypatch):
     with pytest.raises(ValueError, match="run.cache_backend"):
         cache_backend("openvino", "cpu")
     assert cache_backend("torch", "cpu") == "torch"
-    assert cache_backend("onnx", "cuda") == "torch"  # ONNX Runtime's CPU provider only
+    said = []
+    assert cache_backend("onnx", "cuda", said.append) == "torch"  # ONNX Runtime's CPU provider only
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    assert cache_backend("onnx", "cpu") == "torch"
+    assert cache_backend("onnx", "cpu", said.append) == "torch"
+    assert "CPU only" in said[0] and "not installed" in said[1]  # each fall-back says why (on the main rank)
 
 
 def test_onnx_function_takes_any_batch_and_names_a_wrong_shape():

@@ -70,21 +70,22 @@ class TeacherFeatures(torch.nn.Module):
         return self.teacher.features(images)
 
 
-def cache_backend(name: str, device) -> str:
+def cache_backend(name: str, device, say=None) -> str:
     """The backend that will compute the caches: ``run.cache_backend`` validated, with ``onnx`` (ONNX Runtime,
-    CPU only) falling back to ``torch`` - said on screen - on another device or when onnxruntime is missing."""
+    CPU only) falling back to ``torch`` - said through ``say`` - on another device or when onnxruntime is missing."""
+    say = say or tqdm.write
     if name not in CACHE_BACKENDS:
         raise ValueError(f"run.cache_backend must be one of {CACHE_BACKENDS}, got {name!r}")
     if name == "onnx":
         if torch.device(device).type != "cpu":
-            tqdm.write(f"run.cache_backend=onnx runs on the CPU only; caches computed with torch on {device}")
+            say(f"run.cache_backend=onnx runs on the CPU only; caches computed with torch on {device}")
             return "torch"
         try:
             import onnx  # noqa: F401  (the exporter needs it)
             import onnxruntime  # noqa: F401
         except ImportError:
-            tqdm.write("run.cache_backend=onnx: onnx/onnxruntime not installed (pip install 'leafseg[onnx]'); "
-                       "caches computed with torch, about 1.5-1.9x slower on a CPU")
+            say("run.cache_backend=onnx: onnx/onnxruntime not installed (pip install 'leafseg[onnx]'); "
+                "caches computed with torch, about 1.5-1.9x slower on a CPU")
             return "torch"
     return name
 

@@ -152,7 +152,8 @@ class LeafMethod:
         cfg, ac, trainer = self.cfg, self.cfg.align, self.trainer
         data, codes, device = trainer.data, trainer.codes, trainer.device
         # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
-        backend = cache_backend(str(cfg.run.get("cache_backend", "torch")), device)
+        backend = cache_backend(str(cfg.run.get("cache_backend", "torch")), device,
+                                say=None if trainer.accelerator.is_main_process else lambda _: None)  # said once
         key = cache_key(str(Path(cfg.data.root).resolve()), cfg.data.get("layout", "folder"), data.split["train"],
                         codes, int(cfg.data.resolution), to_container(cfg.autoencoder), scale,
                         *([backend] if backend != "torch" else []))  # torch caches keep their pre-option names
