@@ -1,6 +1,8 @@
 """Data: reading images and masks (``io``; NIfTI/DICOM volumes in ``volumes``), the dataset layouts users download
-(``layouts``) and split files (``splits``). The names below are the package's public face."""
+(``layouts``), split files (``splits``) and colour augmentation (``augment``). The names below are the package's
+public face."""
 
+from .augment import ColourJitter
 from .io import (IMAGE_EXTENSIONS, MASK_RULES, file_stem, flip, list_images, load_arrays, load_image, load_mask,
                  load_samples, mask_from_array, resize_image, resize_mask, sort_key, volume_pair_slices)
 from .layouts import LAYOUTS, Layout, Pair, find_dataset, find_pairs, match_pairs
@@ -9,6 +11,7 @@ from .splits import (SPLITS, load_or_create_split, make_dataset_split, make_spli
                      split_digest, write_or_show_split)
 
 __all__ = [
+    "ColourJitter",
     "IMAGE_EXTENSIONS", "LAYOUTS", "MASK_RULES", "SPLITS", "Layout", "Pair", "Volume", "file_stem", "find_dataset",
     "find_pairs", "flip", "is_volume", "list_images", "load_arrays", "load_image", "load_mask", "load_or_create_split",
     "load_samples", "make_dataset_split", "mask_from_array", "read_volume", "to_uint8", "volume_pair_slices",

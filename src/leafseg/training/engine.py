@@ -15,6 +15,7 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -332,6 +333,11 @@ class Trainer:
     def codes(self) -> list[tuple[bool, bool]]:
         return flip_codes(self.cfg.data.hflip, self.cfg.data.vflip)
 
+    @cached_property
+    def colour_jitter(self) -> D.ColourJitter:
+        """Applied by each method to its training images after the flips (identity when off)."""
+        return D.ColourJitter.from_config(self.cfg.data.get("colour_jitter"))
+
 
 def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) -> TrainResult:
     """Train ``method`` on the config's data: AdamW, warm-up + ``train.lr_schedule``, grad clip, EMA, validation
@@ -421,8 +427,14 @@ def _announce(method: TrainingMethod, trainer: Trainer) -> None:
     tc, n_val = cfg.train, 0 if data.val_images is None else len(data.val_images)
     print(f"{method.description}: {len(data.train_images)} train / {n_val} val samples at "
           f"{cfg.data.resolution}x{cfg.data.resolution}, steps {tc.max_steps} (batch {tc.batch_size} x "
-          f"{accelerator.num_processes} process(es)), validation every {tc.val_every}, into {trainer.run_dir}; "
+          f"{accelerator.num_processes} process(es)), {_augmentations(trainer)}, validation every {tc.val_every}, "
+          f"into {trainer.run_dir}; "
           "frozen targets are computed first (each says how long it will take)", flush=True)
+
+
+def _augmentations(trainer: Trainer) -> str:
+    flips = [name for name, on in (("horizontal", trainer.cfg.data.hflip), ("vertical", trainer.cfg.data.vflip)) if on]
+    return f"{' and '.join(flips) + ' flips' if flips else 'no flips'}, {trainer.colour_jitter}"
 
 
 def _log_samples(run_dir: Path, rank: int, seen: list[int], base: torch.nn.Module) -> None:

@@ -211,7 +211,8 @@ class LeafMethod:
         images = torch.stack([D.flip(train_images[i], *codes[c]) for i, c in zip(idx.tolist(), code.tolist())])
         z0 = self.z0_cache[idx, code]
         noise = torch.randn(z0.shape, generator=g)
-        tokens = self._teacher_tokens(idx, code, images)
+        tokens = self._teacher_tokens(idx, code, images)  # the teacher's view of the un-jittered image, as cached
+        images = self.trainer.colour_jitter(images, g)  # drawn after t and noise: those stay as without jitter
         x = images.to(device).float() / 255 * 2 - 1
         with self.trainer.accelerator.autocast():
             return model(x, z0.to(device), noise.to(device), t.to(device), tokens)

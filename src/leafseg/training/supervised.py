@@ -53,6 +53,7 @@ class SupervisedMethod:
         pairs = list(zip(batch.indices.tolist(), batch.codes.tolist()))
         images = torch.stack([D.flip(data.train_images[i], *codes[c]) for i, c in pairs])
         masks = torch.stack([D.flip(data.train_masks[i], *codes[c]) for i, c in pairs])
+        images = self.trainer.colour_jitter(images, batch.generator)
         with self.trainer.accelerator.autocast():
             logits = unet_logits(model, images.to(device).float() / 255 * 2 - 1)
         return {"loss": dice_bce_loss(logits, masks.to(device), float(bc.dice_weight), float(bc.bce_weight))}
