@@ -1,5 +1,8 @@
 """Colour jitter of training images (data.colour_jitter): kornia's ColorJitter, seeded from the step's generator."""
 
+import importlib.util
+import sys
+
 import pytest
 import torch
 
@@ -8,14 +11,15 @@ from leafseg.data import ColourJitter
 from leafseg.training import train
 from tiny import tiny_config
 
-pytest.importorskip("kornia")
+needs_kornia = pytest.mark.skipif(importlib.util.find_spec("kornia") is None,
+                                  reason="kornia not installed (pip install 'leafseg[augment]')")
 
 
 def images(n=4, seed=0):
     return (torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 255).to(torch.uint8)
 
 
-def test_off_is_the_identity_and_draws_nothing():
+def test_off_is_the_identity_and_draws_nothing():  # and needs no kornia
     x, g = images(), torch.Generator().manual_seed(1)
     state = g.get_state()
     off = ColourJitter()
@@ -24,6 +28,7 @@ def test_off_is_the_identity_and_draws_nothing():
     assert not ColourJitter.from_config(None).enabled
 
 
+@needs_kornia
 def test_jitter_is_seeded_per_image_and_leaves_the_global_generator_alone():
     jitter = ColourJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
     same = images(1).expand(4, -1, -1, -1)
@@ -36,6 +41,7 @@ def test_jitter_is_seeded_per_image_and_leaves_the_global_generator_alone():
     assert a.dtype == torch.uint8 and a.shape == same.shape
 
 
+@needs_kornia
 def test_factors_act_as_named():
     grey = torch.full((2, 3, 8, 8), 100, dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
@@ -55,6 +61,13 @@ def test_out_of_range_strength_is_named(key, value):
         ColourJitter(**{key: value})
 
 
+def test_without_kornia_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kornia.augmentation", None)
+    with pytest.raises(ImportError, match=r"leafseg\[augment\]"):
+        ColourJitter(hue=0.1)
+
+
+@needs_kornia
 def test_wrong_input_is_refused():
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\) uint8"):
         ColourJitter(brightness=0.1)(torch.rand(2, 3, 8, 8), torch.Generator())
@@ -67,6 +80,7 @@ def test_paper_and_default_configs_have_no_colour_jitter(monkeypatch):
         assert not ColourJitter.from_config(section).enabled, name  # the authors augment with flips only
 
 
+@needs_kornia
 @pytest.mark.parametrize("method", ["leaf", "supervised_unet"])
 def test_training_with_colour_jitter_is_deterministic_and_differs(tmp_path, synthetic, method, capsys):
     extra = [f"method={method}", "train.max_steps=2", "train.val_every=100", "train.checkpoint_every=100"]
