@@ -10,7 +10,10 @@ deterministic and resumes exactly.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that reading files (and the CLI's start-up) does not
+    import torch
 
 KEYS = ("brightness", "contrast", "saturation", "hue")
 
@@ -45,6 +48,8 @@ class ColourJitter:
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.transform is None:
             return images
+        import torch
+
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"colour jitter takes (B, 3, H, W) uint8 images, got {tuple(images.shape)} "
                              f"{images.dtype}")
