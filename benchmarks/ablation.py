@@ -230,8 +230,9 @@ def _paired_bootstrap(a: dict, b: dict, n: int = 10000) -> tuple[float, float]:
 def _paired_section(recs: dict) -> str:
     """Alignment on minus off, per target and training seed (same config, seed and batches otherwise)."""
     rows, deltas = [], {}
-    for target in ("x0", "v", "eps"):
-        for seed in range(3):
+    aligned = [(v.removesuffix("-align"), seeds) for v, (_, _, seeds) in VARIANTS.items() if v.endswith("-align")]
+    for target, seeds in aligned:
+        for seed in seeds:
             on, off = recs.get(f"{target}-align-s{seed}"), recs.get(f"{target}-s{seed}")
             if not (on and off):
                 continue

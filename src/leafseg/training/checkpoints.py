@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file, save_file
 
-from ..config import flatten
+from ..config import flatten, to_container
 from ..files import atomic_dir, replace_dir, write_json, write_text
 from ..models.weights import assert_finite
 
@@ -77,7 +77,7 @@ RESUMABLE_KEYS = frozenset({
 
 def _flat(cfg: DictConfig) -> dict:
     try:  # the saved config may name an environment variable that is not set now
-        return flatten(OmegaConf.to_container(cfg, resolve=True))
+        return flatten(to_container(cfg))
     except OmegaConfBaseException:
         return flatten(OmegaConf.to_container(cfg, resolve=False))
 
