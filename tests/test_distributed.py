@@ -26,6 +26,7 @@ def test_two_ranks_stay_in_sync_and_read_different_shards(tmp_path):
         "train.batch_size=2", "train.max_steps=6", "train.warmup_steps=2",
         "train.lr=1e-3", "train.val_every=3", "train.checkpoint_every=3", "train.log_every=1",
         "train.mixed_precision=no", "train.log_samples=true", "train.num_threads=1",
+        "run.device=cpu",  # two CPU processes over gloo, also on a machine with one GPU
     ]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

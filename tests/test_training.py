@@ -1,6 +1,7 @@
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from leafseg.config import load_config
@@ -128,8 +129,8 @@ def test_onnx_cache_backend_gives_the_torch_caches(tmp_path, synthetic):
     pytest.importorskip("onnxruntime")
     caches = {}
     for backend in ("torch", "onnx"):
-        result = train(tiny_config(tmp_path / backend, synthetic, f"run.cache_backend={backend}",
-                                   "train.max_steps=2", "align.flip_tokens=recompute"))
+        result = train(tiny_config(tmp_path / backend, synthetic, f"run.cache_backend={backend}", "run.device=cpu",
+                                   "train.max_steps=2", "align.flip_tokens=recompute"))  # ONNX Runtime: CPU only
         assert result.step == 2
         caches[backend] = {p.name.split("-")[0]: (p.name, load_file(p)["value"])
                            for p in sorted((tmp_path / backend / "cache").glob("*.safetensors"))}
@@ -167,3 +168,31 @@ def test_onnx_function_takes_any_batch_and_names_a_wrong_shape():
     assert f(torch.zeros(5, 3, 8, 8)).shape == (5, 2, 6, 6)  # any batch size
     with pytest.raises(ValueError, match=r"\(B, 3, 8, 8\)"):
         f(torch.zeros(1, 3, 16, 16))
+
+
+def test_run_device_choice(monkeypatch):
+    """run.device: cpu trains on the CPU even where a GPU is visible (and then auto precision is fp32), cuda refuses
+    to fall back silently, anything else is named in the error."""
+    from leafseg.training.engine import resolve_mixed_precision, use_cuda
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert use_cuda("auto") and use_cuda("cuda") and not use_cuda("cpu")
+    assert resolve_mixed_precision("auto", cuda=True) == "bf16"
+    assert resolve_mixed_precision("auto", cuda=False) == "no"
+    assert resolve_mixed_precision(False, cuda=True) == "no"  # YAML's unquoted `no`
+    with pytest.raises(ValueError, match="run.device must be auto, cpu or cuda, got 'gpu'"):
+        use_cuda("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not use_cuda("auto") and not use_cuda("cpu")
+    assert resolve_mixed_precision("auto") == "no"
+    with pytest.raises(ValueError, match="run.device=cuda but torch sees no CUDA device"):
+        use_cuda("cuda")
+
+
+def test_run_device_cpu_trains_on_the_cpu_and_may_change_on_resume(tmp_path, synthetic):
+    run = tmp_path / "run"
+    train(tiny_config(run, synthetic, "train.max_steps=2", "run.device=cpu"))
+    resumed = train(tiny_config(run, synthetic, "train.max_steps=3", "run.device=auto"), resume=True)
+    assert resumed.step == 3
+    assert OmegaConf.load(run / "config.yaml").run.device == "auto"  # recorded as resumed

@@ -65,11 +65,26 @@ def flip_codes(hflip: bool, vflip: bool) -> list[tuple[bool, bool]]:
 
 # ------------------------------------------------------------------------------------------- run and data
 
-def resolve_mixed_precision(value: str | bool) -> str:
+def use_cuda(device: str) -> bool:
+    """Whether training runs on CUDA, per ``run.device``: auto (CUDA when visible), cpu (even on a GPU machine), or
+    cuda (an error when no GPU is visible, instead of a silent CPU run)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"run.device must be auto, cpu or cuda, got {device!r} (a GPU index is chosen with "
+                         "CUDA_VISIBLE_DEVICES or, for several, accelerate launch)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device=cuda but torch sees no CUDA device (CPU build of torch, or "
+                         "CUDA_VISIBLE_DEVICES empty); use run.device=auto or cpu")
+    return device != "cpu" and torch.cuda.is_available()
+
+
+def resolve_mixed_precision(value: str | bool, cuda: bool | None = None) -> str:
+    """``train.mixed_precision``; ``auto`` is bf16 when training on a CUDA GPU that supports it (``cuda`` None:
+    whenever one is visible), fp32 elsewhere."""
     if value is False:  # YAML reads an unquoted `no` as false
         value = "no"
     if value == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        cuda = torch.cuda.is_available() if cuda is None else cuda
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
     if value not in ("no", "bf16", "fp16"):
         raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {value!r}")
     return value
@@ -90,11 +105,12 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     run_dir = Path(cfg.run.output_dir)
     if tc.num_threads:
         torch.set_num_threads(int(tc.num_threads))
+    cuda = use_cuda(str(cfg.run.get("device", "auto")))
     accelerator = Accelerator(
         # cpu=True on machines without CUDA lets `accelerate launch --multi_gpu --num_processes N` (torchrun) run N
         # CPU processes over gloo instead of silently falling back to N independent single-process runs.
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=resolve_mixed_precision(tc.mixed_precision), log_with="tensorboard",
+        cpu=not cuda,
+        mixed_precision=resolve_mixed_precision(tc.mixed_precision, cuda), log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
     if accelerator.is_main_process:
