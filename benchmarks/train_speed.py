@@ -1,0 +1,233 @@
+"""Training-step speed of leafseg on one device (CPU or CUDA GPU), per architecture and precision, with the time the
+config's whole training would take at that rate, peak memory, and single-step inference throughput.
+
+Two architectures, random weights (speed does not depend on them):
+  * paper: the LEAF paper's networks -- LDM LSUN-Churches UNet (295 M parameters, dropout 0.2, 8 -> 4 channels),
+    kl-f8 autoencoder (its encoder copy trained as image encoder, dropout 0.2), 256 x 256, projector 2048 to a
+    768-d teacher (DINOv2 ViT-B/14) on the 16 x 16 grid, batch 4, paper.yaml's optimiser, clip and EMA;
+  * laptop: the `cpu` recipe -- TAEF2 (weights from $LEAFSEG_SHARED/weights/taef2), its UNet, 128 x 128, projector
+    512 to LiteMedSAM's 256-d neck on the 8 x 8 grid, batch 4, cpu.yaml's optimiser, clip and EMA.
+
+One step is what `leafseg train` does per step once its caches exist: image encoder + UNet (+ projector) forward
+under the run's autocast, L1/L2 + alignment loss, backward, grad clip, AdamW, LR schedule, EMA of the UNet. The mask
+latents and teacher tokens come from the cache in a real run, so here they are random tensors of their shapes (the
+teacher and the mask encoder are not in the step). Data loading is not timed (cached uint8 tensors, ~1 ms).
+
+    python benchmarks/train_speed.py                          # both architectures, fp32 and (where supported) bf16
+    python benchmarks/train_speed.py --arch laptop --steps 20 --device cpu
+
+Timings: median step time over --steps after --warmup steps (CUDA synchronised around each step); each
+(architecture, precision) runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
+TEACHER_DIM = {"paper": 768, "laptop": 256}  # DINOv2 ViT-B/14 tokens; LiteMedSAM neck channels
+
+
+def build(arch: str):
+    """(config, image encoder, UNet, scheduler, autoencoder) of the architecture with seeded random weights."""
+    import torch
+
+    from leafseg.config import load_config
+    from leafseg.conversion import kl_vae_config_from_state_dict, ldm_unet_config_from_state_dict
+    from leafseg.diffusion import make_scheduler
+    from leafseg.models import autoencoder as ae_ops
+    from leafseg.models.denoiser import set_unet_dropout, widen_input_conv
+    from leafseg.models.image_encoder import ImageEncoder
+    from leafseg.models.ldm_unet import unet_from_config
+    from leafseg.training.leaf import build_components
+
+    torch.manual_seed(0)
+    if arch == "paper":
+        # paper.yaml's pretrained paths are never read here: the networks are built from the key listing
+        os.environ.setdefault("LEAFSEG_PRETRAINED", "/nonexistent")
+        cfg = load_config("paper", ["data.root=unused"])
+        keys = json.loads((SHARED / "reference" / "ldm_full_size_keys.json").read_text())
+        ae = ae_ops.load_autoencoder("kl", config=kl_vae_config_from_state_dict(keys["kl_f8_vae"]["keys"]),
+                                     scaling_factor=float(cfg.autoencoder.scaling_factor))
+        unet = widen_input_conv(unet_from_config(ldm_unet_config_from_state_dict(
+            keys["ldm_lsun_churches_unet"]["keys"])))
+        unet = set_unet_dropout(unet, float(cfg.unet.dropout))
+        encoder = ImageEncoder.from_autoencoder(ae, dropout=float(cfg.image_encoder.dropout))
+        from leafseg.config import to_container
+        scheduler = make_scheduler(**to_container(cfg.diffusion))
+        return cfg, encoder, unet, scheduler, ae
+    cfg = load_config("cpu", ["data.root=unused", f"autoencoder.path={SHARED / 'weights' / 'taef2'}"])
+    c = build_components(cfg)
+    return cfg, c["image_encoder"], c["unet"], c["scheduler"], c["autoencoder"]
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int, batch: int | None) -> dict:
+    import torch
+    from accelerate import Accelerator
+
+    from leafseg.models import autoencoder as ae_ops
+    from leafseg.models.alignment import Projector
+    from leafseg.models.denoiser import down_block_grids
+    from leafseg.training.engine import make_ema, make_lr_scheduler
+    from leafseg.training.leaf import LeafTrainingModel
+
+    cfg, encoder, unet, scheduler, ae = build(arch)
+    accelerator = Accelerator(mixed_precision=precision, cpu=device_name == "cpu")
+    device = accelerator.device
+    tc, ac = cfg.train, cfg.align
+    bs = int(batch or tc.batch_size)
+    r = int(cfg.data.resolution)
+    layer = int(ac.layer)
+    grid = down_block_grids(unet, int(unet.config.sample_size))[layer]
+    projector = Projector(unet.down_blocks[layer].resnets[-1].out_channels, TEACHER_DIM[arch], int(ac.projector_dim))
+    scale = ae_ops.latent_scale(ae)
+    channels, latent = ae_ops.latent_channels(ae), int(unet.config.sample_size)
+    model = LeafTrainingModel(encoder, unet, projector, scheduler, cfg, scale)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tuple(tc.adam_betas))
+    lr_scheduler = make_lr_scheduler(optimizer, tc)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = make_ema(accelerator.unwrap_model(model).unet, tc.ema, device)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(bs, 3, r, r, generator=g) * 2 - 1
+    z0 = torch.randn(bs, channels, latent, latent, generator=g)
+    tokens = torch.randn(bs, grid * grid, TEACHER_DIM[arch], generator=g)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+
+    def step() -> float:
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (bs,), generator=g)
+        noise = torch.randn(z0.shape, generator=g)
+        _sync(device)
+        start = time.perf_counter()
+        with accelerator.autocast():
+            losses = model(images.to(device), z0.to(device), noise.to(device), t.to(device), tokens.to(device))
+        accelerator.backward(losses["loss"])
+        if tc.grad_clip:
+            accelerator.clip_grad_norm_(params, tc.grad_clip)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(model).unet.parameters())
+        _sync(device)
+        if not torch.isfinite(losses["loss"].detach()):
+            raise FloatingPointError(f"{arch} {precision}: non-finite loss")
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        step()
+    times = [step() for _ in range(steps)]
+    result = {"arch": arch, "precision": precision, "device": str(device), "batch": bs, "resolution": r,
+              "step_s": statistics.median(times), "max_steps": int(tc.max_steps),
+              "unet_mparams": sum(p.numel() for p in unet.parameters()) / 1e6}
+    result["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+    result["infer_img_per_s"] = _inference_rate(accelerator.unwrap_model(model), ae, scheduler, device, r)
+    return result
+
+
+def _inference_rate(model, ae, scheduler, device, r: int, batch: int = 16) -> float:
+    """Images/s of the exported pipeline's single-step prediction (fp32, as `leafseg predict` runs), at the
+    processing resolution, batch ``batch``, excluding image decoding and resizing to the original size."""
+    import torch
+
+    from leafseg.pipelines.leaf import LeafSegPipeline
+
+    pipe = LeafSegPipeline(ae.to(device), model.image_encoder, model.unet, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    x = torch.rand(batch, 3, r, r, device=device) * 2 - 1
+    model.eval()
+    with torch.inference_mode():
+        def run():
+            pipe.latents_to_soft_masks(pipe.predict_latents(x)[0])
+            _sync(device)
+        run()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    model.train()
+    return batch / statistics.median(times)
+
+
+def _measure_in_child(arch: str, precision: str, args) -> dict:
+    """One (architecture, precision) in its own process: accelerate's state is per process, and so is peak memory."""
+    cmd = [sys.executable, __file__, "--one", arch, precision, "--device", args.device, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), *(["--batch", str(args.batch)] if args.batch else [])]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def machine(device_name: str) -> str:
+    import torch
+
+    if device_name.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    cpu = platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", nargs="*", default=["paper", "laptop"], choices=["paper", "laptop"])
+    ap.add_argument("--precision", nargs="*", default=None, choices=["no", "bf16"],
+                    help="default: fp32 ('no') and, where the device supports it, bf16")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--steps", type=int, default=30, help="timed steps (median reported)")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=None, help="default: the config's train.batch_size")
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--one", nargs=2, metavar=("ARCH", "PRECISION"), help=argparse.SUPPRESS)  # child process
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(*args.one, args.device, args.steps, args.warmup, args.batch)))
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible to torch")
+    precisions = args.precision or (["no", "bf16"] if args.device == "cuda" and torch.cuda.is_bf16_supported()
+                                    else ["no"])
+    print(f"device: {machine(args.device)}")
+    print("| arch | precision | batch | s/step | images/s | steps of the config | time for them | peak GPU GiB | "
+          "inference images/s (fp32, b16) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for arch in args.arch:
+        for precision in precisions:
+            r = _measure_in_child(arch, precision, args)
+            rows.append(r)
+            hours = r["step_s"] * r["max_steps"] / 3600
+            peak = "-" if r["peak_gpu_gib"] is None else f"{r['peak_gpu_gib']:.1f}"
+            print(f"| {arch} ({r['unet_mparams']:.0f} M UNet, {r['resolution']} px) | "
+                  f"{'fp32' if precision == 'no' else precision} | {r['batch']} | {r['step_s']:.3f} | "
+                  f"{r['batch'] / r['step_s']:.1f} | {r['max_steps']} | {hours:.2f} h | {peak} | "
+                  f"{r['infer_img_per_s']:.1f} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
