@@ -84,10 +84,11 @@ def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int
     from leafseg.models import autoencoder as ae_ops
     from leafseg.models.alignment import Projector
     from leafseg.models.denoiser import down_block_grids
-    from leafseg.training.engine import make_ema, make_lr_scheduler
+    from leafseg.training.engine import fresh_accelerator_state, make_ema, make_lr_scheduler
     from leafseg.training.leaf import LeafTrainingModel
 
     cfg, encoder, unet, scheduler, ae = build(arch)
+    fresh_accelerator_state()
     accelerator = Accelerator(mixed_precision=precision, cpu=device_name == "cpu")
     device = accelerator.device
     tc, ac = cfg.train, cfg.align

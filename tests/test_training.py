@@ -196,3 +196,12 @@ def test_run_device_cpu_trains_on_the_cpu_and_may_change_on_resume(tmp_path, syn
     resumed = train(tiny_config(run, synthetic, "train.max_steps=3", "run.device=auto"), resume=True)
     assert resumed.step == 3
     assert OmegaConf.load(run / "config.yaml").run.device == "auto"  # recorded as resumed
+
+
+def test_a_second_training_in_the_same_process_may_change_precision(tmp_path, synthetic):
+    """accelerate keeps one device and precision per process; leafseg starts each single-process run afresh, so a
+    notebook (or this suite on a GPU machine, with run.device=cpu tests among CUDA ones) can train twice."""
+    train(tiny_config(tmp_path / "fp32", synthetic, "train.max_steps=1", "run.device=cpu"))
+    result = train(tiny_config(tmp_path / "bf16", synthetic, "train.max_steps=1", "run.device=cpu",
+                               "train.mixed_precision=bf16", "train.val_every=100"))
+    assert result.step == 1

@@ -12,6 +12,7 @@ rank reads its own shard of every global batch.
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,6 +91,20 @@ def resolve_mixed_precision(value: str | bool, cuda: bool | None = None) -> str:
     return value
 
 
+def fresh_accelerator_state() -> None:
+    """accelerate keeps one device and precision per process: a second Accelerator asking for another precision
+    or for the CPU is refused, and one asking for CUDA after a CPU run silently stays on the CPU. A second training
+    in the same process (a notebook, the test suite, a sweep) starts from a clean state, unless ranks are launched
+    (torchrun/accelerate launch), whose process group that state holds. Private accelerate API, hence the guard."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    if hasattr(AcceleratorState, "_reset_state") and hasattr(GradientState, "_reset_state"):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
 def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     """Accelerator, run folder (locked for this run) and config.yaml. Refuses, before writing anything, a config
     with unset keys, a folder another training holds, and a folder that holds a run unless resuming."""
@@ -106,6 +121,7 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     if tc.num_threads:
         torch.set_num_threads(int(tc.num_threads))
     cuda = use_cuda(str(cfg.run.get("device", "auto")))
+    fresh_accelerator_state()
     accelerator = Accelerator(
         # cpu=True on machines without CUDA lets `accelerate launch --multi_gpu --num_processes N` (torchrun) run N
         # CPU processes over gloo instead of silently falling back to N independent single-process runs.
