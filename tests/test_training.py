@@ -190,9 +190,11 @@ def test_run_device_choice(monkeypatch):
         use_cuda("cuda")
 
 
-def test_run_device_may_change_on_resume(tmp_path, synthetic):
+def test_run_device_may_change_on_resume(tmp_path, synthetic, capsys):
     run = tmp_path / "run"
     train(tiny_config(run, synthetic, "train.max_steps=2", "run.device=cpu"))
+    said = f"(batch 2 x 1 process(es)) on cpu in fp32 ({torch.get_num_threads()} thread(s))"
+    assert said in capsys.readouterr().out  # where and how it trains, said before it starts
     resumed = train(tiny_config(run, synthetic, "train.max_steps=3", "run.device=auto"), resume=True)
     assert resumed.step == 3
     assert OmegaConf.load(run / "config.yaml").run.device == "auto"  # recorded as resumed

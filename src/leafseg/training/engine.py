@@ -459,9 +459,16 @@ def _announce(method: TrainingMethod, trainer: Trainer) -> None:
     tc, n_val = cfg.train, 0 if data.val_images is None else len(data.val_images)
     print(f"{method.description}: {len(data.train_images)} train / {n_val} val samples at "
           f"{cfg.data.resolution}x{cfg.data.resolution}, steps {tc.max_steps} (batch {tc.batch_size} x "
-          f"{accelerator.num_processes} process(es)), {_augmentations(trainer)}, validation every {tc.val_every}, "
-          f"into {trainer.run_dir}; "
+          f"{accelerator.num_processes} process(es)) on {_where(accelerator)}, {_augmentations(trainer)}, "
+          f"validation every {tc.val_every}, into {trainer.run_dir}; "
           "frozen targets are computed first (each says how long it will take)", flush=True)
+
+
+def _where(accelerator: Accelerator) -> str:
+    """Device and arithmetic of the run, e.g. "cuda:0 in bf16 autocast" or "cpu in fp32 (2 thread(s))"."""
+    precision = "fp32" if accelerator.mixed_precision == "no" else f"{accelerator.mixed_precision} autocast"
+    threads = f" ({torch.get_num_threads()} thread(s))" if accelerator.device.type == "cpu" else ""
+    return f"{accelerator.device} in {precision}{threads}"
 
 
 def _augmentations(trainer: Trainer) -> str:
