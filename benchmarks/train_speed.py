@@ -2,9 +2,10 @@
 config's whole training would take at that rate, peak memory, and single-step inference throughput.
 
 Two architectures, random weights (speed does not depend on them):
-  * paper: the LEAF paper's networks -- LDM LSUN-Churches UNet (295 M parameters, dropout 0.2, 8 -> 4 channels),
-    kl-f8 autoencoder (its encoder copy trained as image encoder, dropout 0.2), 256 x 256, projector 2048 to a
-    768-d teacher (DINOv2 ViT-B/14) on the 16 x 16 grid, batch 4, paper.yaml's optimiser, clip and EMA;
+  * paper: the LEAF paper's networks -- LDM LSUN-Churches UNet (295 M parameters, dropout 0.2, 8 -> 4 channels;
+    shapes from $LEAFSEG_SHARED/reference/ldm_full_size_keys.json), kl-f8 autoencoder (its encoder copy trained as
+    image encoder, dropout 0.2), 256 x 256, projector 2048 to a 768-d teacher (DINOv2 ViT-B/14) on the 16 x 16
+    grid, batch 4, paper.yaml's optimiser, clip and EMA;
   * laptop: the `cpu` recipe -- TAEF2 (weights from $LEAFSEG_SHARED/weights/taef2), its UNet, 128 x 128, projector
     512 to LiteMedSAM's 256-d neck on the 8 x 8 grid, batch 4, cpu.yaml's optimiser, clip and EMA.
 
