@@ -42,7 +42,7 @@ def build(arch: str):
     """(config, image encoder, UNet, scheduler, autoencoder) of the architecture with seeded random weights."""
     import torch
 
-    from leafseg.config import load_config
+    from leafseg.config import load_config, to_container
     from leafseg.conversion import kl_vae_config_from_state_dict, ldm_unet_config_from_state_dict
     from leafseg.diffusion import make_scheduler
     from leafseg.models import autoencoder as ae_ops
@@ -63,7 +63,6 @@ def build(arch: str):
             keys["ldm_lsun_churches_unet"]["keys"])))
         unet = set_unet_dropout(unet, float(cfg.unet.dropout))
         encoder = ImageEncoder.from_autoencoder(ae, dropout=float(cfg.image_encoder.dropout))
-        from leafseg.config import to_container
         scheduler = make_scheduler(**to_container(cfg.diffusion))
         return cfg, encoder, unet, scheduler, ae
     cfg = load_config("cpu", ["data.root=unused", f"autoencoder.path={SHARED / 'weights' / 'taef2'}"])
@@ -171,7 +170,7 @@ def _inference_rate(model, ae, scheduler, device, r: int, batch: int = 16) -> fl
 
 
 def _measure_in_child(arch: str, precision: str, args) -> dict:
-    """One (architecture, precision) in its own process: accelerate's state is per process, and so is peak memory."""
+    """One (architecture, precision) in its own process, so that peak memory and the allocator's cache are its own."""
     cmd = [sys.executable, __file__, "--one", arch, precision, "--device", args.device, "--steps", str(args.steps),
            "--warmup", str(args.warmup), *(["--batch", str(args.batch)] if args.batch else [])]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
