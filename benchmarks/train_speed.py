@@ -24,9 +24,9 @@ Timings: median step time over --steps after --warmup steps (CUDA synchronised a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -182,12 +182,11 @@ def machine(device_name: str) -> str:
 
     if device_name.startswith("cuda"):
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    # the CPU description speed.py prints, so the two benchmarks' tables name a machine the same way
+    spec = importlib.util.spec_from_file_location("speed", Path(__file__).with_name("speed.py"))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    return speed.machine()
 
 
 def main() -> None:
