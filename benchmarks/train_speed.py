@@ -10,9 +10,9 @@ Two architectures, random weights (speed does not depend on them):
     512 to LiteMedSAM's 256-d neck on the 8 x 8 grid, batch 4, cpu.yaml's optimiser, clip and EMA.
 
 One step is what `leafseg train` does per step once its caches exist: image encoder + UNet (+ projector) forward
-under the run's autocast, L1/L2 + alignment loss, backward, grad clip, AdamW, LR schedule, EMA of the UNet. The mask
-latents and teacher tokens come from the cache in a real run, so here they are random tensors of their shapes (the
-teacher and the mask encoder are not in the step). Data loading is not timed (cached uint8 tensors, ~1 ms).
+under the run's autocast, L1/L2 + alignment loss, then the engine's own `optimisation_step` (backward, grad clip,
+AdamW, LR schedule, EMA of the UNet). The mask latents and teacher tokens come from the cache in a real run, so here
+they are random tensors of their shapes (the teacher and the mask encoder are not in the step). Data loading is not timed (cached uint8 tensors, ~1 ms).
 
     python benchmarks/train_speed.py                          # both architectures, fp32 and (where supported) bf16
     python benchmarks/train_speed.py --arch laptop --steps 20 --device cpu
@@ -84,7 +84,7 @@ def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int
     from leafseg.models import autoencoder as ae_ops
     from leafseg.models.alignment import Projector
     from leafseg.models.denoiser import down_block_grids
-    from leafseg.training.engine import fresh_accelerator_state, make_ema, make_lr_scheduler
+    from leafseg.training.engine import fresh_accelerator_state, make_ema, make_lr_scheduler, optimisation_step
     from leafseg.training.leaf import LeafTrainingModel
 
     cfg, encoder, unet, scheduler, ae = build(arch)
@@ -120,14 +120,8 @@ def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int
         start = time.perf_counter()
         with accelerator.autocast():
             losses = model(images.to(device), z0.to(device), noise.to(device), t.to(device), tokens.to(device))
-        accelerator.backward(losses["loss"])
-        if tc.grad_clip:
-            accelerator.clip_grad_norm_(params, tc.grad_clip)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(model).unet.parameters())
+        optimisation_step(accelerator, losses["loss"], params, optimizer, lr_scheduler, tc.grad_clip, ema,
+                          accelerator.unwrap_model(model).unet)
         _sync(device)
         if not torch.isfinite(losses["loss"].detach()):
             raise FloatingPointError(f"{arch} {precision}: non-finite loss")

@@ -436,13 +436,8 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
                 f"non-finite training loss at step {step + 1} (lr {lr_scheduler.get_last_lr()[0]:.3g}): training "
                 f"stopped; the last good state is {run_dir / CHECKPOINT} (step {state['step']}) - lower train.lr "
                 "and start again, or resume from it")
-        accelerator.backward(losses["loss"])
-        grad_norm = accelerator.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip else None
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(averaged.parameters())
+        grad_norm = optimisation_step(accelerator, losses["loss"], params, optimizer, lr_scheduler, tc.grad_clip,
+                                      ema, averaged)
         step += 1
         if tc.log_samples:
             seen.extend(idx.tolist())
@@ -451,6 +446,22 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
     if tc.log_samples:  # what each rank read and ended with: lets tests check sharding and replica sync
         _log_samples(run_dir, rank, seen, base)
     return book.finish()
+
+
+def optimisation_step(accelerator: Accelerator, loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer,
+                      lr_scheduler, grad_clip: float | None, ema: EMAModel | None,
+                      averaged: torch.nn.Module) -> torch.Tensor | None:
+    """What follows one step's loss: backward, gradient clipping (``grad_clip``; off when 0/None), AdamW, LR schedule,
+    EMA of ``averaged``. Returns the gradient norm before clipping (None without clipping). One function, so that
+    benchmarks/train_speed.py times exactly the step this loop takes."""
+    accelerator.backward(loss)
+    grad_norm = accelerator.clip_grad_norm_(params, grad_clip) if grad_clip else None
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.step(averaged.parameters())
+    return grad_norm
 
 
 def _announce(method: TrainingMethod, trainer: Trainer) -> None:
