@@ -274,7 +274,7 @@ def _crafted(path: Path, marker: Path) -> None:
         pickle.dump({"state_dict": payload}, f)
 
 
-def test_resume_never_unpickles_code(tmp_path, synthetic):
+def test_resume_never_unpickles_code(tmp_path, synthetic, capsys):
     run = tmp_path / "run"
     train(tiny_config(run, synthetic, "train.max_steps=2"))
     marker = tmp_path / "marker"
@@ -284,8 +284,13 @@ def test_resume_never_unpickles_code(tmp_path, synthetic):
         train(tiny_config(run, synthetic, "train.max_steps=3"), resume=True)
     for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"):
         (run / "checkpoint-last" / name).unlink()
-    _crafted(run / "checkpoint-last" / "random_states_0.pkl", marker)  # accelerate's own RNG state file: read with
-    assert train(tiny_config(run, synthetic, "train.max_steps=4"), resume=True).step == 4  # weights_only, skipped
+    rng = run / "checkpoint-last" / "random_states_0.pkl"  # accelerate's own RNG state (dropout draws from it)
+    _crafted(rng, marker)
+    with pytest.raises(ValueError, match="random_states_0.pkl.*delete the file"):
+        train(tiny_config(run, synthetic, "train.max_steps=3"), resume=True)
+    rng.unlink()
+    assert train(tiny_config(run, synthetic, "train.max_steps=4"), resume=True).step == 4
+    assert "random_states_0.pkl is missing" in capsys.readouterr().out
     assert not marker.exists()
 
 

@@ -153,6 +153,7 @@ def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool, ex
     if "lr_scheduler" not in state:
         raise ValueError(f"{checkpoint} was written by an earlier leafseg, which pickled its LR-schedule and EMA "
                          "state; leafseg no longer unpickles them (loading a pickle can run code): start a new run")
+    _check_random_states(checkpoint / f"random_states_{accelerator.process_index}.pkl")
     try:  # accelerate reads its files with weights_only=True: a file that needs code to load is refused
         accelerator.load_state(str(checkpoint))
     except (pickle.UnpicklingError, RuntimeError, OSError) as err:
@@ -160,6 +161,22 @@ def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool, ex
     ema_file = checkpoint / "ema.safetensors"
     extra.load(state, load_file(str(ema_file)) if ema_file.exists() else {})
     return {k: state[k] for k in ("step", "best_val_dice", "best_step", "history")}
+
+
+def _check_random_states(path: Path) -> None:
+    """accelerate restores the global random state (which dropout draws from) but skips an unreadable or missing
+    file without a word: an unreadable one is an error here, a missing one is said."""
+    from accelerate.utils import load as accelerate_load  # torch.load(weights_only=True) + numpy's state types
+
+    if not path.exists():
+        print(f"{path} is missing: resuming without the saved random state (dropout, if any, will draw other masks "
+              "than an uninterrupted run would)", flush=True)
+        return
+    try:
+        accelerate_load(path)
+    except Exception as err:  # noqa: BLE001  (any reason it cannot be read)
+        raise ValueError(f"{path}: cannot resume from it, the saved random state does not load "
+                         f"({type(err).__name__}); delete the file to resume without it") from None
 
 
 class ScheduleAndEMA:
