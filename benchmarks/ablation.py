@@ -96,6 +96,9 @@ def run_one(name: str, args, out: Path, records: Path) -> None:
               # torch caches: the runs recorded before cpu.yaml chose ONNX Runtime used them; every run of the
               # ablation trains on the same frozen targets (ONNX Runtime's differ by float rounding)
               "run.cache_backend=torch",
+              # every run so far trained cpu.yaml's 3000 steps; the recipe moved to 3600 afterwards (E3,
+              # docs/cpu-recipe.md): the ablation keeps 3000, so that its runs stay comparable
+              "train.max_steps=3000",
               *([f"train.num_threads={args.threads}"] if args.threads else []), *args.override]
     train_cmd = [leafseg(), "train", "--config", args.recipe, "--output", str(run_dir), *common,
                  *VARIANTS[variant][1]]
@@ -209,7 +212,9 @@ def write_report(records: Path, results: Path, args) -> None:
     text += ("\n## Commands\n\nEvery run trains on torch-computed caches. Runs recorded before `run.cache_backend` "
              "existed (commit e20c28c) ran without the option, torch being the only backend then; under today's "
              "`cpu.yaml` (`run.cache_backend: onnx`) add `run.cache_backend=torch` to reproduce them, as this script "
-             "does.\n\n```bash\n"
+             "does. Likewise every run trained 3000 steps, `cpu.yaml`'s budget until the recipe moved to 3600 (E3 in "
+             "`docs/cpu-recipe.md`): add `train.max_steps=3000` to the commands recorded before that, as this "
+             "script now does.\n\n```bash\n"
              + "\n".join(f"# {r['run']}\n{r['train_cmd']}\n{r['eval_cmd']}" for r in recs.values()) + "\n```\n")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(text + "\n" + MARKER + "\n\n" + _manual(results) + "\n")
@@ -278,9 +283,10 @@ they come); `.venv/bin/python benchmarks/ablation.py --report-only` rebuilds thi
 - Machine: {machine}.
 - Data: `../shared/data/cvc-clinicdb` (612 frames, 384x288), split file `benchmarks/splits/cvc-clinicdb.json`
   (sorted stems, seeded shuffle, seed 0): {n_train} train / {n_val} val / {n_test} test.
-- Every LEAF run: the `{recipe}` recipe (`src/leafseg/configs/{recipe}.yaml`), only the target, the alignment
-  switch and the training seed differ. The supervised UNet: diffusers UNet2DModel [32, 64, 128, 256] on the image
-  at the same resolution, soft Dice + BCE, the same batches, flips, optimiser, schedule, EMA and step budget.
+- Every LEAF run: the `{recipe}` recipe (`src/leafseg/configs/{recipe}.yaml`) at 3000 steps (`cpu.yaml`'s budget
+  when the ablation started; 3600 since E3), only the target, the alignment switch and the training seed differ.
+  The supervised UNet: diffusers UNet2DModel [32, 64, 128, 256] on the image at the same resolution, soft Dice +
+  BCE, the same batches, flips, optimiser, schedule, EMA and step budget.
 - Selection: model-best = highest val Dice (EMA weights, single step, at the processing resolution) among the
   validations; the test split is touched only by the final `leafseg evaluate`, once per run, at each image's
   original size (single step, seed 0).
