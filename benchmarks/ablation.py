@@ -96,9 +96,7 @@ def run_one(name: str, args, out: Path, records: Path) -> None:
               # torch caches: the runs recorded before cpu.yaml chose ONNX Runtime used them; every run of the
               # ablation trains on the same frozen targets (ONNX Runtime's differ by float rounding)
               "run.cache_backend=torch",
-              # every run so far trained cpu.yaml's 3000 steps; the recipe moved to 3600 afterwards (E3,
-              # docs/cpu-recipe.md): the ablation keeps 3000, so that its runs stay comparable
-              "train.max_steps=3000",
+              f"train.max_steps={args.steps}",
               *([f"train.num_threads={args.threads}"] if args.threads else []), *args.override]
     train_cmd = [leafseg(), "train", "--config", args.recipe, "--output", str(run_dir), *common,
                  *VARIANTS[variant][1]]
@@ -143,6 +141,9 @@ def main() -> None:
     ap.add_argument("--taef2", default=str(REPO.parent / "shared" / "weights" / "taef2"))
     ap.add_argument("--split-file", default=str(REPO / "benchmarks" / "splits" / "cvc-clinicdb.json"))
     ap.add_argument("--out", default=None, help="run folders (default benchmarks/runs/<recipe>-ablation)")
+    ap.add_argument("--steps", type=int, default=3000,
+                    help="train.max_steps of every run (default 3000: what every recorded run trained; cpu.yaml "
+                         "moved to 3600 afterwards (E3, docs/cpu-recipe.md); the ablation keeps its runs comparable)")
     ap.add_argument("--threads", type=int, default=None, help="train.num_threads of every run")
     ap.add_argument("--override", nargs="*", default=[], help="extra key=value for every run")
     ap.add_argument("--only", nargs="*", default=None, choices=sorted(RUNS), help="run a subset")
@@ -197,7 +198,8 @@ def write_report(records: Path, results: Path, args) -> None:
             summary.append(f"| {label} | not run yet | | |")
     split = json.loads(Path(args.split_file).read_text())
     any_rec = next(iter(recs.values()), None)
-    text = HEADER.format(recipe=args.recipe, machine=any_rec["machine"] if any_rec else "n/a",
+    steps = " / ".join(str(n) for n in sorted({r["steps"] for r in recs.values()})) or str(args.steps)
+    text = HEADER.format(recipe=args.recipe, steps=steps, machine=any_rec["machine"] if any_rec else "n/a",
                          n_train=len(split["train"]), n_val=len(split["val"]), n_test=len(split["test"]),
                          records=relative(str(records)))
     text += ("\n## Mean over training seeds (test Dice %)\n\n| variant | test Dice % | paper-style Dice % | "
@@ -214,7 +216,7 @@ def write_report(records: Path, results: Path, args) -> None:
              "`cpu.yaml` (`run.cache_backend: onnx`) add `run.cache_backend=torch` to reproduce them, as this script "
              "does. Likewise every run trained 3000 steps, `cpu.yaml`'s budget until the recipe moved to 3600 (E3 in "
              "`docs/cpu-recipe.md`): add `train.max_steps=3000` to the commands recorded before that, as this "
-             "script now does.\n\n```bash\n"
+             "script now does (`--steps`).\n\n```bash\n"
              + "\n".join(f"# {r['run']}\n{r['train_cmd']}\n{r['eval_cmd']}" for r in recs.values()) + "\n```\n")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(text + "\n" + MARKER + "\n\n" + _manual(results) + "\n")
@@ -283,8 +285,8 @@ they come); `.venv/bin/python benchmarks/ablation.py --report-only` rebuilds thi
 - Machine: {machine}.
 - Data: `../shared/data/cvc-clinicdb` (612 frames, 384x288), split file `benchmarks/splits/cvc-clinicdb.json`
   (sorted stems, seeded shuffle, seed 0): {n_train} train / {n_val} val / {n_test} test.
-- Every LEAF run: the `{recipe}` recipe (`src/leafseg/configs/{recipe}.yaml`) at 3000 steps (`cpu.yaml`'s budget
-  when the ablation started; 3600 since E3), only the target, the alignment switch and the training seed differ.
+- Every LEAF run: the `{recipe}` recipe (`src/leafseg/configs/{recipe}.yaml`) at {steps} steps (`--steps`; `cpu.yaml`
+  itself trains 3600 since E3), only the target, the alignment switch and the training seed differ.
   The supervised UNet: diffusers UNet2DModel [32, 64, 128, 256] on the image at the same resolution, soft Dice +
   BCE, the same batches, flips, optimiser, schedule, EMA and step budget.
 - Selection: model-best = highest val Dice (EMA weights, single step, at the processing resolution) among the
