@@ -17,6 +17,7 @@ timed (cached uint8 tensors, ~1 ms).
 
     python benchmarks/train_speed.py                          # both architectures, fp32 and (where supported) bf16
     python benchmarks/train_speed.py --arch laptop --steps 20 --device cpu
+    python benchmarks/train_speed.py --arch laptop --set image_encoder.frozen_layers=6   # time a recipe choice
 
 Timings: median step time over --steps after --warmup steps (CUDA synchronised around each step); each
 (architecture, precision) runs in its own process.
@@ -39,8 +40,9 @@ SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
 TEACHER_DIM = {"paper": 768, "laptop": 256}  # DINOv2 ViT-B/14 tokens; LiteMedSAM neck channels
 
 
-def build(arch: str):
-    """(config, image encoder, UNet, scheduler, autoencoder) of the architecture with seeded random weights."""
+def build(arch: str, overrides: list[str] = ()):
+    """(config, image encoder, UNet, scheduler, autoencoder) of the architecture with seeded random weights;
+    ``overrides`` are config dotlist entries (e.g. ``image_encoder.frozen_layers=6``) on top of its config."""
     import torch
 
     from leafseg.config import load_config, to_container
@@ -56,7 +58,7 @@ def build(arch: str):
     if arch == "paper":
         # paper.yaml's pretrained paths are never read here: the networks are built from the key listing
         os.environ.setdefault("LEAFSEG_PRETRAINED", "/nonexistent")
-        cfg = load_config("paper", ["data.root=unused"])
+        cfg = load_config("paper", ["data.root=unused", *overrides])
         keys = json.loads((SHARED / "reference" / "ldm_full_size_keys.json").read_text())
         ae = ae_ops.load_autoencoder("kl", config=kl_vae_config_from_state_dict(keys["kl_f8_vae"]["keys"]),
                                      scaling_factor=float(cfg.autoencoder.scaling_factor))
@@ -66,7 +68,7 @@ def build(arch: str):
         encoder = ImageEncoder.from_autoencoder(ae, dropout=float(cfg.image_encoder.dropout))
         scheduler = make_scheduler(**to_container(cfg.diffusion))
         return cfg, encoder, unet, scheduler, ae
-    cfg = load_config("cpu", ["data.root=unused", f"autoencoder.path={SHARED / 'weights' / 'taef2'}"])
+    cfg = load_config("cpu", ["data.root=unused", f"autoencoder.path={SHARED / 'weights' / 'taef2'}", *overrides])
     c = build_components(cfg)
     return cfg, c["image_encoder"], c["unet"], c["scheduler"], c["autoencoder"]
 
@@ -78,7 +80,8 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int, batch: int | None) -> dict:
+def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int, batch: int | None,
+            overrides: list[str] = ()) -> dict:
     import torch
     from accelerate import Accelerator
 
@@ -88,7 +91,7 @@ def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int
     from leafseg.training.engine import fresh_accelerator_state, make_ema, make_lr_scheduler, optimisation_step
     from leafseg.training.leaf import LeafTrainingModel
 
-    cfg, encoder, unet, scheduler, ae = build(arch)
+    cfg, encoder, unet, scheduler, ae = build(arch, overrides)
     fresh_accelerator_state()
     accelerator = Accelerator(mixed_precision=precision, cpu=device_name == "cpu")
     device = accelerator.device
@@ -167,7 +170,8 @@ def _inference_rate(model, ae, scheduler, device, r: int, batch: int = 16) -> fl
 def _measure_in_child(arch: str, precision: str, args) -> dict:
     """One (architecture, precision) in its own process, so that peak memory and the allocator's cache are its own."""
     cmd = [sys.executable, __file__, "--one", arch, precision, "--device", args.device, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), *(["--batch", str(args.batch)] if args.batch else [])]
+           "--warmup", str(args.warmup), *(["--batch", str(args.batch)] if args.batch else []),
+           *(["--set", *args.set] if args.set else [])]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -195,17 +199,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=None, help="default: the config's train.batch_size")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every architecture, e.g. image_encoder.frozen_layers=6")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--one", nargs=2, metavar=("ARCH", "PRECISION"), help=argparse.SUPPRESS)  # child process
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(*args.one, args.device, args.steps, args.warmup, args.batch)))
+        print(json.dumps(measure(*args.one, args.device, args.steps, args.warmup, args.batch, args.set)))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to torch")
     precisions = args.precision or (["no", "bf16"] if args.device == "cuda" and torch.cuda.is_bf16_supported()
                                     else ["no"])
-    print(f"device: {machine(args.device)}")
+    print(f"device: {machine(args.device)}" + (f"; overrides: {' '.join(args.set)}" if args.set else ""))
     print("| arch | precision | batch | s/step | images/s | steps of the config | time for them | peak GPU GiB | "
           "inference images/s (fp32, b16) |")
     print("|---|---|---|---|---|---|---|---|---|")
