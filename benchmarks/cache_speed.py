@@ -4,7 +4,8 @@ recipe choices they depend on (teacher input size and layer), with what they wou
 The two functions are the ones the trainer caches (`training.caches.MaskLatents` / `TeacherFeatures` through
 `frozen_function`, channels-last batches as `compute_cache` feeds them); random inputs, since the cost does not depend
 on the values. Mask latents are computed for every flip of every image; teacher tokens once per image when
-`align.flip_tokens: mirror` (the `cpu` recipe), so the table's last column is images x 4 for the masks.
+`align.flip_tokens: mirror` (the `cpu` recipe), so the table's last column is images x flips (4 in the recipe)
+for the masks.
 
     .venv/bin/python benchmarks/cache_speed.py                                  # cpu recipe, both backends
     .venv/bin/python benchmarks/cache_speed.py --teacher-size 64 96 112 128 --teacher-layer neck stage2
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from leafseg.models import autoencoder as ae_ops
     from leafseg.models.teachers import build_teacher
     from leafseg.training.caches import CACHE_BACKENDS, MaskLatents, TeacherFeatures
+    from leafseg.training.engine import flip_codes
     from leafseg.training.leaf import build_components
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, ["data.root=unused", f"autoencoder.path={SHARED / 'weights' / 'taef2'}"])
     r, ac = int(cfg.data.resolution), cfg.align
-    flips = 4  # the recipe's horizontal and vertical flips: 4 codes
+    flips = len(flip_codes(cfg.data.hflip, cfg.data.vflip))  # the trainer's flip codes (4 with both flips)
     teacher_passes = args.train_images * (1 if ac.flip_tokens == "mirror" else flips)
     jobs = []
     if not args.no_masks:

@@ -200,7 +200,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=None, help="default: the config's train.batch_size")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="config overrides for every architecture, e.g. image_encoder.frozen_layers=6")
+                    help="config overrides, e.g. image_encoder.frozen_layers=6 (the paper "
+                    "architecture's network shapes come from its key listing, not from the config)")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--one", nargs=2, metavar=("ARCH", "PRECISION"), help=argparse.SUPPRESS)  # child process
     args = ap.parse_args()
