@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from leafseg.config import load_config
     from leafseg.models import autoencoder as ae_ops
     from leafseg.models.teachers import build_teacher
-    from leafseg.training.caches import CACHE_BACKENDS, MaskLatents, TeacherFeatures
+    from leafseg.training.caches import CACHE_BACKENDS, MaskLatents, TeacherFeatures, cache_backend
     from leafseg.training.engine import flip_codes
     from leafseg.training.leaf import build_components
 
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for name, res, make, passes in jobs:
         module = make()
-        for backend in args.backend:
+        for asked in args.backend:
+            backend = cache_backend(asked, "cpu")  # onnx without onnxruntime says so and times torch
             t = time_function(module, res, args.batch, args.repeats, backend)
             rows.append({"part": name, "backend": backend, **t, "passes": passes})
             print(f"| {name} | {backend} | {t['export_s']:.1f} | {t['s_per_image'] * 1000:.0f} | {passes} | "
