@@ -48,13 +48,13 @@ def time_function(module, resolution: int, batch: int, repeats: int, backend: st
 
 def main(argv: list[str] | None = None) -> list[dict]:
     import torch
+    from omegaconf import OmegaConf
 
     from leafseg.config import load_config
     from leafseg.models import autoencoder as ae_ops
-    from leafseg.models.teachers import build_teacher
     from leafseg.training.caches import CACHE_BACKENDS, MaskLatents, TeacherFeatures, cache_backend
     from leafseg.training.engine import flip_codes
-    from leafseg.training.leaf import build_components
+    from leafseg.training.leaf import build_alignment_teacher, build_components
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="cpu", help="recipe whose resolution, autoencoder and teacher are timed")
@@ -75,23 +75,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     jobs = []
     if not args.no_masks:
         ae = build_components(cfg)["autoencoder"]  # as the trainer builds it
-        jobs.append((f"mask latents ({cfg.autoencoder.kind})", r, lambda: MaskLatents(ae, ae_ops.latent_scale(ae)),
+        jobs.append((f"mask latents ({cfg.autoencoder.kind})", lambda: MaskLatents(ae, ae_ops.latent_scale(ae)),
                      args.train_images * flips))
     for size in args.teacher_size or [int(ac.teacher_image_size)]:
         for layer in args.teacher_layer or [str(ac.teacher_layer)]:
-            def make(size=size, layer=layer):
-                return TeacherFeatures(build_teacher(ac.teacher, checkpoint=ac.teacher_checkpoint, layer=layer,
-                                                     image_size=size, antialias=bool(ac.teacher_antialias)))
-            jobs.append((f"teacher {ac.teacher} {layer} @ {size} px", r, make, teacher_passes))
+            def make(size=size, layer=layer):  # the trainer's teacher with this size and layer
+                return TeacherFeatures(build_alignment_teacher(
+                    OmegaConf.merge(ac, {"teacher_image_size": size, "teacher_layer": layer})))
+            jobs.append((f"teacher {ac.teacher} {layer} @ {size} px", make, teacher_passes))
     print(f"{args.threads} thread(s), batch {args.batch}, inputs {r} x {r}, torch {torch.__version__}")
     print("| part | backend | export s | ms per image | passes for the training set | s for them |")
     print("|---|---|---|---|---|---|")
+    # onnx without onnxruntime says so once and times torch, as the trainer falls back
+    backends = [cache_backend(asked, "cpu") for asked in args.backend]
     rows = []
-    for name, res, make, passes in jobs:
+    for name, make, passes in jobs:
         module = make()
-        for asked in args.backend:
-            backend = cache_backend(asked, "cpu")  # onnx without onnxruntime says so and times torch
-            t = time_function(module, res, args.batch, args.repeats, backend)
+        for backend in backends:
+            t = time_function(module, r, args.batch, args.repeats, backend)
             rows.append({"part": name, "backend": backend, **t, "passes": passes})
             print(f"| {name} | {backend} | {t['export_s']:.1f} | {t['s_per_image'] * 1000:.0f} | {passes} | "
                   f"{t['s_per_image'] * passes:.0f} |", flush=True)
