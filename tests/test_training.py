@@ -1,4 +1,6 @@
 
+import json
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -39,6 +41,12 @@ def test_train_exports_pipeline_without_training_only_parts(tmp_path, synthetic)
     assert len(logged) == 4 and all("loss_align" in h for h in logged)
     assert any(e.name.startswith("events.out.tfevents") for e in (run / "logs").rglob("*"))  # TensorBoard
     assert (run / "logs" / "curves.png").stat().st_size > 1000  # loss / val-Dice figure
+    timings = json.loads((run / "logs" / "timings.json").read_text())  # where the wall time went
+    assert timings["validations"] == 2 and timings["steps"] == {"from": 0, "to": 4}
+    assert timings["checkpoints"] >= 2 and timings["frozen_targets_s"] > 0
+    parts = sum(timings[k] for k in ("steps_s", "validation_s", "checkpoints_s"))
+    assert timings["before_first_step_s"] >= timings["data_s"] + timings["frozen_targets_s"]
+    assert parts + timings["before_first_step_s"] == pytest.approx(timings["total_s"], abs=0.3)
     saved = {k for f in (run / "model-best").rglob("*.safetensors") for k in load_file(f)}
     assert not any("projector" in k or "teacher" in k for k in saved)
     pipe = LeafSegPipeline.from_pretrained(run / "model-best", local_files_only=True)

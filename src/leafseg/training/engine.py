@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .. import data as D
 from ..config import flatten, to_container
-from ..files import write_csv
+from ..files import write_csv, write_json
 from ..models.weights import assert_finite
 from .checkpoints import (BEST, CHECKPOINT, ScheduleAndEMA, check_resume_config, load_trainer_state, lock_run_dir,
                           recover_checkpoint, release_run_dir, save_checkpoint, save_pipeline, save_run_config)
@@ -238,6 +238,48 @@ def eval_mode(module: torch.nn.Module):
         module.train()
 
 
+# ------------------------------------------------------------------------------------------------ wall time
+
+class WallTime:
+    """Where one training process's wall time goes: data loading, frozen targets (caches, teacher, networks), the
+    optimiser steps, validations, and checkpoints (with the model-best exports). Written to
+    ``logs/timings.json`` at the end, so that "an hour" can be split without reading progress bars."""
+
+    PHASES = ("data", "frozen_targets", "validation", "checkpoints")
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.seconds = {name: 0.0 for name in self.PHASES}
+        self.counts = {name: 0 for name in self.PHASES}
+        self.first_step_s: float | None = None
+        self.at_first_step: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t
+            self.counts[name] += 1
+
+    def first_step(self) -> None:
+        self.first_step_s = time.perf_counter() - self.t0
+        self.at_first_step = dict(self.seconds)
+
+    def summary(self, steps: tuple[int, int]) -> dict:
+        """Seconds per phase. ``steps_s`` is the wall time after the first step began less its validations and
+        checkpoints (forward, backward, optimiser, EMA, logging). Times start after the Python imports."""
+        total = time.perf_counter() - self.t0
+        before = total if self.first_step_s is None else self.first_step_s
+        at_first = self.at_first_step or self.seconds
+        later = sum(self.seconds[k] - at_first[k] for k in ("validation", "checkpoints"))
+        return {"total_s": round(total, 1), "before_first_step_s": round(before, 1),
+                **{f"{k}_s": round(v, 1) for k, v in self.seconds.items()},
+                "validations": self.counts["validation"], "checkpoints": self.counts["checkpoints"],
+                "steps_s": round(total - before - later, 1), "steps": {"from": steps[0], "to": steps[1]}}
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
@@ -256,9 +298,9 @@ class StepBookkeeping:
     (model-best when there is no val split, training curves, tracker shutdown)."""
 
     def __init__(self, accelerator: Accelerator, cfg: DictConfig, state: dict, run_dir: Path, validate, export,
-                 has_val: bool, desc: str, extra: ScheduleAndEMA, check_finite):
+                 has_val: bool, desc: str, extra: ScheduleAndEMA, check_finite, clock: WallTime):
         self.accelerator, self.tc, self.state, self.run_dir, self.extra = accelerator, cfg.train, state, run_dir, extra
-        self.check_finite = check_finite
+        self.check_finite, self.clock, self.first_step = check_finite, clock, int(state["step"])
         self.validate, self.export, self.has_val = validate, export, has_val
         self.max_steps = int(self.tc.max_steps)
         self.t_start = time.time()
@@ -270,12 +312,14 @@ class StepBookkeeping:
     def _validate(self, step: int) -> None:
         accelerator, state = self.accelerator, self.state
         if accelerator.is_main_process:
-            val_dice = self.validate()
+            with self.clock.phase("validation"):
+                val_dice = self.validate()
             accelerator.log({"val_dice": val_dice}, step=step)
             state["history"].append({"step": step, "val_dice": val_dice})
             if state["best_val_dice"] is None or val_dice > state["best_val_dice"]:
                 state["best_val_dice"], state["best_step"] = val_dice, step
-                self.export(self.run_dir / BEST)
+                with self.clock.phase("checkpoints"):
+                    self.export(self.run_dir / BEST)
             tqdm.write(f"step {step}: val Dice {val_dice:.4f} (best {state['best_val_dice']:.4f} "
                        f"at step {state['best_step']})")
         accelerator.wait_for_everyone()
@@ -296,9 +340,10 @@ class StepBookkeeping:
         self.state["step"] = step
         if step % int(tc.checkpoint_every) == 0 or last:
             self.check_finite()  # a checkpoint is only ever a good state
-            save_checkpoint(self.accelerator, self.run_dir, self.state, self.export, self.extra)
-            if self.accelerator.is_main_process:  # a plain-text record beside TensorBoard's
-                write_csv(self.state["history"], self.run_dir / "logs" / "history.csv")
+            with self.clock.phase("checkpoints"):
+                save_checkpoint(self.accelerator, self.run_dir, self.state, self.export, self.extra)
+                if self.accelerator.is_main_process:  # a plain-text record beside TensorBoard's
+                    write_csv(self.state["history"], self.run_dir / "logs" / "history.csv")
 
     def finish(self) -> TrainResult:
         self.progress.close()
@@ -308,6 +353,9 @@ class StepBookkeeping:
                 self.export(self.run_dir / BEST)  # no val split: best = last
             if state["history"]:
                 plot_training_curves(state["history"], self.run_dir / "logs" / "curves.png")
+            timings = self.clock.summary((self.first_step, int(state["step"])))
+            write_json(timings, self.run_dir / "logs" / "timings.json")
+            tqdm.write(_timing_line(timings))
         accelerator.end_training()
         return TrainResult(self.run_dir, int(state["step"]), state["best_val_dice"], state["best_step"],
                            state["history"])
@@ -387,12 +435,14 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
            ) -> TrainResult:
     # Kept in one piece (~65 lines) on purpose: set-up, then the step loop, read top to bottom as the algorithm;
     # everything that is not the loop itself (bookkeeping, checkpoints, EMA state) lives in the helpers it calls.
-    tc = cfg.train
-    trainer = Trainer(cfg, accelerator, run_dir, load_run_data(cfg, run_dir, accelerator))
+    tc, clock = cfg.train, WallTime()
+    with clock.phase("data"):
+        trainer = Trainer(cfg, accelerator, run_dir, load_run_data(cfg, run_dir, accelerator))
     if accelerator.is_main_process:
         _announce(method, trainer)
     set_seed(int(cfg.run.seed))  # identical initialisation on every rank
-    model = method.build(trainer)
+    with clock.phase("frozen_targets"):
+        model = method.build(trainer)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tuple(tc.adam_betas))
     lr_scheduler = make_lr_scheduler(optimizer, tc)
@@ -425,8 +475,10 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
     book = StepBookkeeping(accelerator, cfg, state, run_dir, validate, export, data.val_images is not None,
                            method.description, extra,
                            lambda: assert_finite(base, f"the model at step {book.state['step']} (training stopped; "
-                                                       f"the last good state is {run_dir / CHECKPOINT})"))
+                                                       f"the last good state is {run_dir / CHECKPOINT})"),
+                           clock)
     model.train()
+    clock.first_step()
     while step < int(tc.max_steps):
         idx = batch_indices(n_train, bs, world, rank, step, seed)
         g = seeded(seed, 2, step, rank)
@@ -473,6 +525,13 @@ def _announce(method: TrainingMethod, trainer: Trainer) -> None:
           f"{accelerator.num_processes} process(es)) on {_where(accelerator)}, {_augmentations(trainer)}, "
           f"validation every {tc.val_every}, into {trainer.run_dir}; "
           "frozen targets are computed first (each says how long it will take)", flush=True)
+
+
+def _timing_line(t: dict) -> str:
+    return (f"wall {t['total_s'] / 60:.1f} min (after imports): data {t['data_s']:.0f} s, frozen targets "
+            f"{t['frozen_targets_s']:.0f} s, first step at {t['before_first_step_s']:.0f} s; steps "
+            f"{t['steps_s'] / 60:.1f} min, {t['validations']} validation(s) {t['validation_s']:.0f} s, "
+            f"checkpoints and exports {t['checkpoints_s']:.0f} s")
 
 
 def _where(accelerator: Accelerator) -> str:
