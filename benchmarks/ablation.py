@@ -1,13 +1,16 @@
 """The LEAF ablation (target x alignment, with seeds) plus a supervised UNet baseline, on CVC-ClinicDB, on a CPU.
 
-Every run: one packaged recipe (default `cpu`), the same step budget, the committed split file
+Every run: one packaged recipe (default `cpu`) at its own step budget (unless --steps), the committed split file
 (benchmarks/splits/cvc-clinicdb.json), selection of model-best on the val split, then `leafseg evaluate` once on the
-test split. x0 and x0 + alignment (the paper's central claim) run with 3 training seeds, the other variants with 1.
+test split. x0 and x0 + alignment (the paper's central claim) run with 3 training seeds, the other variants with 1;
+the seeded pairs run first, seed by seed (x0 + alignment, then x0), so that a partial ablation already pairs them.
 
 Each finished run leaves a small record, `benchmarks/results/<recipe>-ablation/<run>.json` (commands, wall times,
-val curve, test metrics), which is meant to be committed as it comes: a later session skips every run that has a
-record, and an interrupted run resumes from its checkpoint (`--resume`) while its run folder exists. The report,
-docs/results.md, is rebuilt from the records alone.
+val curve, test metrics, the run's wall-time split), which is meant to be committed as it comes: a later session
+skips every run that has a record, and an interrupted run resumes from its checkpoint (`--resume`) while its run
+folder exists. The report, docs/results.md, is rebuilt from the records alone. (The first ablation, at the recipe
+of experiment E1 -- teacher at 128 px, 3000 steps, torch caches -- is kept in docs/results-e1.md with its records in
+benchmarks/results/cpu-ablation-e1/.)
 
     .venv/bin/python benchmarks/ablation.py                    # every run not recorded yet, one at a time (hours)
     .venv/bin/python benchmarks/ablation.py --only x0-align-s0 # one run
@@ -40,7 +43,11 @@ VARIANTS = {  # name: (label, overrides, seeds)
     "eps": ("ε, no alignment", ["diffusion.prediction_type=epsilon", "align.enabled=false"], (0,)),
     "unet": ("supervised UNet (Dice + BCE)", ["method=supervised_unet"], (0,)),
 }
-RUNS = {f"{v}-s{seed}": (v, seed) for v, (_, _, seeds) in VARIANTS.items() for seed in seeds}
+# The order they run in: the seeded pairs first, seed by seed (x0 + alignment and x0: the paper's central claim), so
+# that a partial ablation already pairs them; then the single-seed variants.
+RUNS = {f"{v}-s{seed}": (v, seed) for v, seed in sorted(
+    ((v, seed) for v, (_, _, seeds) in VARIANTS.items() for seed in seeds),
+    key=lambda vs: (len(VARIANTS[vs[0]][2]) == 1, vs[1], list(VARIANTS).index(vs[0])))}
 
 
 def leafseg() -> str:
@@ -61,14 +68,15 @@ def run_logged(cmd: list[str], log: Path) -> float:
 
 
 def machine() -> str:
+    """OS, CPU (with family/model and AVX-512: "AMD EPYC" alone names CPUs 2.7x apart in speed here), GPU, torch."""
     import torch
 
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()[:40] if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        cpu = (f"{info.get('model name', cpu)} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, "
+               f"{'AVX-512' if 'avx512f' in info.get('flags', '').split() else 'no AVX-512'})")
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
@@ -93,10 +101,9 @@ def run_one(name: str, args, out: Path, records: Path) -> None:
     run_dir = out / name
     common = [f"data.root={args.data}", "data.layout=cvc-clinicdb", f"data.split_file={args.split_file}",
               f"autoencoder.path={args.taef2}", f"run.cache_dir={out / 'cache'}", f"run.seed={seed}",
-              # torch caches: the runs recorded before cpu.yaml chose ONNX Runtime used them; every run of the
-              # ablation trains on the same frozen targets (ONNX Runtime's differ by float rounding)
-              "run.cache_backend=torch",
-              f"train.max_steps={args.steps}",
+              # one cache folder: every run of the ablation trains on the same frozen targets
+              *([f"run.cache_backend={args.cache_backend}"] if args.cache_backend else []),
+              *([f"train.max_steps={args.steps}"] if args.steps else []),
               *([f"train.num_threads={args.threads}"] if args.threads else []), *args.override]
     train_cmd = [leafseg(), "train", "--config", args.recipe, "--output", str(run_dir), *common,
                  *VARIANTS[variant][1]]
@@ -117,6 +124,7 @@ def run_one(name: str, args, out: Path, records: Path) -> None:
         timing["train_cmd"], timing["eval_cmd"] = shlex.join(train_cmd), shlex.join(eval_cmd)
         partial.write_text(json.dumps(timing, indent=2))
     state = json.loads((run_dir / "checkpoint-last" / "trainer_state.json").read_text())
+    timings = run_dir / "logs" / "timings.json"  # the training process's own split (of its last start, if resumed)
     summary = json.loads((run_dir / "eval-test" / "summary.json").read_text())
     m = summary["metrics"]
     record = {
@@ -127,6 +135,7 @@ def run_one(name: str, args, out: Path, records: Path) -> None:
         "n_test": summary["n_images"], "checkpoint_sha256": summary["checkpoint_sha256"],
         "test_per_image_dice": per_image_dice(run_dir / "eval-test" / "per_image.csv"),
         "train_s": round(timing["train_s"], 1), "eval_s": round(timing["eval_s"], 1),
+        "train_timings": json.loads(timings.read_text()) if timings.exists() else None,
         "train_cmd": relative(timing["train_cmd"]), "eval_cmd": relative(timing["eval_cmd"]), "machine": machine(),
     }
     records.mkdir(parents=True, exist_ok=True)
@@ -141,9 +150,11 @@ def main() -> None:
     ap.add_argument("--taef2", default=str(REPO.parent / "shared" / "weights" / "taef2"))
     ap.add_argument("--split-file", default=str(REPO / "benchmarks" / "splits" / "cvc-clinicdb.json"))
     ap.add_argument("--out", default=None, help="run folders (default benchmarks/runs/<recipe>-ablation)")
-    ap.add_argument("--steps", type=int, default=3000,
-                    help="train.max_steps of every run (default 3000: what every recorded run trained; cpu.yaml "
-                         "moved to 3600 afterwards (E3, docs/cpu-recipe.md); the ablation keeps its runs comparable)")
+    ap.add_argument("--steps", type=int, default=None, help="train.max_steps of every run (default: the recipe's own)")
+    ap.add_argument("--cache-backend", default=None, choices=("torch", "onnx"),
+                    help="run.cache_backend of every run (default: the recipe's own)")
+    ap.add_argument("--records", default=None,
+                    help="folder of the run records (default benchmarks/results/<recipe>-ablation)")
     ap.add_argument("--threads", type=int, default=None, help="train.num_threads of every run")
     ap.add_argument("--override", nargs="*", default=[], help="extra key=value for every run")
     ap.add_argument("--only", nargs="*", default=None, choices=sorted(RUNS), help="run a subset")
@@ -152,7 +163,7 @@ def main() -> None:
     args = ap.parse_args()
 
     out = Path(args.out or REPO / "benchmarks" / "runs" / f"{args.recipe}-ablation")
-    records = REPO / "benchmarks" / "results" / f"{args.recipe}-ablation"
+    records = Path(args.records) if args.records else REPO / "benchmarks" / "results" / f"{args.recipe}-ablation"
     out.mkdir(parents=True, exist_ok=True)
     for name in [] if args.report_only else (args.only or list(RUNS)):
         if (records / f"{name}.json").exists():
@@ -185,8 +196,9 @@ def _mean_std(values: list[float]) -> str:
 
 def write_report(records: Path, results: Path, args) -> None:
     recs = {p.stem: json.loads(p.read_text()) for p in sorted(records.glob("*.json"))}
+    order = sorted(RUNS, key=lambda n: (list(VARIANTS).index(RUNS[n][0]), RUNS[n][1]))  # the table: by variant
     per_run = [_row(recs[n]) if n in recs else f"| {VARIANTS[RUNS[n][0]][0]} | {RUNS[n][1]} | not run yet | | | | "
-               f"| |" for n in RUNS]
+               f"| |" for n in order]
     summary = []
     for variant, (label, _, _) in VARIANTS.items():
         done = [r for r in recs.values() if r["variant"] == variant]
@@ -198,8 +210,10 @@ def write_report(records: Path, results: Path, args) -> None:
             summary.append(f"| {label} | not run yet | | |")
     split = json.loads(Path(args.split_file).read_text())
     any_rec = next(iter(recs.values()), None)
-    steps = " / ".join(str(n) for n in sorted({r["steps"] for r in recs.values()})) or str(args.steps)
-    text = HEADER.format(recipe=args.recipe, steps=steps, machine=any_rec["machine"] if any_rec else "n/a",
+    steps = " / ".join(str(n) for n in sorted({r["steps"] for r in recs.values()})) or str(args.steps or "its own")
+    machines = "; ".join(sorted({r["machine"] for r in recs.values()})) or "n/a"
+    text = HEADER.format(recipe=args.recipe, steps=steps, machine=machines, done=len(recs), total=len(RUNS),
+                         budget=", its full budget" if args.steps is None else f" (--steps {args.steps})",
                          n_train=len(split["train"]), n_val=len(split["val"]), n_test=len(split["test"]),
                          records=relative(str(records)))
     text += ("\n## Mean over training seeds (test Dice %)\n\n| variant | test Dice % | paper-style Dice % | "
@@ -211,12 +225,8 @@ def write_report(records: Path, results: Path, args) -> None:
     notes = [f"- {r['run']}: {r['note']}" for r in recs.values() if r.get("note")]
     if notes:
         text += "\nRun notes:\n\n" + "\n".join(notes) + "\n"
-    text += ("\n## Commands\n\nEvery run trains on torch-computed caches. Runs recorded before `run.cache_backend` "
-             "existed (commit e20c28c) ran without the option, torch being the only backend then; under today's "
-             "`cpu.yaml` (`run.cache_backend: onnx`) add `run.cache_backend=torch` to reproduce them, as this script "
-             "does. Likewise every run trained 3000 steps, `cpu.yaml`'s budget until the recipe moved to 3600 (E3 in "
-             "`docs/cpu-recipe.md`): add `train.max_steps=3000` to the commands recorded before that, as this "
-             "script now does (`--steps`).\n\n```bash\n"
+    text += ("\n## Commands\n\nEach run's commands as the script ran them (from the repository, `.venv` installed; "
+             "the run notes say which commit each run trained at).\n\n```bash\n"
              + "\n".join(f"# {r['run']}\n{r['train_cmd']}\n{r['eval_cmd']}" for r in recs.values()) + "\n```\n")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(text + "\n" + MARKER + "\n\n" + _manual(results) + "\n")
@@ -282,11 +292,12 @@ HEADER = """# Results: the LEAF ablation on CVC-ClinicDB, on a 2-core CPU
 Built by `benchmarks/ablation.py` from the run records in `{records}/` (one JSON per finished run, committed as
 they come); `.venv/bin/python benchmarks/ablation.py --report-only` rebuilds this file from them.
 
-- Machine: {machine}.
+- Runs recorded: {done} of {total} (a run not recorded yet reads "not run yet" below).
+- Machine(s): {machine}.
 - Data: `../shared/data/cvc-clinicdb` (612 frames, 384x288), split file `benchmarks/splits/cvc-clinicdb.json`
   (sorted stems, seeded shuffle, seed 0): {n_train} train / {n_val} val / {n_test} test.
-- Every LEAF run: the `{recipe}` recipe (`src/leafseg/configs/{recipe}.yaml`) at {steps} steps (`--steps`; `cpu.yaml`
-  itself trains 3600 since E3), only the target, the alignment switch and the training seed differ.
+- Every LEAF run: the `{recipe}` recipe (`src/leafseg/configs/{recipe}.yaml`) at {steps} steps{budget};
+  only the target, the alignment switch and the training seed differ.
   The supervised UNet: diffusers UNet2DModel [32, 64, 128, 256] on the image at the same resolution, soft Dice +
   BCE, the same batches, flips, optimiser, schedule, EMA and step budget.
 - Selection: model-best = highest val Dice (EMA weights, single step, at the processing resolution) among the

@@ -2,6 +2,8 @@
 bootstrap CI of alignment on minus off, and the per-seed table."""
 
 import importlib.util
+import json
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,38 @@ def test_paired_section_rows_and_seed_mean():
     assert "| x0, mean ± std over 2 seeds | | +2.0 ± 1.4 | | +1.5 ± 0.7 |" in text
     assert "| v |" not in text  # no unaligned v run to pair with
     assert ablation._paired_section({"x0-s0": record(0.87, 0.89)}) == ""
+
+
+def test_runs_go_pair_by_pair_and_cover_the_ablation():
+    names = list(ablation.RUNS)
+    assert names[:6] == ["x0-align-s0", "x0-s0", "x0-align-s1", "x0-s1", "x0-align-s2", "x0-s2"]  # pairs first
+    assert len(names) == 11 and names[6:] == ["v-align-s0", "v-s0", "eps-align-s0", "eps-s0", "unet-s0"]
+
+
+def full_record(name, dice, val, machine="CPU A"):
+    variant, seed = ablation.RUNS[name]
+    stat = {"mean": dice, "ci_low": dice - 0.03, "ci_high": dice + 0.03}
+    return {"run": name, "variant": variant, "label": ablation.VARIANTS[variant][0], "seed": seed,
+            "steps": 3600, "best_val_dice": val, "best_step": 3600, "machine": machine,
+            "test": {"dice": stat, "iou": {"mean": dice - 0.05}, "hd95": {"mean": 12.0},
+                     "paper_compatible": {"dice": dice}},
+            "train_s": 1300.0, "eval_s": 20.0, "train_cmd": f"leafseg train {name}", "eval_cmd": "leafseg evaluate"}
+
+
+def test_partial_report_says_what_is_missing_and_keeps_the_analysis(tmp_path):
+    records, results = tmp_path / "records", tmp_path / "results.md"
+    records.mkdir()
+    for name, dice, val, cpu in (("x0-align-s0", 0.89, 0.90, "CPU A"), ("x0-s0", 0.88, 0.89, "CPU B")):
+        (records / f"{name}.json").write_text(json.dumps(full_record(name, dice, val, cpu)))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["a"] * 3, "val": ["b"], "test": ["c"] * 2}))
+    args = Namespace(recipe="cpu", steps=None, split_file=str(split))
+    results.write_text("old tables\n" + ablation.MARKER + "\n\nhand-written analysis\n")
+    ablation.write_report(records, results, args)
+    text = results.read_text()
+    assert "Runs recorded: 2 of 11" in text and "at 3600 steps, its full budget" in text
+    assert "Machine(s): CPU A; CPU B." in text  # runs from two machines: both named
+    assert "| x0 + alignment (LEAF) | 0 | 89.0 [86.0, 92.0] |" in text
+    assert text.count("| not run yet |") == 9 + 5  # 9 runs in the per-run table, 5 variants in the summary
+    assert "| x0 | 0 | +1.0 |" in text and "old tables" not in text
+    assert text.rstrip().endswith("hand-written analysis")
