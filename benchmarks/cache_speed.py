@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{args.threads} thread(s), batch {args.batch}, inputs {r} x {r}, torch {torch.__version__}")
     print("| part | backend | export s | ms per image | passes for the training set | s for them |")
     print("|---|---|---|---|---|---|")
-    # onnx without onnxruntime says so once and times torch, as the trainer falls back
-    backends = [cache_backend(asked, "cpu") for asked in args.backend]
+    # onnx without onnxruntime says so once and times torch, as the trainer falls back (torch then timed once)
+    backends = list(dict.fromkeys(cache_backend(asked, "cpu") for asked in args.backend))
     rows = []
     for name, make, passes in jobs:
         module = make()
