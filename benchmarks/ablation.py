@@ -67,6 +67,16 @@ def run_logged(cmd: list[str], log: Path) -> float:
     return time.time() - started
 
 
+def commit() -> str:
+    """The repository's commit, with "+changes" when tracked files differ from it (what a run trained with)."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode:
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + ("" if git("diff", "--quiet", "HEAD").returncode == 0 else "+changes")
+
+
 def machine() -> str:
     """OS, CPU (with family/model and AVX-512: "AMD EPYC" alone names CPUs 2.7x apart in speed here), GPU, torch."""
     import torch
@@ -114,6 +124,7 @@ def run_one(name: str, args, out: Path, records: Path) -> None:
         pass  # trained and evaluated; only the record is missing
     else:
         resume = ["--resume"] if (run_dir / "checkpoint-last").exists() else []
+        timing.setdefault("commit", commit())  # the code it starts training with
         print(f"{name}: training{' (resumed)' if resume else ''}", flush=True)
         timing["train_s"] += run_logged(train_cmd[:2] + resume + train_cmd[2:], log)
         eval_cmd = [leafseg(), "evaluate", "--model", str(run_dir / "model-best"), "--data", args.data,
@@ -137,6 +148,7 @@ def run_one(name: str, args, out: Path, records: Path) -> None:
         "train_s": round(timing["train_s"], 1), "eval_s": round(timing["eval_s"], 1),
         "train_timings": json.loads(timings.read_text()) if timings.exists() else None,
         "train_cmd": relative(timing["train_cmd"]), "eval_cmd": relative(timing["eval_cmd"]), "machine": machine(),
+        "commit": timing.get("commit", "unknown"),
     }
     records.mkdir(parents=True, exist_ok=True)
     (records / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -209,7 +221,6 @@ def write_report(records: Path, results: Path, args) -> None:
         else:
             summary.append(f"| {label} | not run yet | | |")
     split = json.loads(Path(args.split_file).read_text())
-    any_rec = next(iter(recs.values()), None)
     steps = " / ".join(str(n) for n in sorted({r["steps"] for r in recs.values()})) or str(args.steps or "its own")
     machines = "; ".join(sorted({r["machine"] for r in recs.values()})) or "n/a"
     text = HEADER.format(recipe=args.recipe, steps=steps, machine=machines, done=len(recs), total=len(RUNS),
@@ -225,9 +236,10 @@ def write_report(records: Path, results: Path, args) -> None:
     notes = [f"- {r['run']}: {r['note']}" for r in recs.values() if r.get("note")]
     if notes:
         text += "\nRun notes:\n\n" + "\n".join(notes) + "\n"
-    text += ("\n## Commands\n\nEach run's commands as the script ran them (from the repository, `.venv` installed; "
-             "the run notes say which commit each run trained at).\n\n```bash\n"
-             + "\n".join(f"# {r['run']}\n{r['train_cmd']}\n{r['eval_cmd']}" for r in recs.values()) + "\n```\n")
+    text += ("\n## Commands\n\nEach run's commands as the script ran them (from the repository, `.venv` installed), "
+             "with the commit it trained at.\n\n```bash\n"
+             + "\n".join(f"# {r['run']} (commit {r.get('commit', 'unknown')})\n{r['train_cmd']}\n{r['eval_cmd']}"
+                         for r in recs.values()) + "\n```\n")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(text + "\n" + MARKER + "\n\n" + _manual(results) + "\n")
     print(f"wrote {relative(str(results))}")

@@ -3,6 +3,7 @@ bootstrap CI of alignment on minus off, and the per-seed table."""
 
 import importlib.util
 import json
+import re
 from argparse import Namespace
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def test_partial_report_says_what_is_missing_and_keeps_the_analysis(tmp_path):
     records, results = tmp_path / "records", tmp_path / "results.md"
     records.mkdir()
     for name, dice, val, cpu in (("x0-align-s0", 0.89, 0.90, "CPU A"), ("x0-s0", 0.88, 0.89, "CPU B")):
-        (records / f"{name}.json").write_text(json.dumps(full_record(name, dice, val, cpu)))
+        rec = full_record(name, dice, val, cpu) | ({"commit": "abc1234"} if name == "x0-s0" else {})
+        (records / f"{name}.json").write_text(json.dumps(rec))
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["a"] * 3, "val": ["b"], "test": ["c"] * 2}))
     args = Namespace(recipe="cpu", steps=None, split_file=str(split))
@@ -78,4 +80,9 @@ def test_partial_report_says_what_is_missing_and_keeps_the_analysis(tmp_path):
     assert "| x0 + alignment (LEAF) | 0 | 89.0 [86.0, 92.0] |" in text
     assert text.count("| not run yet |") == 9 + 5  # 9 runs in the per-run table, 5 variants in the summary
     assert "| x0 | 0 | +1.0 |" in text and "old tables" not in text
+    assert "# x0-s0 (commit abc1234)\nleafseg train x0-s0" in text and "# x0-align-s0 (commit unknown)" in text
     assert text.rstrip().endswith("hand-written analysis")
+
+
+def test_commit_names_the_checkout():
+    assert re.fullmatch(r"[0-9a-f]{7,}(\+changes)?|unknown \(not a git checkout\)", ablation.commit())
