@@ -135,7 +135,7 @@ def run_one(name: str, args, out: Path, records: Path) -> None:
         timing["train_cmd"], timing["eval_cmd"] = shlex.join(train_cmd), shlex.join(eval_cmd)
         partial.write_text(json.dumps(timing, indent=2))
     state = json.loads((run_dir / "checkpoint-last" / "trainer_state.json").read_text())
-    timings = run_dir / "logs" / "timings.json"  # the training process's own split (of its last start, if resumed)
+    timings = run_dir / "logs" / "timings.json"  # the training's own split (summed over its processes, if resumed)
     summary = json.loads((run_dir / "eval-test" / "summary.json").read_text())
     m = summary["metrics"]
     record = {

@@ -12,7 +12,7 @@ from leafseg.data import flip
 from leafseg.models.alignment import feature_map_to_tokens
 from leafseg.training import train
 from leafseg.training.caches import mirror_tokens
-from leafseg.training.engine import batch_indices
+from leafseg.training.engine import batch_indices, combine_timings
 from tiny import tiny_config
 
 
@@ -75,6 +75,19 @@ def test_resume_continues_exactly(tmp_path, synthetic):
     la = [h["loss"] for h in straight.history if "loss" in h]
     lb = [h["loss"] for h in resumed.history if "loss" in h]
     assert la == lb
+    timings = json.loads((resumed.run_dir / "logs" / "timings.json").read_text())  # both processes' time
+    first, second = timings["segments"]
+    assert first["steps"] == {"from": 0, "to": 2} and second["steps"] == {"from": 2, "to": 4}
+    assert timings["steps"] == {"from": 0, "to": 4} and timings["validations"] == 2  # tiny: val every 2 steps
+    assert timings["total_s"] == pytest.approx(first["total_s"] + second["total_s"], abs=0.11)
+
+
+def test_combined_timings_sum_the_processes_of_a_resumed_run():
+    a = {"total_s": 10.0, "data_s": 1.0, "validations": 1, "steps": {"from": 0, "to": 2}}
+    b = {"total_s": 5.5, "data_s": 0.5, "validations": 2, "steps": {"from": 2, "to": 6}}
+    assert combine_timings([a]) is a
+    assert combine_timings([a, b]) == {"total_s": 15.5, "data_s": 1.5, "validations": 3,
+                                       "steps": {"from": 0, "to": 6}, "segments": [a, b]}
 
 
 def test_resume_refuses_a_changed_recipe_and_records_allowed_changes(tmp_path, synthetic, capsys):

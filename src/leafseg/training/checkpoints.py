@@ -145,7 +145,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, export
 
 def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool, extra) -> dict:
     if not resume:
-        return {"step": 0, "best_val_dice": None, "best_step": None, "history": []}
+        return {"step": 0, "best_val_dice": None, "best_step": None, "history": [], "wall_time": []}
     checkpoint = run_dir / CHECKPOINT
     if not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint}: nothing to resume")
@@ -160,7 +160,9 @@ def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool, ex
         raise ValueError(f"{checkpoint}: cannot resume from it ({type(err).__name__}: {err})") from None
     ema_file = checkpoint / "ema.safetensors"
     extra.load(state, load_file(str(ema_file)) if ema_file.exists() else {})
-    return {k: state[k] for k in ("step", "best_val_dice", "best_step", "history")}
+    # wall_time: the earlier processes' timings (up to their last checkpoint); absent in checkpoints before it existed
+    return {**{k: state[k] for k in ("step", "best_val_dice", "best_step", "history")},
+            "wall_time": list(state.get("wall_time", []))}
 
 
 def _check_random_states(path: Path) -> None:

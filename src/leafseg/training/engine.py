@@ -242,8 +242,9 @@ def eval_mode(module: torch.nn.Module):
 
 class WallTime:
     """Where one training process's wall time goes: data loading, frozen targets (caches, teacher, networks), the
-    optimiser steps, validations, and checkpoints (with the model-best exports). Written to
-    ``logs/timings.json`` at the end, so that "an hour" can be split without reading progress bars."""
+    optimiser steps, validations, and checkpoints (with the model-best exports). Saved with each checkpoint and
+    written to ``logs/timings.json`` at the end (summed over the processes of a resumed run), so that "an hour" can
+    be split without reading progress bars."""
 
     PHASES = ("data", "frozen_targets", "validation", "checkpoints")
 
@@ -268,8 +269,9 @@ class WallTime:
         self.at_first_step = dict(self.seconds)
 
     def summary(self, steps: tuple[int, int]) -> dict:
-        """Seconds per phase. ``steps_s`` is the wall time after the first step began less its validations and
-        checkpoints (forward, backward, optimiser, EMA, logging). Times start after the Python imports."""
+        """Seconds per phase of this process so far. ``steps_s`` is the wall time after the first step began less
+        its validations and checkpoints (forward, backward, optimiser, EMA, logging). Times start after the Python
+        imports."""
         total = time.perf_counter() - self.t0
         before = total if self.first_step_s is None else self.first_step_s
         at_first = self.at_first_step or self.seconds
@@ -278,6 +280,22 @@ class WallTime:
                 **{f"{k}_s": round(v, 1) for k, v in self.seconds.items()},
                 "validations": self.counts["validation"], "checkpoints": self.counts["checkpoints"],
                 "steps_s": round(total - before - later, 1), "steps": {"from": steps[0], "to": steps[1]}}
+
+
+def combine_timings(segments: list[dict]) -> dict:
+    """The timings of a run trained by several processes (started, interrupted, resumed): seconds and counts
+    summed, steps from the first segment's start to the last one's end, and the segments themselves. An
+    interrupted process counts up to its last checkpoint: the steps it took after it were redone, and their time
+    is not in the sum. One segment comes back as it is."""
+    if len(segments) == 1:
+        return segments[0]
+    summed = {}
+    for key, value in segments[-1].items():
+        if isinstance(value, (int, float)):
+            total = sum(s.get(key, 0) for s in segments)
+            summed[key] = round(total, 1) if key.endswith("_s") else total
+    return {**summed, "steps": {"from": segments[0]["steps"]["from"], "to": segments[-1]["steps"]["to"]},
+            "segments": segments}
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -301,6 +319,7 @@ class StepBookkeeping:
                  has_val: bool, desc: str, extra: ScheduleAndEMA, check_finite, clock: WallTime):
         self.accelerator, self.tc, self.state, self.run_dir, self.extra = accelerator, cfg.train, state, run_dir, extra
         self.check_finite, self.clock, self.first_step = check_finite, clock, int(state["step"])
+        self.earlier_timings = list(state.get("wall_time", []))  # of the processes this run was resumed from
         self.validate, self.export, self.has_val = validate, export, has_val
         self.max_steps = int(self.tc.max_steps)
         self.t_start = time.time()
@@ -340,6 +359,7 @@ class StepBookkeeping:
         self.state["step"] = step
         if step % int(tc.checkpoint_every) == 0 or last:
             self.check_finite()  # a checkpoint is only ever a good state
+            self.state["wall_time"] = self.earlier_timings + [self.clock.summary((self.first_step, step))]
             with self.clock.phase("checkpoints"):
                 save_checkpoint(self.accelerator, self.run_dir, self.state, self.export, self.extra)
                 if self.accelerator.is_main_process:  # a plain-text record beside TensorBoard's
@@ -353,7 +373,8 @@ class StepBookkeeping:
                 self.export(self.run_dir / BEST)  # no val split: best = last
             if state["history"]:
                 plot_training_curves(state["history"], self.run_dir / "logs" / "curves.png")
-            timings = self.clock.summary((self.first_step, int(state["step"])))
+            segment = self.clock.summary((self.first_step, int(state["step"])))
+            timings = combine_timings(self.earlier_timings + [segment])
             write_json(timings, self.run_dir / "logs" / "timings.json")
             tqdm.write(_timing_line(timings))
         accelerator.end_training()
