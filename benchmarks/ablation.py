@@ -260,6 +260,7 @@ def _paired_section(recs: dict) -> str:
     """Alignment on minus off, per target and training seed (same config, seed and batches otherwise)."""
     rows, deltas = [], {}
     aligned = [(v.removesuffix("-align"), seeds) for v, (_, _, seeds) in VARIANTS.items() if v.endswith("-align")]
+    names = {target: VARIANTS[f"{target}-align"][0].split(" ")[0] for target, _ in aligned}  # eps -> ε
     for target, seeds in aligned:
         for seed in seeds:
             on, off = recs.get(f"{target}-align-s{seed}"), recs.get(f"{target}-s{seed}")
@@ -273,13 +274,13 @@ def _paired_section(recs: dict) -> str:
                 ci = f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
             else:
                 ci = "n/a (per-image Dice not kept for this pair)"
-            rows.append(f"| {target} | {seed} | {100 * d_test:+.1f} | {ci} | {100 * d_val:+.1f} |")
+            rows.append(f"| {names[target]} | {seed} | {100 * d_test:+.1f} | {ci} | {100 * d_val:+.1f} |")
     if not rows:
         return ""
     for target, ds in deltas.items():
         if len(ds) > 1:
             t, v = [x[0] for x in ds], [x[1] for x in ds]
-            rows.append(f"| {target}, mean ± std over {len(ds)} seeds | | {100 * statistics.mean(t):+.1f} ± "
+            rows.append(f"| {names[target]}, mean ± std over {len(ds)} seeds | | {100 * statistics.mean(t):+.1f} ± "
                         f"{100 * statistics.stdev(t):.1f} | | {100 * statistics.mean(v):+.1f} ± "
                         f"{100 * statistics.stdev(v):.1f} |")
     return ("\n## Alignment on minus off, paired by training seed (Dice points)\n\n| target | seed | test Dice | "
