@@ -230,6 +230,7 @@ def write_report(records: Path, results: Path, args) -> None:
     text += ("\n## Mean over training seeds (test Dice %)\n\n| variant | test Dice % | paper-style Dice % | "
              "best val Dice % |\n|---|---|---|---|\n" + "\n".join(summary) + "\n")
     text += _paired_section(recs)
+    text += _baseline_section(recs)
     text += ("\n## Every run\n\n| run | seed | test Dice % [95% CI] | test IoU % | HD95 px | paper-style Dice % | "
              "best val Dice % @ step | wall min (train + eval) |\n|---|---|---|---|---|---|---|---|\n"
              + "\n".join(per_run) + "\n\n" + NOTES)
@@ -296,6 +297,29 @@ def _manual(results: Path) -> str:
     if results.exists() and MARKER in results.read_text():
         return results.read_text().split(MARKER, 1)[1].strip("\n")
     return "(to be written after looking at the numbers)"
+
+
+def _baseline_section(recs: dict) -> str:
+    """LEAF (x0 + alignment) minus the supervised UNet trained with the same seed (same batches and flips)."""
+    rows = []
+    for rec in sorted(recs.values(), key=lambda r: r["seed"]):
+        if rec["variant"] != "unet" or f"x0-align-s{rec['seed']}" not in recs:
+            continue
+        leaf = recs[f"x0-align-s{rec['seed']}"]
+        d_test = leaf["test"]["dice"]["mean"] - rec["test"]["dice"]["mean"]
+        if "test_per_image_dice" in leaf and "test_per_image_dice" in rec:
+            lo, hi = _paired_bootstrap(leaf["test_per_image_dice"], rec["test_per_image_dice"])
+            ci = f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        else:
+            ci = "n/a (per-image Dice not kept for this pair)"
+        rows.append(f"| {rec['seed']} | {100 * d_test:+.1f} | {ci} | "
+                    f"{100 * (leaf['best_val_dice'] - rec['best_val_dice']):+.1f} |")
+    if not rows:
+        return ""
+    return ("\n## LEAF minus the supervised UNet, paired by training seed (Dice points)\n\n| seed | test Dice | "
+            "95% CI (paired bootstrap over test images) | best val Dice |\n|---|---|---|---|\n" + "\n".join(rows)
+            + "\n\nLEAF is x0 + alignment; the UNet trains on the same batches, flips, optimiser, schedule, EMA and "
+            "steps.\n")
 
 
 MARKER = "<!-- analysis: kept when the script rewrites this file -->"

@@ -47,6 +47,14 @@ def test_paired_section_rows_and_seed_mean():
     assert ablation._paired_section({"x0-s0": record(0.87, 0.89)}) == ""
 
 
+def test_baseline_section_pairs_leaf_with_the_unet_of_its_seed():
+    unet = {**record(0.84, 0.85, {"a": 0.86, "b": 0.82}), "variant": "unet", "seed": 0}
+    leaf = {**record(0.88, 0.90, {"a": 0.9, "b": 0.86}), "variant": "x0-align", "seed": 0}
+    text = ablation._baseline_section({"unet-s0": unet, "x0-align-s0": leaf})
+    assert "| 0 | +4.0 | [+4.0, +4.0] | +5.0 |" in text  # +0.04 on both images: no spread
+    assert ablation._baseline_section({"unet-s0": unet}) == ""  # no LEAF run of that seed yet
+
+
 def test_runs_go_pair_by_pair_and_cover_the_ablation():
     names = list(ablation.RUNS)
     assert names[:6] == ["x0-align-s0", "x0-s0", "x0-align-s1", "x0-s1", "x0-align-s2", "x0-s2"]  # pairs first
