@@ -257,6 +257,14 @@ def _paired_bootstrap(a: dict, b: dict, n: int = 10000) -> tuple[float, float]:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def _paired_ci(a: dict, b: dict) -> str:
+    """The paired bootstrap CI of run a minus run b over their test images, in Dice points, as a table cell."""
+    if "test_per_image_dice" not in a or "test_per_image_dice" not in b:
+        return "n/a (per-image Dice not kept for this pair)"
+    lo, hi = _paired_bootstrap(a["test_per_image_dice"], b["test_per_image_dice"])
+    return f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def _paired_section(recs: dict) -> str:
     """Alignment on minus off, per target and training seed (same config, seed and batches otherwise)."""
     rows, deltas = [], {}
@@ -270,12 +278,8 @@ def _paired_section(recs: dict) -> str:
             d_test = on["test"]["dice"]["mean"] - off["test"]["dice"]["mean"]
             d_val = on["best_val_dice"] - off["best_val_dice"]
             deltas.setdefault(target, []).append((d_test, d_val))
-            if "test_per_image_dice" in on and "test_per_image_dice" in off:
-                lo, hi = _paired_bootstrap(on["test_per_image_dice"], off["test_per_image_dice"])
-                ci = f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
-            else:
-                ci = "n/a (per-image Dice not kept for this pair)"
-            rows.append(f"| {names[target]} | {seed} | {100 * d_test:+.1f} | {ci} | {100 * d_val:+.1f} |")
+            rows.append(f"| {names[target]} | {seed} | {100 * d_test:+.1f} | {_paired_ci(on, off)} | "
+                        f"{100 * d_val:+.1f} |")
     if not rows:
         return ""
     for target, ds in deltas.items():
@@ -307,12 +311,7 @@ def _baseline_section(recs: dict) -> str:
             continue
         leaf = recs[f"x0-align-s{rec['seed']}"]
         d_test = leaf["test"]["dice"]["mean"] - rec["test"]["dice"]["mean"]
-        if "test_per_image_dice" in leaf and "test_per_image_dice" in rec:
-            lo, hi = _paired_bootstrap(leaf["test_per_image_dice"], rec["test_per_image_dice"])
-            ci = f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
-        else:
-            ci = "n/a (per-image Dice not kept for this pair)"
-        rows.append(f"| {rec['seed']} | {100 * d_test:+.1f} | {ci} | "
+        rows.append(f"| {rec['seed']} | {100 * d_test:+.1f} | {_paired_ci(leaf, rec)} | "
                     f"{100 * (leaf['best_val_dice'] - rec['best_val_dice']):+.1f} |")
     if not rows:
         return ""

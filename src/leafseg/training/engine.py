@@ -319,7 +319,7 @@ class StepBookkeeping:
                  has_val: bool, desc: str, extra: ScheduleAndEMA, check_finite, clock: WallTime):
         self.accelerator, self.tc, self.state, self.run_dir, self.extra = accelerator, cfg.train, state, run_dir, extra
         self.check_finite, self.clock, self.first_step = check_finite, clock, int(state["step"])
-        self.earlier_timings = list(state.get("wall_time", []))  # of the processes this run was resumed from
+        self.earlier_timings = list(state["wall_time"])  # of the processes this run was resumed from
         self.validate, self.export, self.has_val = validate, export, has_val
         self.max_steps = int(self.tc.max_steps)
         self.t_start = time.time()
