@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from leafseg.config import load_config
+
 REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS = {  # name: (label, overrides, seeds)
@@ -114,6 +116,7 @@ def run_one(name: str, args, out: Path, records: Path) -> None:
               # one cache folder: every run of the ablation trains on the same frozen targets
               *([f"run.cache_backend={args.cache_backend}"] if args.cache_backend else []),
               *([f"train.max_steps={args.steps}"] if args.steps else []),
+              "train.time_budget_min=null",  # a fixed step count: variants compared at equal steps on any CPU
               *([f"train.num_threads={args.threads}"] if args.threads else []), *args.override]
     train_cmd = [leafseg(), "train", "--config", args.recipe, "--output", str(run_dir), *common,
                  *VARIANTS[variant][1]]
@@ -224,7 +227,7 @@ def write_report(records: Path, results: Path, args) -> None:
     steps = " / ".join(str(n) for n in sorted({r["steps"] for r in recs.values()})) or str(args.steps or "its own")
     machines = "; ".join(sorted({r["machine"] for r in recs.values()})) or "n/a"
     text = HEADER.format(recipe=args.recipe, steps=steps, machine=machines, done=len(recs), total=len(RUNS),
-                         budget=", its full budget" if args.steps is None else f" (--steps {args.steps})",
+                         budget=_budget_words(args, {r["steps"] for r in recs.values()}),
                          n_train=len(split["train"]), n_val=len(split["val"]), n_test=len(split["test"]),
                          records=relative(str(records)))
     text += ("\n## Mean over training seeds (test Dice %)\n\n| variant | test Dice % | paper-style Dice % | "
@@ -319,6 +322,19 @@ def _baseline_section(recs: dict) -> str:
             "95% CI (paired bootstrap over test images) | best val Dice |\n|---|---|---|---|\n" + "\n".join(rows)
             + "\n\nLEAF is x0 + alignment; the UNet trains on the same batches, flips, optimiser, schedule, EMA and "
             "steps.\n")
+
+
+def _budget_words(args, record_steps: set[int]) -> str:
+    """How the runs' step count relates to the recipe's: its full budget, an explicit --steps, or an earlier budget
+    (the recipe's train.max_steps changed after the runs)."""
+    if args.steps is not None:
+        return f" (--steps {args.steps})"
+    recipe_steps = int(load_config(args.recipe, ["data.root=unused"]).train.max_steps)
+    if not record_steps or record_steps == {recipe_steps}:
+        return ", its full budget"
+    ran = " / ".join(str(n) for n in sorted(record_steps))
+    return (f" (not the recipe's present train.max_steps {recipe_steps}, which came after these runs; "
+            f"`--steps {ran}` re-runs them)")
 
 
 MARKER = "<!-- analysis: kept when the script rewrites this file -->"

@@ -83,13 +83,21 @@ def test_partial_report_says_what_is_missing_and_keeps_the_analysis(tmp_path):
     results.write_text("old tables\n" + ablation.MARKER + "\n\nhand-written analysis\n")
     ablation.write_report(records, results, args)
     text = results.read_text()
-    assert "Runs recorded: 2 of 11" in text and "at 3600 steps, its full budget" in text
+    assert "Runs recorded: 2 of 11" in text
+    # records of an earlier budget than the recipe's present one (cpu.yaml went from 3600 to 8500 steps): said
+    assert ("at 3600 steps (not the recipe's present train.max_steps 8500, which came after these runs; "
+            "`--steps 3600` re-runs them)") in text
     assert "Machine(s): CPU A; CPU B." in text  # runs from two machines: both named
     assert "| x0 + alignment (LEAF) | 0 | 89.0 [86.0, 92.0] |" in text
     assert text.count("| not run yet |") == 9 + 5  # 9 runs in the per-run table, 5 variants in the summary
     assert "| x0 | 0 | +1.0 |" in text and "old tables" not in text
     assert "# x0-s0 (commit abc1234)\nleafseg train x0-s0" in text and "# x0-align-s0 (commit unknown)" in text
     assert text.rstrip().endswith("hand-written analysis")
+
+
+def test_budget_words():
+    assert ablation._budget_words(Namespace(recipe="cpu", steps=None), {8500}) == ", its full budget"
+    assert ablation._budget_words(Namespace(recipe="cpu", steps=400), {400}) == " (--steps 400)"
 
 
 def test_commit_names_the_checkout():

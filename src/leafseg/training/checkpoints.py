@@ -161,8 +161,10 @@ def load_trainer_state(accelerator: Accelerator, run_dir: Path, resume: bool, ex
     ema_file = checkpoint / "ema.safetensors"
     extra.load(state, load_file(str(ema_file)) if ema_file.exists() else {})
     # wall_time: the earlier processes' timings (up to their last checkpoint); absent in checkpoints before it existed
+    # budget_steps: the step count train.time_budget_min decided (absent before the decision and without a budget)
     return {**{k: state[k] for k in ("step", "best_val_dice", "best_step", "history")},
-            "wall_time": list(state.get("wall_time", []))}
+            "wall_time": list(state.get("wall_time", [])),
+            **({"budget_steps": state["budget_steps"]} if state.get("budget_steps") is not None else {})}
 
 
 def _check_random_states(path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +34,7 @@ from .. import data as D
 from ..config import flatten, to_container
 from ..files import write_csv, write_json
 from ..models.weights import assert_finite
+from .budget import check_budget_config, retarget_lr_schedule, steps_in_budget
 from .checkpoints import (BEST, CHECKPOINT, ScheduleAndEMA, check_resume_config, load_trainer_state, lock_run_dir,
                           recover_checkpoint, release_run_dir, save_checkpoint, save_pipeline, save_run_config)
 from .curves import plot_training_curves
@@ -117,6 +118,7 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
         raise ValueError(f"config value {err.full_key} cannot be resolved: {str(err.msg).splitlines()[0]} (set "
                          f"the environment variable it names, or give {err.full_key}=... as key=value)") from None
     tc = cfg.train
+    check_budget_config(tc)
     run_dir = Path(cfg.run.output_dir)
     if tc.num_threads:
         torch.set_num_threads(int(tc.num_threads))
@@ -264,6 +266,9 @@ class WallTime:
             self.seconds[name] += time.perf_counter() - t
             self.counts[name] += 1
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
     def first_step(self) -> None:
         self.first_step_s = time.perf_counter() - self.t0
         self.at_first_step = dict(self.seconds)
@@ -322,11 +327,54 @@ class StepBookkeeping:
         self.earlier_timings = list(state["wall_time"])  # of the processes this run was resumed from
         self.validate, self.export, self.has_val = validate, export, has_val
         self.max_steps = int(self.tc.max_steps)
+        self.budget_s = None if self.tc.get("time_budget_min") is None else float(self.tc.time_budget_min) * 60
+        if self.budget_s is not None and state.get("budget_steps") is not None:  # decided before the resume
+            self._set_max_steps(min(self.max_steps, int(state["budget_steps"])))
         self.t_start = time.time()
         self.progress = tqdm(total=self.max_steps, initial=int(state["step"]), desc=desc,
                              disable=not accelerator.is_main_process)
+        self.window = None  # (step, time, validation + checkpoint seconds) where the step timing began
+        if self.budget_s is not None and self.first_step >= int(self.tc.warmup_steps) // 2:
+            self._start_window(self.first_step)
         if self.tc.get("val_at_start") and state["step"] == 0 and has_val:  # the untrained model, on the curve
             self._validate(0)
+
+    def _set_max_steps(self, total: int) -> None:
+        self.max_steps = total
+        retarget_lr_schedule(self.extra.lr_scheduler, self.tc, total)
+
+    def _others_s(self) -> float:
+        return self.clock.seconds["validation"] + self.clock.seconds["checkpoints"]
+
+    def _start_window(self, step: int) -> None:
+        self.window = (step, time.perf_counter(), self._others_s())
+
+    def _decide_budget(self, step: int) -> bool:
+        """At the end of the warm-up: the step count that fits ``train.time_budget_min`` (see
+        leafseg.training.budget). Returns whether this step was validated (to time a validation)."""
+        w_step, w_time, w_others = self.window
+        step_s = (time.perf_counter() - w_time - (self._others_s() - w_others)) / max(step - w_step, 1)
+        validated = self.has_val
+        if validated:
+            t = time.perf_counter()
+            self._validate(step)
+            validation_s = time.perf_counter() - t
+        else:
+            validation_s = 0.0
+        elapsed = sum(s["total_s"] for s in self.earlier_timings) + self.clock.elapsed()
+        decision = [steps_in_budget(self.budget_s, elapsed, step, step_s, validation_s,
+                                    int(self.tc.val_every) if self.has_val else None, self.max_steps)]
+        broadcast_object_list(decision)  # every rank stops at the main process's count
+        total = int(decision[0])
+        self.state["budget_steps"] = total
+        self._set_max_steps(total)
+        self.progress.total = total
+        self.progress.refresh()
+        fits = "all of them fit" if total == int(self.tc.max_steps) else f"{total} of them fit"
+        tqdm.write(f"time budget {self.tc.time_budget_min} min: {elapsed / 60:.1f} min spent, a step takes "
+                   f"{step_s:.3f} s and a validation {validation_s:.1f} s; of train.max_steps {self.tc.max_steps} "
+                   f"steps {fits}, the LR schedule ends at step {total}")
+        return validated
 
     def _validate(self, step: int) -> None:
         accelerator, state = self.accelerator, self.state
@@ -346,6 +394,12 @@ class StepBookkeeping:
     def after_step(self, step: int, losses: dict[str, torch.Tensor], extra_logs=None) -> None:
         """Call on every rank after optimiser step ``step`` (1-based). ``extra_logs`` is a callable giving more
         scalars to log (only called on logging steps, so it may synchronise with the device)."""
+        validated = False
+        if self.budget_s is not None and "budget_steps" not in self.state:
+            if self.window is None and step >= int(self.tc.warmup_steps) // 2:
+                self._start_window(step)
+            elif step == int(self.tc.warmup_steps):
+                validated = self._decide_budget(step)
         tc, last = self.tc, step == self.max_steps
         self.progress.update(1)
         if step % int(tc.log_every) == 0 or last:
@@ -354,7 +408,7 @@ class StepBookkeeping:
             self.accelerator.log(logs, step=step)
             self.progress.set_postfix(loss=f"{logs['loss']:.4f}")
             self.state["history"].append({"step": step, **logs, "elapsed_s": round(time.time() - self.t_start, 1)})
-        if self.has_val and (step % int(tc.val_every) == 0 or last):
+        if self.has_val and (step % int(tc.val_every) == 0 or last) and not validated:
             self._validate(step)
         self.state["step"] = step
         if step % int(tc.checkpoint_every) == 0 or last:
@@ -500,7 +554,7 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
                            clock)
     model.train()
     clock.first_step()
-    while step < int(tc.max_steps):
+    while step < book.max_steps:  # train.max_steps, or fewer where train.time_budget_min decides so
         idx = batch_indices(n_train, bs, world, rank, step, seed)
         g = seeded(seed, 2, step, rank)
         losses = method.losses(model, Batch(idx, torch.randint(n_codes, (len(idx),), generator=g), g, step))
@@ -542,10 +596,17 @@ def _announce(method: TrainingMethod, trainer: Trainer) -> None:
     cfg, data, accelerator = trainer.cfg, trainer.data, trainer.accelerator
     tc, n_val = cfg.train, 0 if data.val_images is None else len(data.val_images)
     print(f"{method.description}: {len(data.train_images)} train / {n_val} val samples at "
-          f"{cfg.data.resolution}x{cfg.data.resolution}, steps {tc.max_steps} (batch {tc.batch_size} x "
+          f"{cfg.data.resolution}x{cfg.data.resolution}, steps {_steps(tc)} (batch {tc.batch_size} x "
           f"{accelerator.num_processes} process(es)) on {_where(accelerator)}, {_augmentations(trainer)}, "
           f"validation every {tc.val_every}, into {trainer.run_dir}; "
           "frozen targets are computed first (each says how long it will take)", flush=True)
+
+
+def _steps(tc: DictConfig) -> str:
+    if tc.get("time_budget_min") is None:
+        return str(tc.max_steps)
+    return (f"{tc.max_steps} or as many as fit in train.time_budget_min={tc.time_budget_min} min (decided at the end "
+            f"of the {tc.warmup_steps}-step warm-up)")
 
 
 def _timing_line(t: dict) -> str:

@@ -27,6 +27,9 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
     d, tc = cfg.data, cfg.train
     method = cfg.get("method", "leaf")
     best = state.get("best_val_dice")
+    budget = ("" if tc.get("time_budget_min") is None else
+              f" (train.max_steps {tc.max_steps}; train.time_budget_min {tc.time_budget_min} decided "
+              f"{state.get('budget_steps', 'not yet')})")
     lines = [
         f"# leafseg model ({'LEAF' if method == 'leaf' else 'supervised UNet baseline'}, {kind})", "",
         "Load it with `leafseg.load_pipeline(folder)` or `leafseg.LeafSegPipeline.from_pretrained(folder)`; "
@@ -43,7 +46,7 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
         lines += [f"- A supervised UNet (soft Dice + BCE) at {d.resolution}x{d.resolution}."]
     lines += ["", "## How it was trained", "",
               f"- Data: `{d.root}` (layout `{d.get('layout', 'folder')}`), split file sha256 `{split_sha256}`.",
-              f"- {state.get('step')} of {tc.max_steps} steps, batch {tc.batch_size}, lr {tc.lr} "
+              f"- {state.get('step')} of {state.get('budget_steps') or tc.max_steps} steps{budget}, batch {tc.batch_size}, lr {tc.lr} "
               f"({tc.lr_schedule}, {tc.warmup_steps} warm-up steps), EMA {'on' if tc.ema.enabled else 'off'}, seed "
               f"{cfg.run.seed}; the full configuration is `config.yaml` in the run folder.",
               f"- Command: `{shlex.join(sys.argv)}`.",

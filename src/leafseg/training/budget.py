@@ -1,0 +1,72 @@
+"""A wall-time budget for a training run (``train.time_budget_min``): "train for as many steps as fit in an hour on
+this machine", so that one recipe fills the hour on a slow laptop and a fast server alike.
+
+The step count is decided once, at the end of the LR warm-up (until then no schedule depends on it): the steps
+taken since half-way through the warm-up give the time of a step, a validation run at that point gives the time of
+one validation, and the largest count (a multiple of 100, at most ``train.max_steps``) whose remaining steps and
+validations fit in what is left of the budget is kept. The LR schedule is then stretched to it, as if
+``train.max_steps`` had been that count from the start. The decision is saved with each checkpoint, so a resumed run
+keeps it. On a machine fast enough for ``train.max_steps`` inside the budget the run is the fixed-step run, bit for
+bit; elsewhere two runs may decide counts a hundred apart (their step times differ), which the run folder records.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.optimization import get_scheduler
+from omegaconf import DictConfig
+
+GRANULARITY = 100  # decided counts are multiples of this: two runs on one machine rarely land a step apart
+MIN_WARMUP = 10    # steps to time before deciding
+
+
+def events_after(step: int, end: int, every: int) -> int:
+    """How many of the steps step+1 .. end carry an event that comes every ``every`` steps and at the last one."""
+    if end <= step:
+        return 0
+    return end // every - step // every + (1 if end % every else 0)
+
+
+def steps_in_budget(budget_s: float, elapsed_s: float, step: int, step_s: float, validation_s: float,
+                    val_every: int | None, cap: int) -> int:
+    """The largest step count N, ``step`` < N <= ``cap``, a multiple of :data:`GRANULARITY` (or ``cap`` itself),
+    whose remaining ``N - step`` steps and the validations among them fit in ``budget_s - elapsed_s``;
+    ``step`` when not even the next multiple fits. ``val_every`` None: no validations."""
+    left = budget_s - elapsed_s
+
+    def cost(n: int) -> float:
+        vals = events_after(step, n, val_every) if val_every else 0
+        return (n - step) * step_s + vals * validation_s
+
+    if cost(cap) <= left:
+        return cap
+    n = (min(cap, step + int(left / max(step_s, 1e-9)) + GRANULARITY) // GRANULARITY) * GRANULARITY
+    while n > step and cost(n) > left:  # a few iterations: validations only shorten the first guess a little
+        n -= GRANULARITY
+    return max(n, step)
+
+
+def retarget_lr_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, tc: DictConfig, total: int) -> None:
+    """Make ``scheduler`` (diffusers' ``tc.lr_schedule`` with ``tc.warmup_steps`` warm-up) follow the curve it would
+    have over ``total`` steps, in place: the step it is at and the LR it set stay, the next step reads the new curve.
+    The new curve's function comes from a scheduler on a throw-away optimiser, so the real one is not touched."""
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    curve = get_scheduler(tc.lr_schedule, dummy, num_warmup_steps=int(tc.warmup_steps),
+                          num_training_steps=int(total)).lr_lambdas[0]
+    scheduler.lr_lambdas = [curve] * len(scheduler.optimizer.param_groups)
+
+
+def check_budget_config(tc: DictConfig) -> None:
+    """A clear error for a budget the trainer cannot keep."""
+    budget = tc.get("time_budget_min")
+    if budget is None:
+        return
+    if not float(budget) > 0:
+        raise ValueError(f"train.time_budget_min must be a positive number of minutes or null, got {budget!r}")
+    if int(tc.warmup_steps) < MIN_WARMUP:
+        raise ValueError(f"train.time_budget_min needs train.warmup_steps >= {MIN_WARMUP} (the step count is decided "
+                         f"from the warm-up's step time, before the LR schedule depends on it), got "
+                         f"{tc.warmup_steps}")
+    if int(tc.max_steps) <= int(tc.warmup_steps):
+        raise ValueError(f"train.time_budget_min: train.max_steps ({tc.max_steps}) must exceed train.warmup_steps "
+                         f"({tc.warmup_steps}), where the step count is decided")

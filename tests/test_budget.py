@@ -1,0 +1,130 @@
+"""train.time_budget_min: the step count that fits, the LR schedule stretched to it, and the decision kept on resume."""
+
+import json
+
+import pytest
+import torch
+from diffusers.optimization import get_scheduler
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from leafseg.training import engine, train
+from leafseg.training.budget import events_after, retarget_lr_schedule, steps_in_budget
+from tiny import tiny_config
+
+
+def test_events_after_counts_every_kth_step_and_the_last():
+    assert events_after(100, 500, 500) == 1
+    assert events_after(100, 8500, 500) == 17
+    assert events_after(100, 8550, 500) == 18  # 17 on the 500s + the last step
+    assert events_after(500, 500, 500) == 0
+
+
+def test_steps_in_budget():
+    # 60 s left, 0.1 s a step, no validations: 600 more steps, a multiple of 100
+    assert steps_in_budget(70.0, 10.0, 100, 0.1, 0.0, None, cap=10_000) == 700
+    assert steps_in_budget(70.0, 10.0, 100, 0.1, 0.0, None, cap=650) == 650  # the cap fits: kept as it is
+    # validations every 100 steps at 5 s each: N - 100 steps + (N - 100) / 100 validations <= 60 s -> N = 500
+    n = steps_in_budget(70.0, 10.0, 100, 0.1, 5.0, 100, cap=10_000)
+    assert n == 500 and (n - 100) * 0.1 + events_after(100, n, 100) * 5.0 <= 60.0
+    assert (n + 100 - 100) * 0.1 + events_after(100, n + 100, 100) * 5.0 > 60.0  # the next multiple does not fit
+    assert steps_in_budget(70.0, 69.0, 100, 0.1, 5.0, 100, cap=10_000) == 100  # spent: stop where it is
+
+
+def test_retargeted_schedule_is_the_schedule_of_the_new_length():
+    def sched(total):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+        return opt, get_scheduler("cosine", opt, num_warmup_steps=10, num_training_steps=total)
+
+    tc = OmegaConf.create({"lr_schedule": "cosine", "warmup_steps": 10})
+    opt, long = sched(1000)
+    ref_opt, short = sched(50)
+    for _ in range(10):  # to the end of the warm-up, where the trainer decides
+        opt.step(), long.step(), ref_opt.step(), short.step()
+    lr_before = opt.param_groups[0]["lr"]
+    retarget_lr_schedule(long, tc, 50)
+    assert opt.param_groups[0]["lr"] == lr_before == 2.0  # nothing jumps at the decision
+    lrs, ref = [], []
+    for _ in range(40):
+        opt.step(), long.step(), ref_opt.step(), short.step()
+        lrs.append(opt.param_groups[0]["lr"]), ref.append(ref_opt.param_groups[0]["lr"])
+    assert lrs == ref and lrs[-1] == 0.0
+
+
+def budget_config(run_dir, data, *extra):
+    return tiny_config(run_dir, data, "train.max_steps=12", "train.warmup_steps=10", "train.lr_schedule=cosine",
+                       "train.val_every=4", "train.checkpoint_every=4", *extra)
+
+
+def decide(count):
+    """A stand-in for the timing-based decision (the real one depends on this machine's speed)."""
+    return lambda budget_s, elapsed_s, step, step_s, validation_s, val_every, cap: min(cap, count)
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_an_ample_budget_trains_the_fixed_step_run(tmp_path, synthetic, capsys):
+    fixed = train(budget_config(tmp_path / "fixed", synthetic))
+    capsys.readouterr()
+    budgeted = train(budget_config(tmp_path / "budget", synthetic, "train.time_budget_min=600"))
+    out = capsys.readouterr().out
+    assert "time budget 600 min" in out and "all of them fit, the LR schedule ends at step 12" in out
+    assert budgeted.step == fixed.step == 12
+    a, b = weights(fixed.run_dir), weights(budgeted.run_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert [h.get("loss") for h in fixed.history if "loss" in h] == [h["loss"] for h in budgeted.history if "loss" in h]
+    assert 10 in [h["step"] for h in budgeted.history if "val_dice" in h]  # the timed validation at the decision
+    state = json.loads((budgeted.run_dir / "checkpoint-last" / "trainer_state.json").read_text())
+    assert state["budget_steps"] == 12
+
+
+def test_a_spent_budget_stops_at_the_end_of_the_warm_up(tmp_path, synthetic, capsys):
+    result = train(budget_config(tmp_path / "run", synthetic, "train.time_budget_min=0.0001"))
+    assert result.step == 10
+    assert "of them fit, the LR schedule ends at step 10" in capsys.readouterr().out
+    assert "10 of 10 steps (train.max_steps 12; train.time_budget_min 0.0001 decided 10)" in \
+        (result.run_dir / "model-last" / "README.md").read_text()
+
+
+def test_a_budgeted_run_resumes_with_its_decision(tmp_path, synthetic, monkeypatch):
+    """The count decided before an interruption stays (the LR schedule included): the resumed run ends where and as
+    the uninterrupted one does, although its config allows more steps."""
+    monkeypatch.setattr(engine, "steps_in_budget", decide(11))
+    straight = train(budget_config(tmp_path / "a", synthetic, "train.time_budget_min=60", "train.max_steps=16"))
+    assert straight.step == 11
+    lrs = [h["lr"] for h in straight.history if "lr" in h]
+    assert lrs[-1] == 0.0 and lrs[9] == pytest.approx(1e-3)  # the cosine ends at the decided step 11
+
+    real_save = engine.save_checkpoint
+
+    def save_then_die(accelerator, run_dir, state, *rest):
+        real_save(accelerator, run_dir, state, *rest)
+        if state["step"] == 8:
+            raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(RuntimeError, match="interrupted"):  # 8 < 10: before the decision
+        train(budget_config(tmp_path / "b", synthetic, "train.time_budget_min=60", "train.max_steps=16",
+                            "train.checkpoint_every=4"))
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    resumed = train(budget_config(tmp_path / "b", synthetic, "train.time_budget_min=60", "train.max_steps=16"),
+                    resume=True)
+    assert resumed.step == 11
+    a, b = weights(straight.run_dir), weights(resumed.run_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # decided, then resumed after the decision: the decision holds, not the new cap (no second decision)
+    monkeypatch.setattr(engine, "steps_in_budget", decide(16))
+    again = train(budget_config(tmp_path / "b", synthetic, "train.time_budget_min=60", "train.max_steps=16"),
+                  resume=True)
+    assert again.step == 11
+
+
+def test_budget_config_errors(tmp_path, synthetic):
+    with pytest.raises(ValueError, match="warmup_steps >= 10"):
+        train(tiny_config(tmp_path / "a", synthetic, "train.time_budget_min=5"))
+    with pytest.raises(ValueError, match="positive number of minutes"):
+        train(budget_config(tmp_path / "b", synthetic, "train.time_budget_min=-1"))
