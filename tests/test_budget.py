@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from leafseg.training import engine, train
-from leafseg.training.budget import events_after, retarget_lr_schedule, steps_in_budget
+from leafseg.training.budget import STEP_SLACK, events_after, retarget_lr_schedule, steps_in_budget
 from tiny import tiny_config
 
 
@@ -21,14 +21,17 @@ def test_events_after_counts_every_kth_step_and_the_last():
 
 
 def test_steps_in_budget():
+    step_s = 0.1 / STEP_SLACK  # timed; the decision counts 0.1 s a step
     # 60 s left, 0.1 s a step, no validations: 600 more steps, a multiple of 100
-    assert steps_in_budget(70.0, 10.0, 100, 0.1, 0.0, None, cap=10_000) == 700
-    assert steps_in_budget(70.0, 10.0, 100, 0.1, 0.0, None, cap=650) == 650  # the cap fits: kept as it is
+    assert steps_in_budget(70.0, 10.0, 100, step_s, 0.0, None, cap=10_000) == 700
+    assert steps_in_budget(70.0, 10.0, 100, step_s, 0.0, None, cap=650) == 650  # the cap fits: kept as it is
     # validations every 100 steps at 5 s each: N - 100 steps + (N - 100) / 100 validations <= 60 s -> N = 500
-    n = steps_in_budget(70.0, 10.0, 100, 0.1, 5.0, 100, cap=10_000)
+    n = steps_in_budget(70.0, 10.0, 100, step_s, 5.0, 100, cap=10_000)
     assert n == 500 and (n - 100) * 0.1 + events_after(100, n, 100) * 5.0 <= 60.0
     assert (n + 100 - 100) * 0.1 + events_after(100, n + 100, 100) * 5.0 > 60.0  # the next multiple does not fit
-    assert steps_in_budget(70.0, 69.0, 100, 0.1, 5.0, 100, cap=10_000) == 100  # spent: stop where it is
+    assert steps_in_budget(70.0, 69.0, 100, step_s, 5.0, 100, cap=10_000) == 100  # spent: stop where it is
+    # the slack: without it 0.1 s a step would give 600 more steps, with it 545 -> 600 in all
+    assert STEP_SLACK == 1.10 and steps_in_budget(70.0, 10.0, 100, 0.1, 0.0, None, cap=10_000) == 600
 
 
 def test_retargeted_schedule_is_the_schedule_of_the_new_length():
