@@ -229,7 +229,7 @@ def write_report(records: Path, results: Path, args) -> None:
     text = HEADER.format(recipe=args.recipe, steps=steps, machine=machines, done=len(recs), total=len(RUNS),
                          budget=_budget_words(args, {r["steps"] for r in recs.values()}),
                          n_train=len(split["train"]), n_val=len(split["val"]), n_test=len(split["test"]),
-                         records=relative(str(records)))
+                         records=relative(str(records)), rebuild=_rebuild_command(args, records, results))
     text += ("\n## Mean over training seeds (test Dice %)\n\n| variant | test Dice % | paper-style Dice % | "
              "best val Dice % |\n|---|---|---|---|\n" + "\n".join(summary) + "\n")
     text += _paired_section(recs)
@@ -324,6 +324,18 @@ def _baseline_section(recs: dict) -> str:
             "steps.\n")
 
 
+def _rebuild_command(args, records: Path, results: Path) -> str:
+    """The command that rebuilds ``results`` from ``records`` (the options only where they are not the defaults)."""
+    cmd = ".venv/bin/python benchmarks/ablation.py --report-only"
+    if args.recipe != "cpu":
+        cmd += f" --recipe {args.recipe}"
+    if records.resolve() != (REPO / "benchmarks" / "results" / f"{args.recipe}-ablation").resolve():
+        cmd += f" --records {relative(str(records.resolve()))}"
+    if results.resolve() != (REPO / "docs" / "results.md").resolve():
+        cmd += f" --results {relative(str(results.resolve()))}"
+    return cmd
+
+
 def _budget_words(args, record_steps: set[int]) -> str:
     """How the runs' step count relates to the recipe's: its full budget, an explicit --steps, or an earlier budget
     (the recipe's train.max_steps changed after the runs)."""
@@ -342,7 +354,7 @@ MARKER = "<!-- analysis: kept when the script rewrites this file -->"
 HEADER = """# Results: the LEAF ablation on CVC-ClinicDB, on a 2-core CPU
 
 Built by `benchmarks/ablation.py` from the run records in `{records}/` (one JSON per finished run, committed as
-they come); `.venv/bin/python benchmarks/ablation.py --report-only` rebuilds this file from them.
+they come); `{rebuild}` rebuilds this file from them.
 
 - Runs recorded: {done} of {total} (a run not recorded yet reads "not run yet" below).
 - Machine(s): {machine}.

@@ -95,6 +95,16 @@ def test_partial_report_says_what_is_missing_and_keeps_the_analysis(tmp_path):
     assert text.rstrip().endswith("hand-written analysis")
 
 
+def test_rebuild_command_names_non_default_folders(tmp_path):
+    args = Namespace(recipe="cpu")
+    default = ablation.REPO / "benchmarks" / "results" / "cpu-ablation", ablation.REPO / "docs" / "results.md"
+    assert ablation._rebuild_command(args, *default) == ".venv/bin/python benchmarks/ablation.py --report-only"
+    other = ablation.REPO / "benchmarks" / "results" / "cpu-ablation-8500", ablation.REPO / "docs" / "results-8500.md"
+    assert ablation._rebuild_command(args, *other) == (
+        ".venv/bin/python benchmarks/ablation.py --report-only --records benchmarks/results/cpu-ablation-8500 "
+        "--results docs/results-8500.md")
+
+
 def test_budget_words():
     assert ablation._budget_words(Namespace(recipe="cpu", steps=None), {8500}) == ", its full budget"
     assert ablation._budget_words(Namespace(recipe="cpu", steps=400), {400}) == " (--steps 400)"

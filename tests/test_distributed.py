@@ -48,3 +48,32 @@ def test_two_ranks_stay_in_sync_and_read_different_shards(tmp_path):
         torch.testing.assert_close(states[0][k], states[1][k], rtol=0, atol=0, msg=k)
     # and they are what rank 0 exported (EMA aside, the raw UNet is in the checkpoint)
     assert any(k.startswith("unet.") for k in states[0])
+
+
+def test_two_ranks_stop_together_at_the_budget_decision(tmp_path):
+    """train.time_budget_min with two processes: rank 0 times a validation that the other rank waits for, and both
+    stop at the count rank 0 broadcasts (here the warm-up's end: the budget is spent by then)."""
+    data = make_synthetic_dataset(tmp_path / "data", n=24, size=32, seed=2)
+    run = tmp_path / "run"
+    overrides = [
+        f"run.output_dir={run}", f"data.root={data}", "data.resolution=32",
+        "data.split.train=0.5", "data.split.val=0.25", "data.split.test=0.25",
+        "autoencoder.kind=kl", f"autoencoder.config={json.dumps(TINY_AE).replace(' ', '')}",
+        *[f"unet.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_UNET.items()],
+        "align.projector_dim=32", "align.teacher_image_size=32",
+        "train.batch_size=2", "train.max_steps=14", "train.warmup_steps=10", "train.lr_schedule=cosine",
+        "train.time_budget_min=0.0001", "train.lr=1e-3", "train.val_every=5", "train.checkpoint_every=5",
+        "train.log_every=1", "train.mixed_precision=no", "train.log_samples=true", "train.num_threads=1",
+        "run.device=cpu",
+    ]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "leafseg.cli", "train", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "the LR schedule ends at step 10" in proc.stdout + proc.stderr
+    seen = [json.loads((run / "logs" / f"samples-rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 20  # 10 steps x batch 2 on each rank
+    state = json.loads((run / "checkpoint-last" / "trainer_state.json").read_text())
+    assert state["step"] == state["budget_steps"] == 10

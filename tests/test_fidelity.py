@@ -99,6 +99,13 @@ def test_paper_ema_decay_is_diffusers_default(paper):
     assert warm.get_decay(11) == pytest.approx(min(0.999, 1 - 11 ** -0.6667))  # train.ema.power
 
 
+# 4b. step count ---------------------------------------------------------------------------------------------
+def test_paper_trains_a_fixed_step_count(paper):
+    # the authors' 100 000 steps, whatever the machine; the cpu recipe's wall-time budget is off here
+    assert paper.train.max_steps == 100_000 and paper.train.time_budget_min is None
+    assert load_config("cpu", ["data.root=x"]).train.time_budget_min == 57
+
+
 # 5. alignment weight quirk, teacher resize and dtype ----------------------------------------------------------
 def test_paper_alignment_divides_by_batch_size(paper):
     assert paper.align.reference_batch_quirk and paper.align.weight == 0.75
