@@ -92,38 +92,37 @@ def test_a_spent_budget_stops_at_the_end_of_the_warm_up(tmp_path, synthetic, cap
         (result.run_dir / "model-last" / "README.md").read_text()
 
 
-def test_a_budgeted_run_resumes_with_its_decision(tmp_path, synthetic, monkeypatch):
-    """The count decided before an interruption stays (the LR schedule included): the resumed run ends where and as
-    the uninterrupted one does, although its config allows more steps."""
-    monkeypatch.setattr(engine, "steps_in_budget", decide(11))
-    straight = train(budget_config(tmp_path / "a", synthetic, "train.time_budget_min=60", "train.max_steps=16"))
-    assert straight.step == 11
+@pytest.mark.parametrize("interrupted_at", [8, 12])  # before and after the decision at step 10
+def test_a_budgeted_run_resumes_with_its_decision(tmp_path, synthetic, monkeypatch, interrupted_at):
+    """Interrupted before the decision, the resumed run decides; after it, the resumed run keeps the saved count and
+    the LR schedule stretched to it, although its config allows more steps. Either way it ends where and as the
+    uninterrupted run does."""
+    monkeypatch.setattr(engine, "steps_in_budget", decide(14))
+    cfg = ("train.time_budget_min=60", "train.max_steps=16")
+    straight = train(budget_config(tmp_path / "a", synthetic, *cfg))
+    assert straight.step == 14
     lrs = [h["lr"] for h in straight.history if "lr" in h]
-    assert lrs[-1] == 0.0 and lrs[9] == pytest.approx(1e-3)  # the cosine ends at the decided step 11
+    assert lrs[-1] == 0.0 and lrs[9] == pytest.approx(1e-3)  # the cosine ends at the decided step 14
 
     real_save = engine.save_checkpoint
 
     def save_then_die(accelerator, run_dir, state, *rest):
         real_save(accelerator, run_dir, state, *rest)
-        if state["step"] == 8:
+        if state["step"] == interrupted_at:
             raise RuntimeError("interrupted")
 
     monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
-    with pytest.raises(RuntimeError, match="interrupted"):  # 8 < 10: before the decision
-        train(budget_config(tmp_path / "b", synthetic, "train.time_budget_min=60", "train.max_steps=16",
-                            "train.checkpoint_every=4"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train(budget_config(tmp_path / "b", synthetic, *cfg))
     monkeypatch.setattr(engine, "save_checkpoint", real_save)
-    resumed = train(budget_config(tmp_path / "b", synthetic, "train.time_budget_min=60", "train.max_steps=16"),
-                    resume=True)
-    assert resumed.step == 11
+    if interrupted_at > 10:  # a second decision would train to 16 steps
+        monkeypatch.setattr(engine, "steps_in_budget", decide(16))
+    resumed = train(budget_config(tmp_path / "b", synthetic, *cfg), resume=True)
+    assert resumed.step == 14
+    assert [h["lr"] for h in resumed.history if "lr" in h] == lrs
     a, b = weights(straight.run_dir), weights(resumed.run_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    # decided, then resumed after the decision: the decision holds, not the new cap (no second decision)
-    monkeypatch.setattr(engine, "steps_in_budget", decide(16))
-    again = train(budget_config(tmp_path / "b", synthetic, "train.time_budget_min=60", "train.max_steps=16"),
-                  resume=True)
-    assert again.step == 11
 
 
 def test_budget_config_errors(tmp_path, synthetic):
