@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from leafseg.training import engine, train
-from leafseg.training.budget import STEP_SLACK, events_after, retarget_lr_schedule, steps_in_budget
+from leafseg.training.budget import STEP_SLACK, events_after, steps_in_budget
+from leafseg.training.engine import retarget_lr_schedule
 from tiny import tiny_config
 
 
@@ -39,7 +40,7 @@ def test_retargeted_schedule_is_the_schedule_of_the_new_length():
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
         return opt, get_scheduler("cosine", opt, num_warmup_steps=10, num_training_steps=total)
 
-    tc = OmegaConf.create({"lr_schedule": "cosine", "warmup_steps": 10})
+    tc = OmegaConf.create({"lr_schedule": "cosine", "warmup_steps": 10, "max_steps": 1000})
     opt, long = sched(1000)
     ref_opt, short = sched(50)
     for _ in range(10):  # to the end of the warm-up, where the trainer decides

@@ -1,19 +1,18 @@
 """A wall-time budget for a training run (``train.time_budget_min``): "train for as many steps as fit in an hour on
 this machine", so that one recipe fills the hour on a slow laptop and a fast server alike.
 
-The step count is decided once, at the end of the LR warm-up (until then no schedule depends on it): the steps
-taken since half-way through the warm-up give the time of a step, a validation run at that point gives the time of
-one validation, and the largest count (a multiple of 100, at most ``train.max_steps``) whose remaining steps and
+The step count is decided once, at the end of the LR warm-up (until then no schedule depends on it): the steps taken
+since half-way through the warm-up give the time of a step, a validation run at that point gives the time of one
+validation, and the largest count (a multiple of 100, at most ``train.max_steps``) whose remaining steps and
 validations fit in what is left of the budget is kept. The LR schedule is then stretched to it, as if
-``train.max_steps`` had been that count from the start. The decision is saved with each checkpoint, so a resumed run
-keeps it. On a machine fast enough for ``train.max_steps`` inside the budget the run is the fixed-step run, bit for
-bit; elsewhere two runs may decide counts a hundred apart (their step times differ), which the run folder records.
+``train.max_steps`` had been that count from the start (``leafseg.training.engine.retarget_lr_schedule``). The
+decision is saved with each checkpoint, so a resumed run keeps it. On a machine fast enough for ``train.max_steps``
+inside the budget the run is the fixed-step run, bit for bit; elsewhere two runs may decide counts a hundred apart
+(their step times differ), which the run folder records.
 """
 
 from __future__ import annotations
 
-import torch
-from diffusers.optimization import get_scheduler
 from omegaconf import DictConfig
 
 GRANULARITY = 100  # decided counts are multiples of this: two runs on one machine rarely land a step apart
@@ -47,16 +46,6 @@ def steps_in_budget(budget_s: float, elapsed_s: float, step: int, step_s: float,
     while n > step and cost(n) > left:  # a few iterations: validations only shorten the first guess a little
         n -= GRANULARITY
     return max(n, step)
-
-
-def retarget_lr_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, tc: DictConfig, total: int) -> None:
-    """Make ``scheduler`` (diffusers' ``tc.lr_schedule`` with ``tc.warmup_steps`` warm-up) follow the curve it would
-    have over ``total`` steps, in place: the step it is at and the LR it set stay, the next step reads the new curve.
-    The new curve's function comes from a scheduler on a throw-away optimiser, so the real one is not touched."""
-    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    curve = get_scheduler(tc.lr_schedule, dummy, num_warmup_steps=int(tc.warmup_steps),
-                          num_training_steps=int(total)).lr_lambdas[0]
-    scheduler.lr_lambdas = [curve] * len(scheduler.optimizer.param_groups)
 
 
 def check_budget_config(tc: DictConfig) -> None:

@@ -34,7 +34,7 @@ from .. import data as D
 from ..config import flatten, to_container
 from ..files import write_csv, write_json
 from ..models.weights import assert_finite
-from .budget import check_budget_config, retarget_lr_schedule, steps_in_budget
+from .budget import check_budget_config, steps_in_budget
 from .checkpoints import (BEST, CHECKPOINT, ScheduleAndEMA, check_resume_config, load_trainer_state, lock_run_dir,
                           recover_checkpoint, release_run_dir, save_checkpoint, save_pipeline, save_run_config)
 from .curves import plot_training_curves
@@ -195,13 +195,23 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
 
 # ------------------------------------------------------------------------------------- optimisation, EMA
 
-def make_lr_scheduler(optimizer: torch.optim.Optimizer, tc: DictConfig):
-    """diffusers' schedule ``train.lr_schedule`` with ``train.warmup_steps`` linear warm-up over ``max_steps``."""
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, tc: DictConfig, total: int | None = None):
+    """diffusers' schedule ``train.lr_schedule`` with ``train.warmup_steps`` linear warm-up over ``total`` steps
+    (default ``train.max_steps``)."""
     names = ("constant_with_warmup", "cosine", "linear")
     if tc.lr_schedule not in names:
         raise ValueError(f"train.lr_schedule must be one of {names}, got {tc.lr_schedule!r}")
     return get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=int(tc.warmup_steps),
-                         num_training_steps=int(tc.max_steps))
+                         num_training_steps=int(tc.max_steps if total is None else total))
+
+
+def retarget_lr_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, tc: DictConfig, total: int) -> None:
+    """Make ``scheduler`` (from :func:`make_lr_scheduler`) follow the curve it would have over ``total`` steps, in
+    place: the step it is at and the LR it set stay, the next step reads the new curve (train.time_budget_min). The
+    new curve's function comes from a scheduler on a throw-away optimiser, so the real one is not touched."""
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    curve = make_lr_scheduler(dummy, tc, total).lr_lambdas[0]
+    scheduler.lr_lambdas = [curve] * len(scheduler.optimizer.param_groups)
 
 
 def make_ema(model: torch.nn.Module, ec: DictConfig, device) -> EMAModel | None:
