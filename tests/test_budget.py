@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from leafseg.training import engine, train
 from leafseg.training.budget import STEP_SLACK, events_after, steps_in_budget
 from leafseg.training.engine import retarget_lr_schedule
-from tiny import tiny_config
+from tiny import BITWISE, tiny_config
 
 
 def test_events_after_counts_every_kth_step_and_the_last():
@@ -70,9 +70,9 @@ def weights(run_dir):
 
 
 def test_an_ample_budget_trains_the_fixed_step_run(tmp_path, synthetic, capsys):
-    fixed = train(budget_config(tmp_path / "fixed", synthetic))
+    fixed = train(budget_config(tmp_path / "fixed", synthetic, BITWISE))
     capsys.readouterr()
-    budgeted = train(budget_config(tmp_path / "budget", synthetic, "train.time_budget_min=600"))
+    budgeted = train(budget_config(tmp_path / "budget", synthetic, BITWISE, "train.time_budget_min=600"))
     out = capsys.readouterr().out
     assert "time budget 600 min" in out and "all of them fit, the LR schedule ends at step 12" in out
     assert budgeted.step == fixed.step == 12
@@ -99,7 +99,7 @@ def test_a_budgeted_run_resumes_with_its_decision(tmp_path, synthetic, monkeypat
     the LR schedule stretched to it, although its config allows more steps. Either way it ends where and as the
     uninterrupted run does."""
     monkeypatch.setattr(engine, "steps_in_budget", decide(14))
-    cfg = ("train.time_budget_min=60", "train.max_steps=16")
+    cfg = ("train.time_budget_min=60", "train.max_steps=16", BITWISE)
     straight = train(budget_config(tmp_path / "a", synthetic, *cfg))
     assert straight.step == 14
     lrs = [h["lr"] for h in straight.history if "lr" in h]

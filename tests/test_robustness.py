@@ -19,7 +19,7 @@ from PIL import Image
 from leafseg import data as D
 from leafseg.cli import main
 from leafseg.training import train
-from tiny import tiny_config, tiny_pipeline
+from tiny import BITWISE, tiny_config, tiny_pipeline
 
 
 # --------------------------------------------------------------------------------------------- mask encodings
@@ -97,7 +97,7 @@ def test_all_empty_training_masks_are_reported_before_training(tmp_path, synthet
 # -------------------------------------------------------------------------------------- checkpoints and runs
 def test_kill_inside_the_checkpoint_swap_is_recovered(tmp_path, synthetic, monkeypatch):
     run = tmp_path / "run"
-    train(tiny_config(run, synthetic, "train.max_steps=2", "train.checkpoint_every=2"))
+    train(tiny_config(run, synthetic, "train.max_steps=2", "train.checkpoint_every=2", BITWISE))
     real_rename = Path.rename
 
     def rename(self, target):
@@ -107,15 +107,15 @@ def test_kill_inside_the_checkpoint_swap_is_recovered(tmp_path, synthetic, monke
 
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(run, synthetic, "train.max_steps=4", "train.checkpoint_every=2"), resume=True)
+        train(tiny_config(run, synthetic, "train.max_steps=4", "train.checkpoint_every=2", BITWISE), resume=True)
     monkeypatch.setattr(Path, "rename", real_rename)
     assert not (run / "checkpoint-last").exists() and (run / ".checkpoint-last.tmp" / "trainer_state.json").exists()
     assert (run / "checkpoint-last.old" / "trainer_state.json").exists()
     with pytest.raises(FileExistsError, match="--resume"):  # a fresh start over it is refused
         train(tiny_config(run, synthetic, "train.max_steps=4"))
-    resumed = train(tiny_config(run, synthetic, "train.max_steps=4"), resume=True)  # the newest complete one
+    resumed = train(tiny_config(run, synthetic, "train.max_steps=4", BITWISE), resume=True)  # the newest complete one
     assert resumed.step == 4
-    straight = train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=4", "train.checkpoint_every=2"))
+    straight = train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=4", "train.checkpoint_every=2", BITWISE))
     a = [h["loss"] for h in straight.history if "loss" in h]
     assert [h["loss"] for h in resumed.history if "loss" in h] == a
 

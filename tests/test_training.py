@@ -1,5 +1,6 @@
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from leafseg.models.alignment import feature_map_to_tokens
 from leafseg.training import train
 from leafseg.training.caches import mirror_tokens
 from leafseg.training.engine import batch_indices, combine_timings
-from tiny import tiny_config
+from tiny import BITWISE, tiny_config
 
 
 def test_batches_are_seeded_sharded_and_cover_each_epoch():
@@ -63,9 +64,9 @@ def test_existing_run_is_not_overwritten(tmp_path, synthetic):
 
 
 def test_resume_continues_exactly(tmp_path, synthetic):
-    straight = train(tiny_config(tmp_path / "a", synthetic, "train.max_steps=4"))
-    train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=2"))
-    resumed = train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=4"), resume=True)
+    straight = train(tiny_config(tmp_path / "a", synthetic, "train.max_steps=4", BITWISE))
+    train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=2", BITWISE))
+    resumed = train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=4", BITWISE), resume=True)
     assert resumed.step == 4
     a = load_file(str(straight.run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(resumed.run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -189,6 +190,26 @@ def test_onnx_function_takes_any_batch_and_names_a_wrong_shape():
     assert f(torch.zeros(5, 3, 8, 8)).shape == (5, 2, 6, 6)  # any batch size
     with pytest.raises(ValueError, match=r"\(B, 3, 8, 8\)"):
         f(torch.zeros(1, 3, 16, 16))
+
+
+def test_cache_estimate_leaves_out_the_first_batchs_warm_up(monkeypatch, capsys):
+    """The first batch carries the warm-up (kernel set-up, on CUDA most of a small cache): the printed estimate
+    comes from the second batch's rate, so here it says 18 s (the true total), not the first batch's 200 s."""
+    from leafseg.training import caches
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(caches, "time", SimpleNamespace(time=lambda: clock.now))
+
+    def fn(x):
+        clock.now += 10.0 if clock.now == 0 else 0.4
+        return x.mean(dim=(2, 3))
+
+    out = caches.compute_cache(fn, torch.zeros(40, 3, 4, 4, dtype=torch.uint8), [(False, False), (True, False)],
+                               "cpu", 4, "mask latents")
+    assert out.shape == (40, 2, 3) and clock.now == pytest.approx(17.6)
+    said = capsys.readouterr().out
+    assert "mask latents: 40 images x 2 flip(s) = 80 forward passes, about 18 s" in said
+    assert "the first took 10.0 s" in said
 
 
 def test_run_device_choice(monkeypatch):

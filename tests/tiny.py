@@ -13,6 +13,11 @@ from leafseg.models.denoiser import build_unet
 from leafseg.models.image_encoder import ImageEncoder
 from leafseg.pipelines import LeafSegPipeline
 
+# Tests that compare two trainings bit for bit pin them to the CPU: on CUDA, cuDNN's default convolution backward is
+# not deterministic, so two CUDA runs differ in the last bits, resumed or not (a budget-resume test failed so on an
+# H100, 2026-11-27, while the same comparison of two uninterrupted runs happened to pass).
+BITWISE = "run.device=cpu"
+
 TINY_AE = {
     "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 8, 8, 8],
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
