@@ -200,7 +200,17 @@ def _row(r: dict) -> str:
     label = f"{r['label']}{' (see run notes)' if r.get('note') else ''}"
     return (f"| {label} | {r['seed']} | {_pct(t['dice']['mean'])}{ci} | {_pct(t['iou']['mean'])} | "
             f"{t['hd95']['mean']:.1f} | {_pct(t['paper_compatible']['dice'])} | "
-            f"{_pct(r['best_val_dice'])} @ {r['best_step']} | {r['train_s'] / 60:.0f} + {r['eval_s'] / 60:.1f} |")
+            f"{_pct(r['best_val_dice'])} @ {r['best_step']} | {_train_minutes(r)} + {r['eval_s'] / 60:.1f} |")
+
+
+def _resumed(r: dict) -> bool:
+    return len((r.get("train_timings") or {}).get("segments") or []) > 1
+
+
+def _train_minutes(r: dict) -> str:
+    """A resumed run's ``train_s`` holds only its last process (the script's clock of an interrupted process is
+    lost with it); the training's own timings sum every process (without their imports): shown, marked *."""
+    return f"{r['train_timings']['total_s'] / 60:.0f}*" if _resumed(r) else f"{r['train_s'] / 60:.0f}"
 
 
 def _mean_std(values: list[float]) -> str:
@@ -237,6 +247,9 @@ def write_report(records: Path, results: Path, args) -> None:
     text += ("\n## Every run\n\n| run | seed | test Dice % [95% CI] | test IoU % | HD95 px | paper-style Dice % | "
              "best val Dice % @ step | wall min (train + eval) |\n|---|---|---|---|---|---|---|---|\n"
              + "\n".join(per_run) + "\n\n" + NOTES)
+    if any(_resumed(r) for r in recs.values()):
+        text += ("* interrupted and resumed: the training's own clock summed over its processes (imports left out), "
+                 "not one uninterrupted process's wall time.\n")
     notes = [f"- {r['run']}: {r['note']}" for r in recs.values() if r.get("note")]
     if notes:
         text += "\nRun notes:\n\n" + "\n".join(notes) + "\n"

@@ -95,6 +95,23 @@ def test_partial_report_says_what_is_missing_and_keeps_the_analysis(tmp_path):
     assert text.rstrip().endswith("hand-written analysis")
 
 
+def test_a_resumed_run_shows_its_own_summed_clock_marked(tmp_path):
+    """The script's clock of an interrupted process is lost; the training's timings.json sums every process."""
+    records, results = tmp_path / "records", tmp_path / "results.md"
+    records.mkdir()
+    resumed = full_record("x0-s0", 0.88, 0.89) | {"train_s": 1680.0, "train_timings": {
+        "total_s": 3552.0, "segments": [{"total_s": 1881.0}, {"total_s": 1671.0}]}}
+    (records / "x0-s0.json").write_text(json.dumps(resumed))
+    (records / "x0-align-s0.json").write_text(json.dumps(full_record("x0-align-s0", 0.89, 0.90) | {
+        "train_timings": {"total_s": 1290.0, "segments": [{"total_s": 1290.0}]}}))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["a"], "val": ["b"], "test": ["c"]}))
+    ablation.write_report(records, results, Namespace(recipe="cpu", steps=None, split_file=str(split)))
+    text = results.read_text()
+    assert "| 59* + 0.3 |" in text and "| 22 + 0.3 |" in text  # resumed: 3552 s summed; single process: train_s
+    assert "* interrupted and resumed: the training's own clock summed over its processes" in text
+
+
 def test_rebuild_command_names_non_default_folders(tmp_path):
     args = Namespace(recipe="cpu")
     default = ablation.REPO / "benchmarks" / "results" / "cpu-ablation", ablation.REPO / "docs" / "results.md"
