@@ -180,6 +180,22 @@ def test_cache_backend_choice_and_fallbacks(monkeypatch):
     assert "CPU only" in said[0] and "not installed" in said[1]  # each fall-back says why (on the main rank)
 
 
+def test_target_cache_names_tell_backend_and_device_apart():
+    """A run.cache_dir shared by a GPU and a CPU job keeps their targets apart (CUDA convolutions run in TF32), and
+    torch on the CPU keeps the names caches had before backend and device entered them (no recomputation)."""
+    from leafseg.training.caches import cache_key, target_cache_key
+
+    parts = ("root", "cvc-clinicdb", ["a", "b"], [[False, False]], 128, {"kind": "taef2"}, 1.0)
+    cpu = target_cache_key(*parts, backend="torch", device="cpu")
+    assert cpu == cache_key(*parts) == target_cache_key(*parts, backend="torch", device=torch.device("cpu"))
+    others = {target_cache_key(*parts, backend="onnx", device="cpu"),
+              target_cache_key(*parts, backend="torch", device="cuda"),
+              target_cache_key(*parts, backend="torch", device="mps")}
+    assert len(others) == 3 and cpu not in others
+    assert target_cache_key(*parts, backend="torch", device="cuda:1") == target_cache_key(
+        *parts, backend="torch", device="cuda:0")  # the device type matters, not which card
+
+
 def test_onnx_function_takes_any_batch_and_names_a_wrong_shape():
     pytest.importorskip("onnxruntime")
     from leafseg.pipelines.onnx import OnnxFunction

@@ -128,3 +128,13 @@ def cached(path: Path, accelerator: Accelerator, build) -> torch.Tensor:
 
 def cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def target_cache_key(*parts, backend: str, device) -> str:
+    """``cache_key`` of the training targets' inputs plus how they were computed: the backend and the device type
+    (PyTorch runs CUDA convolutions in TF32 by default, a 10-bit mantissa, so caches built there are not the CPU's,
+    and a run.cache_dir shared by a GPU and a CPU job must not mix them). Torch on the CPU adds nothing, so caches
+    from before either option existed keep their names."""
+    how = [backend] if backend != "torch" else []
+    device_type = torch.device(device).type
+    return cache_key(*parts, *how, *([device_type] if device_type != "cpu" else []))

@@ -30,7 +30,7 @@ from ..models.image_encoder import ImageEncoder
 from ..models.teachers import build_teacher, features_to_tokens
 from ..pipelines.leaf import LeafSegPipeline
 from .caches import (MaskLatents, TeacherFeatures, cache_backend, cache_key, cached, compute_cache, frozen_function,
-                     mirror_tokens)
+                     mirror_tokens, target_cache_key)
 from .engine import Batch, Trainer, volume_config
 
 
@@ -154,9 +154,9 @@ class LeafMethod:
         # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
         backend = cache_backend(str(cfg.run.get("cache_backend", "torch")), device,
                                 say=None if trainer.accelerator.is_main_process else lambda _: None)  # said once
-        key = cache_key(str(Path(cfg.data.root).resolve()), cfg.data.get("layout", "folder"), data.split["train"],
-                        codes, int(cfg.data.resolution), to_container(cfg.autoencoder), scale,
-                        *([backend] if backend != "torch" else []))  # torch caches keep their pre-option names
+        key = target_cache_key(str(Path(cfg.data.root).resolve()), cfg.data.get("layout", "folder"),
+                               data.split["train"], codes, int(cfg.data.resolution), to_container(cfg.autoencoder),
+                               scale, backend=backend, device=device)
         mask_u8 = data.train_masks[:, None].expand(-1, 3, -1, -1).to(torch.uint8) * 255
         cache_dir = Path(cfg.run.get("cache_dir") or trainer.run_dir / "cache")
         example = torch.zeros(1, 3, *mask_u8.shape[-2:])
