@@ -29,7 +29,7 @@ from ..models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, 
 from ..models.image_encoder import ImageEncoder
 from ..models.teachers import build_teacher, features_to_tokens
 from ..pipelines.leaf import LeafSegPipeline
-from .caches import (MaskLatents, TeacherFeatures, cache_backend, cache_key, cached, compute_cache, frozen_function,
+from .caches import (MaskLatents, TeacherFeatures, cache_backend, cached, compute_cache, frozen_function,
                      mirror_tokens, target_cache_key)
 from .engine import Batch, Trainer, volume_config
 
@@ -184,8 +184,8 @@ class LeafMethod:
             plain = compute_cache(tokens, data.train_images, [(False, False)], device, 8, "teacher tokens")[:, 0]
             return torch.stack([mirror_tokens(plain, grid, h, v) for h, v in codes], dim=1)
 
-        tkey = cache_key(key, teacher.name, grid, ac.flip_tokens, str(ac.teacher_dtype),
-                         *([teacher_backend] if teacher_backend != "torch" else []))
+        tkey = target_cache_key(key, teacher.name, grid, ac.flip_tokens, str(ac.teacher_dtype),
+                                backend=teacher_backend, device=device)
         self.tokens_cache = cached(cache_dir / f"teacher-{tkey}.safetensors", trainer.accelerator, build_tokens)
 
     def ema_module(self, model: LeafTrainingModel) -> torch.nn.Module:
