@@ -8,9 +8,10 @@ the seeded pairs run first, seed by seed (x0 + alignment, then x0), so that a pa
 Each finished run leaves a small record, `benchmarks/results/<recipe>-ablation/<run>.json` (commands, wall times,
 val curve, test metrics, the run's wall-time split), which is meant to be committed as it comes: a later session
 skips every run that has a record, and an interrupted run resumes from its checkpoint (`--resume`) while its run
-folder exists. The report, docs/results.md, is rebuilt from the records alone. (The first ablation, at the recipe
-of experiment E1 -- teacher at 128 px, 3000 steps, torch caches -- is kept in docs/results-e1.md with its records in
-benchmarks/results/cpu-ablation-e1/.)
+folder exists. The report, docs/results.md, is rebuilt from the records alone. (Two earlier ablations are kept beside
+it: at the recipe of experiment E1 -- teacher at 128 px, 3000 steps, torch caches -- in docs/results-e1.md with its
+records in benchmarks/results/cpu-ablation-e1/, and at today's recipe cut to 3600 steps in docs/results-3600.md with
+its records in benchmarks/results/cpu-ablation-3600/.)
 
     .venv/bin/python benchmarks/ablation.py                    # every run not recorded yet, one at a time (hours)
     .venv/bin/python benchmarks/ablation.py --only x0-align-s0 # one run

@@ -116,10 +116,10 @@ def test_rebuild_command_names_non_default_folders(tmp_path):
     args = Namespace(recipe="cpu")
     default = ablation.REPO / "benchmarks" / "results" / "cpu-ablation", ablation.REPO / "docs" / "results.md"
     assert ablation._rebuild_command(args, *default) == ".venv/bin/python benchmarks/ablation.py --report-only"
-    other = ablation.REPO / "benchmarks" / "results" / "cpu-ablation-8500", ablation.REPO / "docs" / "results-8500.md"
+    other = ablation.REPO / "benchmarks" / "results" / "cpu-ablation-3600", ablation.REPO / "docs" / "results-3600.md"
     assert ablation._rebuild_command(args, *other) == (
-        ".venv/bin/python benchmarks/ablation.py --report-only --records benchmarks/results/cpu-ablation-8500 "
-        "--results docs/results-8500.md")
+        ".venv/bin/python benchmarks/ablation.py --report-only --records benchmarks/results/cpu-ablation-3600 "
+        "--results docs/results-3600.md")
 
 
 def test_budget_words():
