@@ -46,7 +46,8 @@ def test_predict_single_file(tmp_path, model_and_data):
 def test_evaluate_uses_the_runs_split_and_writes_reports(tmp_path, model_and_data):
     model, data = model_and_data
     assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "test"]) == 0
-    out = model / "eval-test"
+    out = model.parent / "eval-model-best-test"  # beside the model folder, never inside it
+    assert not list(model.glob("eval*"))
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     assert [r["name"] for r in rows] == ["2", "3"]
     summary = json.loads((out / "summary.json").read_text())

@@ -324,7 +324,8 @@ def test_evaluation_does_not_change_the_checkpoint_hash(tmp_path, synthetic):
     train(tiny_config(run, synthetic, "train.max_steps=2"))
     first = evaluate(str(run / "model-best"), str(synthetic), "test", None, None)["summary"]["checkpoint_sha256"]
     second = evaluate(str(run / "model-best"), str(synthetic), "val", None, None)["summary"]["checkpoint_sha256"]
-    assert first == second  # the first evaluation wrote into model-best/eval-test
+    assert first == second
+    assert (run / "eval-model-best-test" / "summary.json").is_file()
     assert (run / "logs" / "history.csv").read_text().splitlines()[0].startswith("step,")
 
 

@@ -166,7 +166,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", required=True, help="dataset folder (in the run's layout)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="which split")
     p.add_argument("--split-file", default=None, help="default: split.json of the model's run folder")
-    p.add_argument("--output", default=None, help="default: MODEL/eval-SPLIT")
+    p.add_argument("--output", default=None, help="default: eval-NAME-SPLIT beside the model folder NAME")
     p.add_argument("--layout", default=None, choices=sorted(LAYOUTS),
                    help="dataset layout (default: the training run's data.layout, else folder)")
     p.add_argument("--seeds", type=int, default=1, help="also run N-1 more seeds and report seed stability")

@@ -166,13 +166,20 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
     return stability, panels, volumes
 
 
+def default_output(model_dir: str | Path, split: str) -> Path:
+    """Where ``leafseg evaluate`` writes without ``--output``: ``eval-<model folder name>-SPLIT`` beside the model."""
+    model = Path(model_dir).resolve()
+    return model.parent / f"eval-{model.name}-{split}"
+
+
 def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None, output: str | None,
              steps: int = 1, ensemble: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
              layout: str | None = None, images_dir: str = "images", masks_dir: str = "masks", seeds: int = 1,
              worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False,
              backend: str = "auto") -> dict:
-    """Metrics on one split at each image's original size, into ``output`` (default MODEL/eval-SPLIT), which must
-    be empty or absent (``overwrite``: emptied first).
+    """Metrics on one split at each image's original size, into ``output``, which must be empty or absent
+    (``overwrite``: emptied first). The default, ``eval-<model folder name>-SPLIT`` beside the model folder, is
+    outside it: a run that goes on training replaces its model-best folder whole, and would take the results along.
 
     Writes ``per_image.csv``, ``summary.json`` (metrics, config, split-file and checkpoint hashes, seeds),
     ``overlays/<stem>.png`` (image | ground truth | prediction | uncertainty), ``grid.png`` (the first images),
@@ -189,7 +196,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     chosen, split_path = _chosen_pairs(model, data_root, split, split_file, layout, images_dir, masks_dir)
     pipe = load_pipeline(model_dir, device, backend)
     metrics, paper = SegmentationMetrics(spacing=spacing), PaperMetrics()
-    out = prepare_output(Path(output) if output else model / f"eval-{split}", overwrite)
+    out = prepare_output(Path(output) if output else default_output(model, split), overwrite)
     (out / "overlays").mkdir()
     started = time.time()
     stability, panels, volumes = _predict_and_score(pipe, chosen, out, metrics, paper, split, steps, ensemble, seed,
