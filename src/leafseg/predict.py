@@ -118,7 +118,7 @@ def _predict_volume(pipe, path: Path, out: Path, name: str, batch_size: int, opt
     axis = int(pipe.config.get("slice_axis", 2))
     volume = D.read_volume(path)
     scaled = D.to_uint8(volume.array, pipe.config.get("intensity"))
-    slices = [np.repeat(np.take(scaled, k, axis=axis)[..., None], 3, axis=-1) for k in range(scaled.shape[axis])]
+    slices = [np.repeat(plane[..., None], 3, axis=-1) for plane in D.slices_along(scaled, axis)]
     masks, probabilities = [], []
     for i in tqdm(range(0, len(slices), batch_size), desc=f"{path.name}", unit="batch", leave=False):
         result = pipe(slices[i:i + batch_size], **options)

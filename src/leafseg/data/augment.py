@@ -62,3 +62,115 @@ class ColourJitter:
     def __repr__(self) -> str:
         on = ", ".join(f"{k} {v:g}" for k, v in self.strengths.items() if v)
         return f"colour jitter ({on})" if on else "no colour jitter"
+
+
+class SampleAugmentation:
+    """nnU-Net-style augmentation of training samples (``data.augment``; leafseg option, off by default and in
+    paper.yaml), by kornia on whole batches: geometric transforms applied identically to images and masks (random
+    resized crop, rotation, elastic deformation), then intensity transforms on the image only (gamma, Gaussian blur,
+    Gaussian noise). Each enabled transform fires with probability ``p`` per sample.
+
+    Returns the image after the geometric transforms (``view``: what the alignment teacher sees, as with colour
+    jitter), the image after all of them, and the mask (thresholded at 0.5 after a bilinear warp). A geometric
+    transform changes the mask, so its latent is encoded on the fly instead of read from the flip cache.
+    """
+
+    def __init__(self, p: float = 0.5, crop_scale=(1.0, 1.0), crop_ratio=(0.75, 4 / 3), rotate: float = 0.0,
+                 elastic: float = 0.0, gamma=(1.0, 1.0), blur: float = 0.0, noise: float = 0.0):
+        crop_scale, crop_ratio, gamma = (tuple(float(v) for v in x) for x in (crop_scale, crop_ratio, gamma))
+        checks = {"p": 0 <= p <= 1, "crop_scale": 0 < crop_scale[0] <= crop_scale[1] <= 1,
+                  "crop_ratio": 0 < crop_ratio[0] <= crop_ratio[1], "rotate": 0 <= rotate <= 180,
+                  "elastic": elastic >= 0, "gamma": 0 < gamma[0] <= gamma[1], "blur": blur >= 0, "noise": noise >= 0}
+        values = {"p": p, "crop_scale": crop_scale, "crop_ratio": crop_ratio, "rotate": rotate, "elastic": elastic,
+                  "gamma": gamma, "blur": blur, "noise": noise}
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"data.augment.{key}: {values[key]} is out of range (p in [0, 1]; crop_scale "
+                                 "0 < lo <= hi <= 1; rotate in [0, 180] degrees; elastic, blur, noise >= 0; gamma "
+                                 "0 < lo <= hi)")
+        self.settings = values
+        self.p = float(p)
+        self.has_geometric = p > 0 and (crop_scale != (1.0, 1.0) or rotate > 0 or elastic > 0)
+        self.has_intensity = p > 0 and (gamma != (1.0, 1.0) or blur > 0 or noise > 0)
+        self.geometric = self.intensity = None
+        if self.has_geometric or self.has_intensity:
+            try:
+                import kornia.augmentation as K
+            except ImportError:
+                raise ImportError("data.augment needs kornia: pip install 'leafseg[augment]'") from None
+            geo = []
+            if crop_scale != (1.0, 1.0):
+                geo.append(("crop", crop_scale, crop_ratio))
+            if rotate > 0:
+                geo.append(("rotate", rotate))
+            if elastic > 0:
+                geo.append(("elastic", elastic))
+            self._geo_spec = geo
+            inten = []
+            if gamma != (1.0, 1.0):
+                inten.append(K.RandomGamma(gamma=gamma, p=p))
+            if blur > 0:
+                inten.append(K.RandomGaussianBlur((5, 5), (0.1, blur), p=p))
+            if noise > 0:
+                inten.append(K.RandomGaussianNoise(std=noise, p=p))
+            self.intensity = K.AugmentationSequential(*inten) if inten else None
+
+    def _geometric(self, size: int):
+        import kornia.augmentation as K
+
+        parts = []
+        for spec in self._geo_spec:
+            if spec[0] == "crop":
+                parts.append(K.RandomResizedCrop((size, size), scale=spec[1], ratio=spec[2], p=self.p))
+            elif spec[0] == "rotate":
+                parts.append(K.RandomRotation(spec[1], p=self.p))
+            else:  # kornia's default sigma (32 px) at 128 px; alpha is the displacement scale
+                parts.append(K.RandomElasticTransform(alpha=(spec[1], spec[1]), p=self.p, align_corners=False))
+        return K.AugmentationSequential(*parts, data_keys=["input", "mask"])
+
+    @classmethod
+    def from_config(cls, section) -> "SampleAugmentation":
+        if not section:
+            return cls()
+        return cls(**{k: section[k] for k in section})
+
+    @property
+    def enabled(self) -> bool:
+        return self.has_geometric or self.has_intensity
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, seed: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 3, R, R) uint8 images, (B, R, R) bool masks -> (view, image, mask) as described above; the same
+        ``seed`` gives the same result. Off: the inputs themselves."""
+        if not self.enabled:
+            return images, images, masks
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # kornia draws from the global generator: seed it, leave it as it was
+            torch.manual_seed(int(seed))
+            x = images.float() / 255
+            if self.has_geometric:
+                if getattr(self, "_geo", None) is None or self._geo_size != x.shape[-1]:
+                    self._geo, self._geo_size = self._geometric(x.shape[-1]), x.shape[-1]
+                x, m = self._geo(x, masks[:, None].float())
+                masks = m[:, 0] > 0.5
+                view = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+            else:
+                view = images
+            if self.intensity is not None:
+                x = self.intensity(x)
+                out = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+            else:
+                out = view
+        return view, out, masks
+
+    def __repr__(self) -> str:
+        if not self.enabled:
+            return "no augmentation"
+        s = self.settings
+        parts = [f"crop scale {s['crop_scale'][0]:g}-{s['crop_scale'][1]:g}" if s["crop_scale"] != (1.0, 1.0) else "",
+                 f"rotation +-{s['rotate']:g} deg" if s["rotate"] else "",
+                 f"elastic {s['elastic']:g}" if s["elastic"] else "",
+                 f"gamma {s['gamma'][0]:g}-{s['gamma'][1]:g}" if s["gamma"] != (1.0, 1.0) else "",
+                 f"blur sigma <= {s['blur']:g}" if s["blur"] else "", f"noise std {s['noise']:g}" if s["noise"] else ""]
+        return f"augmentation p={s['p']:g} ({', '.join(p for p in parts if p)})"

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:
     import torch
 
-from .volumes import VOLUME_SUFFIXES, is_volume, read_volume, to_uint8, volume_stem
+from .volumes import VOLUME_SUFFIXES, is_volume, read_volume, slices_along, to_uint8, volume_stem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 READABLE = IMAGE_EXTENSIONS + VOLUME_SUFFIXES + ("DICOM series folders",)
@@ -197,7 +197,7 @@ def volume_pair_slices(pair, intensity: dict | None = None, axis: int = 2
         raise ValueError(f"{pair.image} is {'x'.join(map(str, image_volume.array.shape))} but {pair.mask} is "
                          f"{'x'.join(map(str, mask_volume.array.shape))}")
     scaled = to_uint8(image_volume.array, intensity)
-    images = [np.repeat(np.take(scaled, k, axis=axis)[..., None], 3, axis=-1) for k in range(scaled.shape[axis])]
+    images = [np.repeat(plane[..., None], 3, axis=-1) for plane in slices_along(scaled, axis)]
     masks = [mask_from_array(m, pair.mask) for m in mask_volume.slices(axis)]
     return images, masks, mask_volume
 

@@ -1,52 +1,70 @@
 """Frozen training targets computed once and kept on disk: mask latents and teacher tokens, per training image and
-flip, by PyTorch or ONNX Runtime (``run.cache_backend``). File names carry a digest of everything the tensors depend
-on, so runs may share one cache folder."""
+flip, by PyTorch or ONNX Runtime (``run.cache_backend``), written chunk by chunk into row files that training reads
+row by row (memory flat in the dataset size). File names carry a digest of everything the tensors depend on, so
+runs may share one cache folder."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .. import data as D
-from ..files import atomic_write
+from ..data.store import RowFile, RowWriter
 from ..models import autoencoder as ae_ops
 
 
 @torch.no_grad()
-def compute_cache(fn, images_u8: torch.Tensor, codes, device, batch: int, desc: str) -> torch.Tensor:
-    """fn(images in [0, 1] on device) for every image and flip code -> (N, len(codes), ...) on CPU. Inputs go in
-    channels-last, which makes the frozen convolutions 1.3-1.7x faster on a CPU (same values to 1e-5).
+def cache_rows(row_fn, read, n: int, batch: int, desc: str, passes: int, write) -> None:
+    """``write(row_fn(read(i, i + batch)))`` for consecutive chunks of the ``n`` samples: the frozen targets of a
+    chunk, (B, flips, ...), go to disk before the next chunk is read, so memory stays flat in ``n``.
 
     Prints what it is about to compute and an estimate of how long it will take, and keeps its progress bar on
-    screen: these caches are the minutes before the first training step. The estimate is made at the second batch,
-    at that batch's rate: the first carries the warm-up (on an H100 the first teacher batch took 1.2 s of a 1.6 s
+    screen: these caches are the minutes before the first training step. The estimate is made at the second chunk,
+    at that chunk's rate: the first carries the warm-up (on an H100 the first teacher batch took 1.2 s of a 1.6 s
     cache, and an estimate from it said 56 s)."""
-    n, total = len(images_u8), len(images_u8) * len(codes)
-    slots, timed, done = [], [], 0
+    timed, total = [], n * passes
     bar = tqdm(total=total, desc=desc, unit="img")
-    for h, v in codes:
-        parts = []
-        for i in range(0, n, batch):
-            started = time.time()
-            x = D.flip(images_u8[i:i + batch], h, v).to(device).float().div_(255)
-            parts.append(fn(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-            timed.append(time.time() - started)
-            done += len(x)
-            bar.update(len(x))
-            if len(timed) == 2 and total > done:
-                estimate = sum(timed) + (total - done) * timed[1] / len(x)
-                tqdm.write(f"{desc}: {n} images x {len(codes)} flip(s) = {total} forward passes, about "
-                           f"{estimate:.0f} s (at the second batch's rate; the first took {timed[0]:.1f} s)")
-        slots.append(torch.cat(parts))
+    for i in range(0, n, batch):
+        started = time.time()
+        chunk = read(i, min(i + batch, n))
+        write(row_fn(chunk))
+        timed.append(time.time() - started)
+        bar.update(len(chunk) * passes)
+        if len(timed) == 2 and n > i + len(chunk):
+            estimate = sum(timed) + (n - i - len(chunk)) * timed[1] / len(chunk)
+            tqdm.write(f"{desc}: {n} images x {passes} pass(es) = {total} forward passes, about {estimate:.0f} s (at "
+                       f"the second batch's rate; the first took {timed[0]:.1f} s)")
     bar.close()
-    return torch.stack(slots, dim=1)
+
+
+def flipped_inputs(fn, codes, device):
+    """A row function: ``fn`` of each flip of a uint8 chunk, in [0, 1] on ``device``, stacked (B, len(codes), ...).
+    Inputs go in channels-last, which makes the frozen convolutions 1.3-1.7x faster on a CPU (same values to 1e-5)."""
+
+    def rows(images_u8: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for h, v in codes:
+            x = D.flip(images_u8, h, v).to(device).float().div_(255)
+            outs.append(fn(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+        return torch.stack(outs, dim=1)
+
+    return rows
+
+
+def compute_cache(fn, images_u8: torch.Tensor, codes, device, batch: int, desc: str) -> torch.Tensor:
+    """fn(images in [0, 1] on device) for every image and flip code -> (N, len(codes), ...) on CPU, in memory (the
+    training caches stream to disk through :func:`cache_rows` instead)."""
+    parts = []
+    cache_rows(flipped_inputs(fn, codes, device), lambda a, b: images_u8[a:b], len(images_u8), batch, desc,
+               len(codes), parts.append)
+    return torch.cat(parts)
 
 
 CACHE_BACKENDS = ("torch", "onnx")
@@ -117,13 +135,31 @@ def mirror_tokens(tokens: torch.Tensor, grid: int, hflip: bool, vflip: bool) -> 
         n, grid * grid, d)
 
 
-def cached(path: Path, accelerator: Accelerator, build) -> torch.Tensor:
-    """Load ``path`` or build it on the main process (atomic write), then share through the file."""
-    if not path.exists() and accelerator.is_main_process:
-        tensor = build().contiguous()
-        atomic_write(path, lambda tmp: save_file({"value": tensor}, str(tmp)))
+def cached(path: Path, accelerator: Accelerator, build, dtype) -> RowFile:
+    """The row file ``path`` (``.bin`` + ``.json``), built first on the main process when missing: ``build(write)``
+    calls ``write`` with consecutive (B, ...) tensors, stored as ``dtype``; written under a temporary name and
+    renamed when complete (the ``.json`` last), so an interrupted build is never read. Every rank then reads rows
+    from the file as it needs them."""
+    if not path.with_suffix(".json").exists() and accelerator.is_main_process:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        writer = None
+
+        def write(rows: torch.Tensor) -> None:
+            nonlocal writer
+            if writer is None:
+                writer = RowWriter(tmp, dtype, rows.shape[1:])
+            writer.write(rows.contiguous().numpy())
+
+        try:
+            build(write)
+            writer.close()
+            os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+            os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
+        finally:
+            for suffix in (".bin", ".json"):
+                tmp.with_suffix(suffix).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
-    return load_file(str(path))["value"]
+    return RowFile(path)
 
 
 def cache_key(*parts) -> str:

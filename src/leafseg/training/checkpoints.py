@@ -71,6 +71,7 @@ def recover_checkpoint(run_dir: Path) -> None:
 # for one, would be overwritten by the optimiser state of the checkpoint).
 RESUMABLE_KEYS = frozenset({
     "run.output_dir", "run.cache_dir", "run.cache_backend", "run.device", "data.root", "data.split_file",
+    "data.num_workers",
     "autoencoder.path", "unet.pretrained", "align.teacher_checkpoint", "train.max_steps", "train.val_every",
     "train.checkpoint_every", "train.log_every", "train.val_at_start", "train.log_samples", "train.num_threads",
     "train.mixed_precision"})

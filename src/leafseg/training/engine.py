@@ -20,7 +20,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
@@ -32,6 +31,8 @@ from tqdm.auto import tqdm
 
 from .. import data as D
 from ..config import flatten, to_container
+from ..data.loader import StepSampler, TrainBatch, TrainSamples, step_generator, train_loader
+from ..data.store import SampleStore, build_sample_store, store_key
 from ..files import write_csv, write_json
 from ..models.weights import assert_finite
 from .budget import check_budget_config, steps_in_budget
@@ -42,24 +43,6 @@ from .model_card import model_card
 
 
 # ------------------------------------------------------------------------------------------------ randomness
-
-def seeded(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from a tuple of integers (seed, step, rank, ...), independent across tuples."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return torch.Generator("cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def batch_indices(n: int, batch_size: int, world: int, rank: int, step: int, seed: int) -> torch.Tensor:
-    """This rank's sample indices at ``step``: epoch-wise seeded permutations, global batch split across ranks."""
-    per_step = batch_size * world
-    steps_per_epoch = max(1, n // per_step)
-    epoch, k = divmod(step, steps_per_epoch)
-    perm = torch.randperm(n, generator=seeded(seed, 1, epoch))
-    while len(perm) < per_step:  # fewer images than one global batch: wrap around
-        perm = torch.cat([perm, perm])
-    chunk = perm[k * per_step:(k + 1) * per_step]
-    return chunk[rank * batch_size:(rank + 1) * batch_size]
-
 
 def flip_codes(hflip: bool, vflip: bool) -> list[tuple[bool, bool]]:
     return [(h, v) for v in ((False, True) if vflip else (False,)) for h in ((False, True) if hflip else (False,))]
@@ -154,12 +137,13 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
 
 @dataclass
 class RunData:
+    """The run's split and its samples, on disk (:class:`~leafseg.data.store.SampleStore`), read as needed."""
+
     split: dict
     train_pairs: list
-    train_images: torch.Tensor             # (N, 3, R, R) uint8
-    train_masks: torch.Tensor              # (N, R, R) bool
-    val_images: torch.Tensor | None
-    val_masks: torch.Tensor | None
+    train: SampleStore
+    val: SampleStore | None
+    first_pass_s: float = 0.0   # decoding into the stores (0 when a cache folder already held them)
 
 
 def volume_config(cfg: DictConfig) -> dict:
@@ -167,8 +151,14 @@ def volume_config(cfg: DictConfig) -> dict:
     return {"intensity": to_container(cfg.data.intensity), "slice_axis": int(cfg.data.slice_axis)}
 
 
+def cache_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    """``run.cache_dir``, or the run folder's ``cache``: decoded samples and frozen training targets."""
+    return Path(cfg.run.get("cache_dir") or run_dir / "cache")
+
+
 def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> RunData:
-    """The dataset in its layout, the split file (made once by the main process), train and val arrays."""
+    """The dataset in its layout, the split file (made once by the main process), and the train and val samples
+    decoded once into sample stores in the cache folder (by the main process; every rank then reads them lazily)."""
     layout = cfg.data.get("layout", "folder")
     pairs = D.find_dataset(cfg.data.root, layout, cfg.data.images, cfg.data.masks)
     split_file = Path(cfg.data.split_file or run_dir / "split.json")
@@ -183,14 +173,26 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
     res = int(cfg.data.resolution)
     vc = volume_config(cfg)  # NIfTI/DICOM pairs: one sample per slice
     volumes = {"intensity": vc["intensity"], "axis": vc["slice_axis"], "volume_slices": cfg.data.volume_slices}
-    train_images, train_masks = D.load_arrays(train_pairs, res, "loading train", **volumes)
-    val_images, val_masks = (D.load_arrays(val_pairs, res, "loading val", **volumes) if val_pairs
-                             else (None, None))
-    for name, masks, pairs in (("train", train_masks, train_pairs), ("val", val_masks, val_pairs)):
-        if masks is not None and not masks.any():  # nothing to learn or select on: a wrong mask encoding, usually
-            raise ValueError(f"all {len(pairs)} {name} masks are empty at {res}x{res} (e.g. {pairs[0].mask}); "
+    folder = cache_dir(cfg, run_dir)
+    started = time.perf_counter()
+    stores = {}
+    for name, chosen in (("train", train_pairs), ("val", val_pairs)):
+        if not chosen:
+            stores[name] = None
+            continue
+        key = store_key(chosen, res, volumes)
+        path = folder / f"samples-{name}-{key}"
+        if accelerator.is_main_process:
+            build_sample_store(chosen, res, path, f"decoding {name}", say=print, **volumes)
+        accelerator.wait_for_everyone()
+        stores[name] = SampleStore(path)
+    for name, store, chosen in (("train", stores["train"], train_pairs), ("val", stores["val"], val_pairs)):
+        if store is not None and not any(store.foreground):  # nothing to learn or select on: a wrong mask encoding
+            raise ValueError(f"all {len(chosen)} {name} masks are empty at {res}x{res} (e.g. {chosen[0].mask}); "
                              "check the mask files and their encoding")
-    return RunData(split, train_pairs, train_images, train_masks, val_images, val_masks)
+    if stores["train"] is None:
+        raise ValueError(f"the split {split_file} has no training images")
+    return RunData(split, train_pairs, stores["train"], stores["val"], time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------- optimisation, EMA
@@ -448,17 +450,6 @@ class StepBookkeeping:
 
 # ------------------------------------------------------------------------------------------------- the loop
 
-@dataclass
-class Batch:
-    """One step's share of this rank: sample indices, their flip codes, and the step's generator (seeded by
-    (seed, step, rank); the method draws what else it needs from it, in a fixed order)."""
-
-    indices: torch.Tensor
-    codes: torch.Tensor
-    generator: torch.Generator
-    step: int
-
-
 class TrainingMethod(Protocol):
     """What a training method provides to :func:`run_training` (see leafseg.training.leaf for the LEAF one)."""
 
@@ -471,8 +462,14 @@ class TrainingMethod(Protocol):
     def ema_module(self, model: torch.nn.Module) -> torch.nn.Module:
         """The part of the (unwrapped) trained module that EMA averages and the pipeline exports."""
 
-    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        """Loss terms of one batch (``"loss"`` is optimised); ``model`` is the accelerate-wrapped module."""
+    def losses(self, model: torch.nn.Module, batch: TrainBatch, generator: torch.Generator
+               ) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch (``"loss"`` is optimised); ``model`` is the accelerate-wrapped module;
+        ``generator`` is the step's, past the flip codes (the method draws what else it needs from it, in a fixed
+        order)."""
+
+    def row_files(self) -> tuple:
+        """(mask latents, teacher tokens) row files the loader reads with each batch, or None for each."""
 
     def validate(self, model: torch.nn.Module) -> float:
         """Mean per-image Dice on the val split (called in eval mode, EMA weights swapped in, main process)."""
@@ -498,10 +495,19 @@ class Trainer:
     def codes(self) -> list[tuple[bool, bool]]:
         return flip_codes(self.cfg.data.hflip, self.cfg.data.vflip)
 
+    @property
+    def cache_dir(self) -> Path:
+        return cache_dir(self.cfg, self.run_dir)
+
     @cached_property
     def colour_jitter(self) -> D.ColourJitter:
-        """Applied by each method to its training images after the flips (identity when off)."""
+        """Applied by each method to its training images after the flips and augmentation (identity when off)."""
         return D.ColourJitter.from_config(self.cfg.data.get("colour_jitter"))
+
+    @cached_property
+    def augmentation(self) -> D.SampleAugmentation:
+        """Applied by the data loader after the flips (``data.augment``; off: the flipped samples themselves)."""
+        return D.SampleAugmentation.from_config(self.cfg.data.get("augment"))
 
 
 def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) -> TrainResult:
@@ -555,19 +561,24 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
             return method.validate(base)
 
     data, rank, world = trainer.data, accelerator.process_index, accelerator.num_processes
-    n_train, bs, seed, n_codes = len(data.train_images), int(tc.batch_size), int(cfg.run.seed), len(trainer.codes)
+    bs, seed, n_codes = int(tc.batch_size), int(cfg.run.seed), len(trainer.codes)
     step, seen = int(state["step"]), []
-    book = StepBookkeeping(accelerator, cfg, state, run_dir, validate, export, data.val_images is not None,
+    book = StepBookkeeping(accelerator, cfg, state, run_dir, validate, export, data.val is not None,
                            method.description, extra,
                            lambda: assert_finite(base, f"the model at step {book.state['step']} (training stopped; "
                                                        f"the last good state is {run_dir / CHECKPOINT})"),
                            clock)
+    samples = TrainSamples(data.train, trainer.codes, trainer.augmentation, seed, rank, *method.row_files())
+    sampler = StepSampler(len(data.train), bs, world, rank, seed, n_codes, start_step=step)
     model.train()
     clock.first_step()
+    batches = iter(train_loader(samples, sampler, int(cfg.data.get("num_workers", 0))))
     while step < book.max_steps:  # train.max_steps, or fewer where train.time_budget_min decides so
-        idx = batch_indices(n_train, bs, world, rank, step, seed)
-        g = seeded(seed, 2, step, rank)
-        losses = method.losses(model, Batch(idx, torch.randint(n_codes, (len(idx),), generator=g), g, step))
+        batch = next(batches)
+        if batch.step != step:
+            raise RuntimeError(f"data loader out of step: got step {batch.step}'s batch at step {step}")
+        g, _ = step_generator(seed, step, rank, len(batch.indices), n_codes)  # past the codes, as the sampler drew
+        losses = method.losses(model, batch, g)
         if not torch.isfinite(losses["loss"].detach()).all():
             raise FloatingPointError(
                 f"non-finite training loss at step {step + 1} (lr {lr_scheduler.get_last_lr()[0]:.3g}): training "
@@ -577,9 +588,10 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
                                       ema, averaged)
         step += 1
         if tc.log_samples:
-            seen.extend(idx.tolist())
+            seen.extend(batch.indices.tolist())
         book.after_step(step, losses, lambda gn=grad_norm: {"lr": lr_scheduler.get_last_lr()[0],
                                                             **({} if gn is None else {"grad_norm": float(gn)})})
+    del batches  # stops the workers
     if tc.log_samples:  # what each rank read and ended with: lets tests check sharding and replica sync
         _log_samples(run_dir, rank, seen, base)
     return book.finish()
@@ -604,11 +616,15 @@ def optimisation_step(accelerator: Accelerator, loss: torch.Tensor, params: list
 def _announce(method: TrainingMethod, trainer: Trainer) -> None:
     """What the run is about to do, before the caches (which then say how long they will take)."""
     cfg, data, accelerator = trainer.cfg, trainer.data, trainer.accelerator
-    tc, n_val = cfg.train, 0 if data.val_images is None else len(data.val_images)
-    print(f"{method.description}: {len(data.train_images)} train / {n_val} val samples at "
+    tc, n_val = cfg.train, 0 if data.val is None else len(data.val)
+    workers = int(cfg.data.get("num_workers", 0))
+    on_disk = data.train.bytes() + (data.val.bytes() if data.val is not None else 0)
+    print(f"{method.description}: {len(data.train)} train / {n_val} val samples at "
           f"{cfg.data.resolution}x{cfg.data.resolution}, steps {_steps(tc)} (batch {tc.batch_size} x "
           f"{accelerator.num_processes} process(es)) on {_where(accelerator)}, {_augmentations(trainer)}, "
-          f"validation every {tc.val_every}, into {trainer.run_dir}; "
+          f"validation every {tc.val_every}, into {trainer.run_dir}", flush=True)
+    print(f"data: samples read from {trainer.cache_dir} ({on_disk / 2**20:.1f} MiB on disk, {data.first_pass_s:.1f} s "
+          f"to decode or open), {'in the training process' if not workers else f'{workers} loader worker(s)'}; "
           "frozen targets are computed first (each says how long it will take)", flush=True)
 
 
@@ -635,7 +651,8 @@ def _where(accelerator: Accelerator) -> str:
 
 def _augmentations(trainer: Trainer) -> str:
     flips = [name for name, on in (("horizontal", trainer.cfg.data.hflip), ("vertical", trainer.cfg.data.vflip)) if on]
-    return f"{' and '.join(flips) + ' flips' if flips else 'no flips'}, {trainer.colour_jitter}"
+    return (f"{' and '.join(flips) + ' flips' if flips else 'no flips'}, {trainer.augmentation}, "
+            f"{trainer.colour_jitter}")
 
 
 def _log_samples(run_dir: Path, rank: int, seen: list[int], base: torch.nn.Module) -> None:

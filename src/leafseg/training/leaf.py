@@ -4,7 +4,8 @@ z^x = E_theta(image) * s; z0 = E(mask) * s (frozen, cached); t ~ U{0..T-1}; z_t 
 pred, h = f_theta([z^x, z_t], t); loss = L1(pred, target) + lambda * mean(-cos(phi(h), teacher tokens)).
 
 Frozen, deterministic quantities (mask latents and teacher tokens, per training image and flip) are computed once
-and cached on disk (``leafseg.training.caches``); the engine (``leafseg.training.engine``) does the rest.
+and cached on disk (``leafseg.training.caches``), unless geometric augmentation changes them with every batch; the
+engine (``leafseg.training.engine``) does the rest.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from ..models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, 
 from ..models.image_encoder import ImageEncoder
 from ..models.teachers import build_teacher, features_to_tokens
 from ..pipelines.leaf import LeafSegPipeline
-from .caches import (MaskLatents, TeacherFeatures, cache_backend, cached, compute_cache, frozen_function,
-                     mirror_tokens, target_cache_key)
-from .engine import Batch, Trainer, volume_config
+from ..data.loader import TrainBatch
+from .caches import (MaskLatents, TeacherFeatures, cache_backend, cache_rows, cached, flipped_inputs,
+                     frozen_function, mirror_tokens, target_cache_key)
+from .engine import Trainer, volume_config
 
 
 def autoencoder_path(ac: DictConfig) -> Path | None:
@@ -148,71 +150,96 @@ class LeafMethod:
         return model
 
     def _build_caches(self, scale: float) -> None:
-        """Mask latents and (with alignment) teacher tokens, per training image and flip code."""
+        """Mask latents and (with alignment) teacher tokens, per training sample and flip code, streamed from the
+        sample store into row files. Geometric augmentation changes the mask and the view: then both are computed
+        on the fly from each batch instead (:meth:`losses`)."""
         cfg, ac, trainer = self.cfg, self.cfg.align, self.trainer
-        data, codes, device = trainer.data, trainer.codes, trainer.device
+        store, codes, device = trainer.data.train, trainer.codes, trainer.device
+        self.mask_latents = MaskLatents(self.autoencoder, scale)
+        self.z0_cache = self.tokens_cache = None
+        if trainer.augmentation.has_geometric:
+            return
         # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
         backend = cache_backend(str(cfg.run.get("cache_backend", "torch")), device,
                                 say=None if trainer.accelerator.is_main_process else lambda _: None)  # said once
-        key = target_cache_key(str(Path(cfg.data.root).resolve()), cfg.data.get("layout", "folder"),
-                               data.split["train"], codes, int(cfg.data.resolution), to_container(cfg.autoencoder),
+        key = target_cache_key(store.folder.name, codes, int(cfg.data.resolution), to_container(cfg.autoencoder),
                                scale, backend=backend, device=device)
-        mask_u8 = data.train_masks[:, None].expand(-1, 3, -1, -1).to(torch.uint8) * 255
-        cache_dir = Path(cfg.run.get("cache_dir") or trainer.run_dir / "cache")
-        example = torch.zeros(1, 3, *mask_u8.shape[-2:])
+        cache_dir = trainer.cache_dir
+        example = torch.zeros(1, 3, store.resolution, store.resolution)
 
-        def build_latents():
-            encode = frozen_function(MaskLatents(self.autoencoder, scale), example, backend)
-            return compute_cache(encode, mask_u8, codes, device, 16, "mask latents")
+        def read_masks(a: int, b: int) -> torch.Tensor:
+            return torch.from_numpy(store.masks.read_range(a, b))[:, None].expand(-1, 3, -1, -1) * 255
 
-        self.z0_cache = cached(cache_dir / f"mask-latents-{key}.safetensors", trainer.accelerator, build_latents)
-        self.tokens_cache = None
+        def read_images(a: int, b: int) -> torch.Tensor:
+            return torch.from_numpy(store.images.read_range(a, b))
+
+        def build_latents(write):
+            encode = frozen_function(self.mask_latents, example, backend)
+            cache_rows(flipped_inputs(encode, codes, device), read_masks, len(store), 16, "mask latents",
+                       len(codes), write)
+
+        self.z0_cache = cached(cache_dir / f"mask-latents-{key}", trainer.accelerator, build_latents, np.float32)
         teacher, grid = self.teacher, self.grid
         if teacher is None or not ac.cache:
             return
         # ONNX Runtime for a float32 teacher only (paper.yaml's bf16 teacher stays with torch)
         teacher_backend = backend if ac.teacher_dtype == "float32" else "torch"
 
-        def build_tokens():
+        def build_tokens(write):
             features = frozen_function(TeacherFeatures(teacher), example, teacher_backend)
 
             def tokens(x):
                 return features_to_tokens(features(x), grid).half()
 
             if ac.flip_tokens == "recompute":
-                return compute_cache(tokens, data.train_images, codes, device, 8, "teacher tokens")
-            plain = compute_cache(tokens, data.train_images, [(False, False)], device, 8, "teacher tokens")[:, 0]
-            return torch.stack([mirror_tokens(plain, grid, h, v) for h, v in codes], dim=1)
+                rows, passes = flipped_inputs(tokens, codes, device), len(codes)
+            else:
+                plain = flipped_inputs(tokens, [(False, False)], device)
+                passes = 1
+
+                def rows(x):
+                    p = plain(x)[:, 0]
+                    return torch.stack([mirror_tokens(p, grid, h, v) for h, v in codes], dim=1)
+
+            cache_rows(rows, read_images, len(store), 8, "teacher tokens", passes, write)
 
         tkey = target_cache_key(key, teacher.name, grid, ac.flip_tokens, str(ac.teacher_dtype),
                                 backend=teacher_backend, device=device)
-        self.tokens_cache = cached(cache_dir / f"teacher-{tkey}.safetensors", trainer.accelerator, build_tokens)
+        self.tokens_cache = cached(cache_dir / f"teacher-{tkey}", trainer.accelerator, build_tokens, np.float16)
 
     def ema_module(self, model: LeafTrainingModel) -> torch.nn.Module:
         return model.unet
 
-    def _teacher_tokens(self, idx: list[int], code: list[int], images: torch.Tensor) -> torch.Tensor | None:
+    def row_files(self) -> tuple:
+        """The cached frozen targets the data loader reads with each batch (None: computed per batch)."""
+        return self.z0_cache, self.tokens_cache
+
+    @torch.no_grad()
+    def _teacher_tokens(self, batch: TrainBatch) -> torch.Tensor | None:
         if self.teacher is None:
             return None
         device, grid, codes = self.trainer.device, self.grid, self.trainer.codes
-        if self.tokens_cache is not None:
-            return self.tokens_cache[idx, code].float().to(device)
-        with torch.no_grad():
-            if self.cfg.align.flip_tokens == "recompute":
-                return self.teacher(images.to(device).float() / 255, grid)
-            plain = self.teacher(self.trainer.data.train_images[idx].to(device).float() / 255, grid)
-        return torch.stack([mirror_tokens(p[None], grid, *codes[c])[0] for p, c in zip(plain, code)])
+        if batch.tokens is not None:
+            return batch.tokens.float().to(device)
+        if self.cfg.align.flip_tokens == "recompute" or self.trainer.augmentation.has_geometric:
+            return self.teacher(batch.view.to(device).float() / 255, grid)
+        # mirror: the teacher sees the unflipped image (flips undo themselves), its token grid is flipped
+        plain = self.teacher(torch.stack([D.flip(x, *codes[c]) for x, c in zip(batch.view, batch.codes.tolist())])
+                             .to(device).float() / 255, grid)
+        return torch.stack([mirror_tokens(p[None], grid, *codes[c])[0] for p, c in zip(plain, batch.codes.tolist())])
 
-    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        g, device, codes = batch.generator, self.trainer.device, self.trainer.codes
-        idx, code = batch.indices, batch.codes
-        t = torch.randint(0, self.components["scheduler"].config.num_train_timesteps, (len(idx),), generator=g)
-        train_images = self.trainer.data.train_images
-        images = torch.stack([D.flip(train_images[i], *codes[c]) for i, c in zip(idx.tolist(), code.tolist())])
-        z0 = self.z0_cache[idx, code]
+    def losses(self, model: torch.nn.Module, batch: TrainBatch, g: torch.Generator) -> dict[str, torch.Tensor]:
+        device = self.trainer.device
+        t = torch.randint(0, self.components["scheduler"].config.num_train_timesteps, (len(batch.indices),),
+                          generator=g)
+        z0 = batch.z0
+        if z0 is None:  # augmented masks: encoded by the frozen mask autoencoder, as the cache would have
+            with torch.no_grad():
+                masks = batch.masks[:, None].expand(-1, 3, -1, -1).to(device).float()
+                z0 = self.mask_latents(masks.contiguous(memory_format=torch.channels_last)).float().cpu()
         noise = torch.randn(z0.shape, generator=g)
-        tokens = self._teacher_tokens(idx, code, images)  # the teacher's view of the un-jittered image, as cached
-        images = self.trainer.colour_jitter(images, g)  # drawn after t and noise: those stay as without jitter
+        tokens = self._teacher_tokens(batch)  # the teacher's view of the un-jittered image, as cached
+        images = self.trainer.colour_jitter(batch.images, g)  # drawn after t and noise: those stay as without jitter
         x = images.to(device).float() / 255 * 2 - 1
         with self.trainer.accelerator.autocast():
             return model(x, z0.to(device), noise.to(device), t.to(device), tokens)
@@ -225,13 +252,13 @@ class LeafMethod:
 
     def validate(self, model: LeafTrainingModel) -> float:
         """Mean per-image Dice on the val split at the processing resolution (single step)."""
-        pipe, data, device = self._pipe(model), self.trainer.data, self.trainer.device
+        pipe, device = self._pipe(model), self.trainer.device
         scores = []
-        for i in range(0, len(data.val_images), 16):
-            x = data.val_images[i:i + 16].to(device).float() / 255 * 2 - 1
+        for images, masks in self.trainer.data.val.batches(16):
+            x = images.to(device).float() / 255 * 2 - 1
             with self.trainer.accelerator.autocast():
                 soft = pipe.latents_to_soft_masks(pipe.predict_latents(x)[0])
-            scores += [dice_score(p, gt) for p, gt in zip((soft > 0.5).cpu().numpy(), data.val_masks[i:i + 16].numpy())]
+            scores += [dice_score(p, gt) for p, gt in zip((soft > 0.5).cpu().numpy(), masks.numpy())]
         return float(np.mean(scores))
 
     def pipeline(self, model: LeafTrainingModel) -> LeafSegPipeline:

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 from omegaconf import DictConfig
 
-from .. import data as D
 from ..config import to_container
 from ..metrics import dice as dice_score
 from ..pipelines.supervised import SupervisedSegPipeline, build_segmentation_unet, unet_logits
-from .engine import Batch, Trainer, volume_config
+from ..data.loader import TrainBatch
+from .engine import Trainer, volume_config
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0, bce_weight: float = 1.0,
@@ -48,23 +48,24 @@ class SupervisedMethod:
     def ema_module(self, model: UNet2DModel) -> torch.nn.Module:
         return model
 
-    def losses(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        data, codes, device, bc = self.trainer.data, self.trainer.codes, self.trainer.device, self.cfg.baseline
-        pairs = list(zip(batch.indices.tolist(), batch.codes.tolist()))
-        images = torch.stack([D.flip(data.train_images[i], *codes[c]) for i, c in pairs])
-        masks = torch.stack([D.flip(data.train_masks[i], *codes[c]) for i, c in pairs])
-        images = self.trainer.colour_jitter(images, batch.generator)
+    def losses(self, model: torch.nn.Module, batch: TrainBatch, generator: torch.Generator
+               ) -> dict[str, torch.Tensor]:
+        device, bc = self.trainer.device, self.cfg.baseline
+        images = self.trainer.colour_jitter(batch.images, generator)
         with self.trainer.accelerator.autocast():
             logits = unet_logits(model, images.to(device).float() / 255 * 2 - 1)
-        return {"loss": dice_bce_loss(logits, masks.to(device), float(bc.dice_weight), float(bc.bce_weight))}
+        return {"loss": dice_bce_loss(logits, batch.masks.to(device), float(bc.dice_weight), float(bc.bce_weight))}
+
+    def row_files(self) -> tuple:
+        return None, None  # no frozen targets
 
     def validate(self, model: UNet2DModel) -> float:
-        data, device, scores = self.trainer.data, self.trainer.device, []
-        for i in range(0, len(data.val_images), 16):
-            x = data.val_images[i:i + 16].to(device).float() / 255 * 2 - 1
+        device, scores = self.trainer.device, []
+        for images, masks in self.trainer.data.val.batches(16):
+            x = images.to(device).float() / 255 * 2 - 1
             with self.trainer.accelerator.autocast():
                 pred = unet_logits(model, x) > 0
-            scores += [dice_score(p, g) for p, g in zip(pred.cpu().numpy(), data.val_masks[i:i + 16].numpy())]
+            scores += [dice_score(p, g) for p, g in zip(pred.cpu().numpy(), masks.numpy())]
         return float(np.mean(scores))
 
     def pipeline(self, model: UNet2DModel) -> SupervisedSegPipeline:

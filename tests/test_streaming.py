@@ -1,0 +1,252 @@
+"""The streaming data path: samples decoded once into row files on disk, read lazily by a step sampler and a
+DataLoader (with or without workers), augmentation seeded by (seed, step, rank), frozen targets streamed to disk.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from leafseg import data as D
+from leafseg.data import store as S
+from leafseg.data.loader import StepSampler, TrainSamples, train_loader
+from leafseg.training import train
+from tiny import BITWISE, tiny_config
+
+needs_kornia = pytest.mark.skipif(importlib.util.find_spec("kornia") is None,
+                                  reason="kornia not installed (pip install 'leafseg[augment]')")
+AUGMENT = ["data.augment.p=0.8", "data.augment.crop_scale=[0.5,1.0]", "data.augment.rotate=20",
+           "data.augment.gamma=[0.7,1.5]", "data.augment.noise=0.02"]
+
+
+def test_row_file_round_trip_and_errors(tmp_path):
+    rows = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    with S.RowWriter(tmp_path / "x", np.float32, (2, 3)) as writer:
+        writer.write(rows[:2])
+        writer.write(rows[2:])
+    f = S.RowFile(tmp_path / "x")
+    assert len(f) == 5 and f.row_shape == (2, 3)
+    np.testing.assert_array_equal(f.read([4, 0, 4]), rows[[4, 0, 4]])
+    np.testing.assert_array_equal(f.read(3), rows[3])
+    np.testing.assert_array_equal(f.read_range(1, 9), rows[1:])
+    with pytest.raises(IndexError, match="out of range"):
+        f.read([5])
+    with pytest.raises(ValueError, match=r"rows of shape \(3,\), expected \(2, 3\)"):
+        S.RowWriter(tmp_path / "y", np.float32, (2, 3)).write(np.zeros((1, 3)))
+    (tmp_path / "x.bin").write_bytes((tmp_path / "x.bin").read_bytes()[:-4])  # a truncated file is named
+    with pytest.raises(ValueError, match=r"x\.bin: 116 bytes, expected 5 rows of 24"):
+        S.RowFile(tmp_path / "x")
+
+
+def test_sample_store_holds_what_load_samples_reads_and_decodes_once(tmp_path, synthetic, monkeypatch):
+    pairs = D.find_dataset(synthetic, "folder", "images", "masks")[:7]
+    images, masks, names = D.load_samples(pairs, 16)
+    calls = []
+    real = S._samples
+    monkeypatch.setattr(S, "_samples", lambda *a: calls.append(a[0]) or real(*a))
+    store = S.build_sample_store(pairs, 16, tmp_path / "store")
+    assert len(calls) == 7 and store.names == names and len(store) == 7
+    got_images, got_masks = store.read(range(7))
+    assert torch.equal(torch.from_numpy(got_images), images) and torch.equal(torch.from_numpy(got_masks), masks)
+    assert store.foreground == [int(m.sum()) for m in masks]
+    again = S.build_sample_store(pairs, 16, tmp_path / "store")  # opened, not decoded again
+    assert len(calls) == 7 and again.names == names
+    batches = list(store.batches(3))
+    assert [len(b[0]) for b in batches] == [3, 3, 1] and torch.equal(torch.cat([b[1] for b in batches]), masks)
+
+
+def test_an_interrupted_store_build_leaves_nothing(tmp_path, synthetic, monkeypatch):
+    pairs = D.find_dataset(synthetic, "folder", "images", "masks")[:4]
+    real, seen = S._samples, []
+
+    def failing(*a):
+        seen.append(1)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(S, "_samples", failing)
+    with pytest.raises(KeyboardInterrupt):
+        S.build_sample_store(pairs, 16, tmp_path / "store")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_key_changes_with_an_edited_file(tmp_path, synthetic):
+    import shutil
+
+    shutil.copytree(synthetic, tmp_path / "d")
+    pairs = D.find_dataset(tmp_path / "d", "folder", "images", "masks")
+    key = S.store_key(pairs, 32, {})
+    assert key == S.store_key(pairs, 32, {}) and key != S.store_key(pairs, 64, {})
+    pairs[0].mask.write_bytes(pairs[0].mask.read_bytes())
+    os.utime(pairs[0].mask, ns=(1, 1))
+    assert S.store_key(pairs, 32, {}) != key
+
+
+def _loader_batches(store, workers, augmentation, start=0, steps=4):
+    codes = [(False, False), (True, False), (False, True), (True, True)]
+    samples = TrainSamples(store, codes, augmentation, seed=3, rank=0)
+    sampler = StepSampler(len(store), 3, world=1, rank=0, seed=3, n_codes=4, start_step=start)
+    it = iter(train_loader(samples, sampler, workers))
+    return [next(it) for _ in range(steps)]
+
+
+@needs_kornia
+def test_batches_depend_on_the_step_only_with_or_without_workers(tmp_path, synthetic):
+    pairs = D.find_dataset(synthetic, "folder", "images", "masks")
+    store = S.build_sample_store(pairs, 32, tmp_path / "store")
+    augmentation = D.SampleAugmentation(p=0.8, crop_scale=(0.5, 1.0), rotate=20, gamma=(0.7, 1.5), noise=0.02)
+    plain = _loader_batches(store, 0, augmentation)
+    workers = _loader_batches(store, 2, augmentation)
+    later = _loader_batches(store, 0, augmentation, start=2, steps=2)  # a resumed run's loader
+    for a, b in zip(plain, workers):
+        for field in ("step", "indices", "codes", "view", "images", "masks"):
+            assert torch.equal(torch.as_tensor(getattr(a, field)), torch.as_tensor(getattr(b, field))), field
+    for a, b in zip(plain[2:], later):
+        assert a.step == b.step and torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+    assert [b.step for b in plain] == [0, 1, 2, 3]
+    assert not torch.equal(plain[0].images, plain[0].view)  # the intensity transforms touch the image only
+
+
+@needs_kornia
+def test_geometric_augmentation_moves_image_and_mask_together():
+    mask = torch.zeros(6, 32, 32, dtype=torch.bool)
+    mask[:, 8:20, 5:25] = True
+    image = mask[:, None].expand(-1, 3, -1, -1).to(torch.uint8) * 255  # the mask drawn as the image
+    aug = D.SampleAugmentation(p=1.0, crop_scale=(0.4, 0.8), rotate=40)
+    assert aug.has_geometric and not aug.has_intensity
+    view, out, moved = aug(image, mask, seed=7)
+    assert out is view and not torch.equal(moved, mask)
+    agree = ((view[:, 0] > 127) == moved).float().mean()
+    assert agree > 0.98  # the same warp on both (edges differ by interpolation only)
+    again = aug(image, mask, seed=7)
+    assert torch.equal(again[0], view) and torch.equal(again[2], moved)
+    assert not torch.equal(aug(image, mask, seed=8)[2], moved)
+
+
+def test_augmentation_off_is_the_identity_and_config_errors_name_the_key():
+    x, m = torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, 8, 8, dtype=torch.bool)
+    off = D.SampleAugmentation.from_config(None)
+    view, out, masks = off(x, m, seed=0)
+    assert not off.enabled and view is x and out is x and masks is m
+    assert str(off) == "no augmentation"
+    with pytest.raises(ValueError, match="data.augment.crop_scale"):
+        D.SampleAugmentation(crop_scale=(0.5, 1.5))
+    with pytest.raises(ValueError, match="data.augment.rotate"):
+        D.SampleAugmentation(rotate=-1)
+
+
+def test_default_and_paper_configs_do_not_augment():
+    from leafseg.config import load_config
+
+    for name in (None, "paper", "cpu"):
+        cfg = load_config(name, ["data.root=x"])
+        assert not D.SampleAugmentation.from_config(cfg.data.augment).enabled, name
+
+
+@needs_kornia
+def test_augmented_training_is_deterministic_and_resumes_bit_for_bit_with_workers(tmp_path, synthetic):
+    from safetensors.torch import load_file
+
+    def unet(run):
+        return load_file(str(run / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
+
+    straight = train(tiny_config(tmp_path / "a", synthetic, *AUGMENT, BITWISE))
+    assert not list((tmp_path / "a" / "cache").glob("mask-latents-*"))  # computed per batch instead
+    train(tiny_config(tmp_path / "b", synthetic, *AUGMENT, BITWISE, "data.num_workers=2", "train.max_steps=2"))
+    resumed = train(tiny_config(tmp_path / "b", synthetic, *AUGMENT, BITWISE, "data.num_workers=2"), resume=True)
+    la = [h["loss"] for h in straight.history if "loss" in h]
+    assert la == [h["loss"] for h in resumed.history if "loss" in h]
+    a, b = unet(straight.run_dir), unet(resumed.run_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    plain = train(tiny_config(tmp_path / "c", synthetic, BITWISE))
+    assert la != [h["loss"] for h in plain.history if "loss" in h]
+
+
+def test_workers_change_no_number(tmp_path, synthetic):
+    a = train(tiny_config(tmp_path / "a", synthetic, BITWISE))
+    b = train(tiny_config(tmp_path / "b", synthetic, BITWISE, "data.num_workers=2"))
+    assert [h["loss"] for h in a.history if "loss" in h] == [h["loss"] for h in b.history if "loss" in h]
+    assert a.best_val_dice == b.best_val_dice
+
+
+def test_on_the_fly_mask_latents_are_the_cached_ones(tmp_path, synthetic):
+    """With geometric augmentation the mask latents come from the frozen autoencoder per batch: the same function
+    the cache was built with, so an unaugmented mask gets its cached latent."""
+    from leafseg.training.engine import Trainer, load_run_data, start_run
+    from leafseg.training.leaf import LeafMethod
+
+    from leafseg.training.checkpoints import release_run_dir
+
+    cfg = tiny_config(tmp_path / "run", synthetic, BITWISE)
+    accelerator, run_dir = start_run(cfg, resume=False)
+    release_run_dir(run_dir)
+    trainer = Trainer(cfg, accelerator, run_dir, load_run_data(cfg, run_dir, accelerator))
+    method = LeafMethod(cfg)
+    method.build(trainer)
+    store = trainer.data.train
+    masks = torch.from_numpy(store.masks.read_range(0, 5)).bool()
+    codes = trainer.codes
+    for c, (h, v) in enumerate(codes):
+        flipped = D.flip(masks, h, v)[:, None].expand(-1, 3, -1, -1).float()
+        with torch.no_grad():
+            fly = method.mask_latents(flipped.contiguous(memory_format=torch.channels_last))
+        cached = torch.from_numpy(method.z0_cache.read(range(5))[:, c])
+        torch.testing.assert_close(fly, cached, rtol=1e-4, atol=1e-5)  # another batch size: float rounding
+
+
+VOLUME_TRAINING = textwrap.dedent("""
+    import json, resource, sys
+    from leafseg.training import train
+    sys.path.insert(0, sys.argv[3])
+    from tiny import tiny_config
+    cfg = tiny_config(sys.argv[1], sys.argv[2], "data.resolution=256", "data.hflip=false", "data.vflip=false",
+                      "align.enabled=false", "train.max_steps=3", "train.val_every=3", "train.checkpoint_every=3",
+                      "train.val_max_images=4", "run.device=cpu")
+    result = train(cfg)
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "step": result.step}))
+""")
+
+
+def _volume_dataset(root, volumes: int, slices: int, size: int = 256):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(volumes):
+        image = rng.integers(0, 1000, (size, size, slices), dtype=np.int16)
+        mask = np.zeros((size, size, slices), np.uint8)
+        mask[60:140, 80:170, :] = 1
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / "images" / f"v{i}.nii"))
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), str(root / "masks" / f"v{i}.nii"))
+
+
+@pytest.mark.slow
+def test_training_memory_does_not_grow_with_the_number_of_slices(tmp_path):
+    """40 volumes x 100 slices of 256 x 256 train (20 volumes, 2000 slices) and validate (4 volumes, 400 slices) in
+    about the resident memory that 4 volumes (200 + 100 slices) need: holding the samples in memory, as the data
+    path did before, would add 525 MiB of 8-bit images and masks."""
+    peaks = {}
+    for volumes in (4, 40):
+        root = tmp_path / f"data{volumes}"
+        _volume_dataset(root, volumes, 100)
+        out = subprocess.run([sys.executable, "-c", VOLUME_TRAINING, str(tmp_path / f"run{volumes}"), str(root),
+                              os.path.dirname(__file__)], capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["step"] == 3
+        peaks[volumes] = result["peak_rss_mib"]
+    in_ram = (1800 + 300) * (3 + 1) * 256 * 256 / 2**20  # the 2100 extra samples, held in memory: 525 MiB
+    print(f"peak RSS: {peaks} MiB")
+    assert peaks[40] - peaks[4] < 0.2 * in_ram, peaks
