@@ -250,3 +250,80 @@ def test_training_memory_does_not_grow_with_the_number_of_slices(tmp_path):
     in_ram = (1800 + 300) * (3 + 1) * 256 * 256 / 2**20  # the 2100 extra samples, held in memory: 525 MiB
     print(f"peak RSS: {peaks} MiB")
     assert peaks[40] - peaks[4] < 0.2 * in_ram, peaks
+
+
+def test_negative_crops_hold_no_foreground_and_keep_samples_without_room():
+    g = torch.Generator().manual_seed(0)
+    images = torch.arange(4 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).view(4, 3, 32, 32)
+    masks = torch.zeros(4, 32, 32, dtype=torch.bool)
+    masks[0, 4:12, 20:30] = True   # room below and to the left
+    masks[1, 2:30, 2:30] = True    # no room for a crop of 8 px
+    masks[2, 10:20, 10:20] = True
+    out, empty = D.augment.negative_crops(images, masks, 1.0, 0.25, g)
+    assert not empty[[0, 2, 3]].any()                     # negatives: empty masks
+    assert torch.equal(out[1], images[1]) and torch.equal(empty[1], masks[1])  # no room: unchanged
+    assert not torch.equal(out[0], images[0])
+    none, kept = D.augment.negative_crops(images, masks, 0.0, 0.25, g)
+    assert torch.equal(none, images) and torch.equal(kept, masks)
+
+
+def test_an_all_negative_batch_trains_and_its_target_is_the_empty_masks_latent(tmp_path, synthetic, monkeypatch):
+    """data.augment.negative=1: every sample is a crop without foreground; the x0 target the step regresses is the
+    frozen autoencoder's latent of the empty mask."""
+    from leafseg.training import leaf
+
+    targets = []
+    forward = leaf.LeafTrainingModel.forward
+
+    def spy(self, images, z0, noise, t, tokens=None):
+        targets.append(z0.clone())
+        return forward(self, images, z0, noise, t, tokens)
+
+    monkeypatch.setattr(leaf.LeafTrainingModel, "forward", spy)
+    result = train(tiny_config(tmp_path / "run", synthetic, "data.augment.negative=1.0",
+                               "data.augment.negative_min=0.1", BITWISE))
+    assert result.step == 4 and all(np.isfinite(h["loss"]) for h in result.history if "loss" in h)
+    from leafseg.models import autoencoder as ae_ops
+    from leafseg.pipelines import LeafSegPipeline
+
+    pipe = LeafSegPipeline.from_pretrained(result.run_dir / "model-last", local_files_only=True)
+    with torch.no_grad():
+        empty = ae_ops.encode(pipe.autoencoder, -torch.ones(1, 3, 32, 32)) * ae_ops.latent_scale(pipe.autoencoder)
+    for z0 in targets:
+        for row in z0:  # synthetic polyps leave room for 10% crops beside them in every sample
+            torch.testing.assert_close(row, empty[0], rtol=1e-4, atol=1e-5)
+
+
+def test_two_datasets_train_together_and_validate_per_dataset(tmp_path, synthetic, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(synthetic, other)
+    for folder in ("images", "masks"):  # a second "centre" with fewer images
+        for f in sorted((other / folder).iterdir())[:6]:
+            f.unlink()
+    cfg = tiny_config(tmp_path / "run", synthetic, f"data.sources=[{{root: {other}, name: second}}]",
+                      "train.val_at_start=true")
+    result = train(cfg)
+    run = result.run_dir
+    assert (run / "split.json").is_file() and (run / "split-second.json").is_file()
+    second = json.loads((run / "split-second.json").read_text())
+    first = json.loads((run / "split.json").read_text())
+    vals = [h for h in result.history if "val_dice" in h]
+    assert all({"val_dice_data", "val_dice_second"} <= set(h) for h in vals)
+    for h in vals:
+        assert h["val_dice"] == pytest.approx((h["val_dice_data"] + h["val_dice_second"]) / 2)
+    out = capsys.readouterr().out
+    assert f"{len(first['train']) + len(second['train'])} train / {len(first['val']) + len(second['val'])} val" in out
+    with pytest.raises(ValueError, match=r"data.sources\[0\]: give root"):
+        train(tiny_config(tmp_path / "bad", synthetic, "data.sources=[{layout: folder}]"))
+
+
+def test_source_means_weigh_datasets_equally():
+    from leafseg.training.engine import source_means
+
+    mean, each = source_means([1.0, 1.0, 1.0, 0.0], [("a", 3), ("b", 1)])
+    assert each == {"a": 1.0, "b": 0.0} and mean == 0.5
+    assert source_means([0.2, 0.4], [("data", 2)]) == (pytest.approx(0.3), {"data": pytest.approx(0.3)})
+    with pytest.raises(RuntimeError, match="scored 3 samples"):
+        source_means([1.0, 1.0, 1.0], [("a", 2)])

@@ -73,37 +73,45 @@ class SampleAugmentation:
     Returns the image after the geometric transforms (``view``: what the alignment teacher sees, as with colour
     jitter), the image after all of them, and the mask (thresholded at 0.5 after a bilinear warp). A geometric
     transform changes the mask, so its latent is encoded on the fly instead of read from the flip cache.
+
+    Negative crops (``negative``: the fraction of samples, drawn before the other transforms): the sample becomes a
+    square crop of its image that holds no foreground, resized to the full size, with the empty mask: frames
+    without the object, which datasets of positive frames lack. The crop lies beside the object's bounding box (the
+    widest free band) and is at least ``negative_min`` of the side; a sample without such room is left as it is.
     """
 
     def __init__(self, p: float = 0.5, crop_scale=(1.0, 1.0), crop_ratio=(0.75, 4 / 3), rotate: float = 0.0,
-                 elastic: float = 0.0, gamma=(1.0, 1.0), blur: float = 0.0, noise: float = 0.0):
+                 elastic: float = 0.0, gamma=(1.0, 1.0), blur: float = 0.0, noise: float = 0.0,
+                 negative: float = 0.0, negative_min: float = 0.25):
         crop_scale, crop_ratio, gamma = (tuple(float(v) for v in x) for x in (crop_scale, crop_ratio, gamma))
         checks = {"p": 0 <= p <= 1, "crop_scale": 0 < crop_scale[0] <= crop_scale[1] <= 1,
                   "crop_ratio": 0 < crop_ratio[0] <= crop_ratio[1], "rotate": 0 <= rotate <= 180,
-                  "elastic": elastic >= 0, "gamma": 0 < gamma[0] <= gamma[1], "blur": blur >= 0, "noise": noise >= 0}
+                  "elastic": elastic >= 0, "gamma": 0 < gamma[0] <= gamma[1], "blur": blur >= 0, "noise": noise >= 0,
+                  "negative": 0 <= negative <= 1, "negative_min": 0 < negative_min <= 1}
         values = {"p": p, "crop_scale": crop_scale, "crop_ratio": crop_ratio, "rotate": rotate, "elastic": elastic,
-                  "gamma": gamma, "blur": blur, "noise": noise}
+                  "gamma": gamma, "blur": blur, "noise": noise, "negative": negative, "negative_min": negative_min}
         for key, ok in checks.items():
             if not ok:
                 raise ValueError(f"data.augment.{key}: {values[key]} is out of range (p in [0, 1]; crop_scale "
                                  "0 < lo <= hi <= 1; rotate in [0, 180] degrees; elastic, blur, noise >= 0; gamma "
-                                 "0 < lo <= hi)")
+                                 "0 < lo <= hi; negative in [0, 1]; negative_min in (0, 1])")
         self.settings = values
         self.p = float(p)
-        self.has_geometric = p > 0 and (crop_scale != (1.0, 1.0) or rotate > 0 or elastic > 0)
+        self.negative, self.negative_min = float(negative), float(negative_min)
+        self.has_geometric = (p > 0 and (crop_scale != (1.0, 1.0) or rotate > 0 or elastic > 0)) or negative > 0
         self.has_intensity = p > 0 and (gamma != (1.0, 1.0) or blur > 0 or noise > 0)
-        self.geometric = self.intensity = None
+        self.intensity, self._geo_spec = None, []
         if self.has_geometric or self.has_intensity:
             try:
                 import kornia.augmentation as K
             except ImportError:
                 raise ImportError("data.augment needs kornia: pip install 'leafseg[augment]'") from None
             geo = []
-            if crop_scale != (1.0, 1.0):
+            if crop_scale != (1.0, 1.0) and p:
                 geo.append(("crop", crop_scale, crop_ratio))
-            if rotate > 0:
+            if rotate > 0 and p:
                 geo.append(("rotate", rotate))
-            if elastic > 0:
+            if elastic > 0 and p:
                 geo.append(("elastic", elastic))
             self._geo_spec = geo
             inten = []
@@ -146,12 +154,16 @@ class SampleAugmentation:
             return images, images, masks
         import torch
 
+        size = images.shape[-1]
+        if self._geo_spec and getattr(self, "_geo_size", None) != size:  # built once, before any draw
+            self._geo, self._geo_size = self._geometric(size), size
         with torch.random.fork_rng(devices=[]):  # kornia draws from the global generator: seed it, leave it as it was
             torch.manual_seed(int(seed))
+            if self.negative > 0:
+                images, masks = negative_crops(images, masks, self.negative, self.negative_min,
+                                               torch.Generator().manual_seed(int(seed)))
             x = images.float() / 255
-            if self.has_geometric:
-                if getattr(self, "_geo", None) is None or self._geo_size != x.shape[-1]:
-                    self._geo, self._geo_size = self._geometric(x.shape[-1]), x.shape[-1]
+            if self._geo_spec:
                 x, m = self._geo(x, masks[:, None].float())
                 masks = m[:, 0] > 0.5
                 view = (x.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -172,5 +184,37 @@ class SampleAugmentation:
                  f"rotation +-{s['rotate']:g} deg" if s["rotate"] else "",
                  f"elastic {s['elastic']:g}" if s["elastic"] else "",
                  f"gamma {s['gamma'][0]:g}-{s['gamma'][1]:g}" if s["gamma"] != (1.0, 1.0) else "",
-                 f"blur sigma <= {s['blur']:g}" if s["blur"] else "", f"noise std {s['noise']:g}" if s["noise"] else ""]
+                 f"blur sigma <= {s['blur']:g}" if s["blur"] else "", f"noise std {s['noise']:g}" if s["noise"] else "",
+                 f"negative crops {s['negative']:g}" if s["negative"] else ""]
         return f"augmentation p={s['p']:g} ({', '.join(p for p in parts if p)})"
+
+
+def negative_crops(images: torch.Tensor, masks: torch.Tensor, fraction: float, min_side: float,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace about ``fraction`` of the samples by a crop without foreground, resized back to (R, R), and an empty
+    mask (see :class:`SampleAugmentation`). Inputs: (B, 3, R, R) uint8, (B, R, R) bool."""
+    import torch
+    import torch.nn.functional as F
+
+    size = images.shape[-1]
+    chosen = torch.rand(len(images), generator=generator) < fraction
+    pick = torch.rand(len(images), 2, generator=generator)  # where along the band the crop sits
+    images, masks = images.clone(), masks.clone()
+    for i in torch.nonzero(chosen).flatten().tolist():
+        ys, xs = torch.nonzero(masks[i], as_tuple=True)
+        if len(ys) == 0:  # already empty: any crop is a negative
+            bands = [(0, 0, size, size)]
+        else:  # (top, left, bottom, right) of the free bands above, below, left and right of the bounding box
+            y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+            bands = [(0, 0, y0, size), (y1, 0, size, size), (0, 0, size, x0), (0, x1, size, size)]
+        top, left, bottom, right = max(bands, key=lambda b: min(b[2] - b[0], b[3] - b[1]))
+        side = min(bottom - top, right - left)
+        if side < max(2, round(min_side * size)):
+            continue
+        y = top + int(pick[i, 0] * (bottom - top - side + 1))
+        x = left + int(pick[i, 1] * (right - left - side + 1))
+        crop = images[i:i + 1, :, y:y + side, x:x + side].float()
+        images[i] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
+                                  antialias=side > size)[0].round().clamp(0, 255).to(torch.uint8)
+        masks[i] = False
+    return images, masks

@@ -124,8 +124,8 @@ class RowWriter:
 
 class SampleStore:
     """The samples of one split at one resolution: ``images`` (3, R, R) and ``masks`` (R, R) uint8 row files
-    (masks 0/1), ``names`` (``stem``, or ``stem/k`` for slice k of a volume) and each mask's ``foreground``
-    pixel count at that resolution."""
+    (masks 0/1), ``names`` (``stem``, or ``stem/k`` for slice k of a volume), each mask's ``foreground`` pixel
+    count at that resolution, and how many samples each source file gave (``samples_per_pair``)."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -133,6 +133,7 @@ class SampleStore:
         self.masks = RowFile(self.folder / "masks")
         meta = json.loads((self.folder / "samples.json").read_text())
         self.names, self.foreground = meta["names"], meta["foreground_pixels"]
+        self.samples_per_pair = meta["samples_per_pair"]
         if not len(self.images) == len(self.masks) == len(self.names):
             raise ValueError(f"{self.folder}: {len(self.images)} images, {len(self.masks)} masks and "
                              f"{len(self.names)} names (an interrupted write? delete the folder)")
@@ -183,12 +184,14 @@ def build_sample_store(pairs: list, resolution: int, folder: str | os.PathLike, 
         raise ValueError(f"data.volume_slices must be all or foreground, got {volume_slices!r}")
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    names, foreground, started = [], [], time.perf_counter()
+    names, foreground, per_pair, started = [], [], [], time.perf_counter()
     try:
         with RowWriter(tmp / "images", np.uint8, (3, resolution, resolution)) as images, \
                 RowWriter(tmp / "masks", np.uint8, (resolution, resolution)) as masks:
             for pair in tqdm(pairs, desc=desc, leave=False, disable=len(pairs) < 50):
-                for name, image, mask in _samples(pair, intensity, axis, volume_slices):
+                samples = _samples(pair, intensity, axis, volume_slices)
+                per_pair.append(len(samples))
+                for name, image, mask in samples:
                     small = resize_mask(mask, resolution)
                     names.append(name)
                     foreground.append(int(small.sum()))
@@ -196,7 +199,8 @@ def build_sample_store(pairs: list, resolution: int, folder: str | os.PathLike, 
                     masks.write(small[None].astype(np.uint8))
         if not names:
             raise ValueError(f"no samples in {len(pairs)} pair(s) (e.g. {pairs[0].image if pairs else 'none'})")
-        (tmp / "samples.json").write_text(json.dumps({"names": names, "foreground_pixels": foreground}))
+        (tmp / "samples.json").write_text(json.dumps({"names": names, "foreground_pixels": foreground,
+                                                          "samples_per_pair": per_pair}))
         try:
             os.replace(tmp, folder)
         except OSError:  # another process made it meanwhile: keep theirs

@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
@@ -32,7 +33,6 @@ from tqdm.auto import tqdm
 from .. import data as D
 from ..config import flatten, to_container
 from ..data.loader import StepSampler, TrainBatch, TrainSamples, step_generator, train_loader
-from ..data.store import SampleStore, build_sample_store, store_key
 from ..files import write_csv, write_json
 from ..models.weights import assert_finite
 from .budget import check_budget_config, steps_in_budget
@@ -40,6 +40,7 @@ from .checkpoints import (BEST, CHECKPOINT, ScheduleAndEMA, check_resume_config,
                           recover_checkpoint, release_run_dir, save_checkpoint, save_pipeline, save_run_config)
 from .curves import plot_training_curves
 from .model_card import model_card
+from .run_data import RunData, cache_dir, load_run_data, volume_config  # noqa: F401  (volume_config: methods' import)
 
 
 # ------------------------------------------------------------------------------------------------ randomness
@@ -133,66 +134,6 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
         save_run_config(run_dir, cfg)
     accelerator.wait_for_everyone()
     return accelerator, run_dir
-
-
-@dataclass
-class RunData:
-    """The run's split and its samples, on disk (:class:`~leafseg.data.store.SampleStore`), read as needed."""
-
-    split: dict
-    train_pairs: list
-    train: SampleStore
-    val: SampleStore | None
-    first_pass_s: float = 0.0   # decoding into the stores (0 when a cache folder already held them)
-
-
-def volume_config(cfg: DictConfig) -> dict:
-    """How volumes become slices (saved with the exported pipeline, so that predict does the same)."""
-    return {"intensity": to_container(cfg.data.intensity), "slice_axis": int(cfg.data.slice_axis)}
-
-
-def cache_dir(cfg: DictConfig, run_dir: Path) -> Path:
-    """``run.cache_dir``, or the run folder's ``cache``: decoded samples and frozen training targets."""
-    return Path(cfg.run.get("cache_dir") or run_dir / "cache")
-
-
-def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> RunData:
-    """The dataset in its layout, the split file (made once by the main process), and the train and val samples
-    decoded once into sample stores in the cache folder (by the main process; every rank then reads them lazily)."""
-    layout = cfg.data.get("layout", "folder")
-    pairs = D.find_dataset(cfg.data.root, layout, cfg.data.images, cfg.data.masks)
-    split_file = Path(cfg.data.split_file or run_dir / "split.json")
-    sc = cfg.data.split
-    if accelerator.is_main_process:
-        D.load_or_create_split(split_file, pairs, layout, sc.train, sc.val, sc.test, sc.seed)
-    accelerator.wait_for_everyone()
-    split = D.read_split(split_file, [p.stem for p in pairs])
-    train_pairs, val_pairs = D.select(pairs, split["train"]), D.select(pairs, split["val"])
-    if cfg.train.val_max_images:
-        val_pairs = val_pairs[: int(cfg.train.val_max_images)]
-    res = int(cfg.data.resolution)
-    vc = volume_config(cfg)  # NIfTI/DICOM pairs: one sample per slice
-    volumes = {"intensity": vc["intensity"], "axis": vc["slice_axis"], "volume_slices": cfg.data.volume_slices}
-    folder = cache_dir(cfg, run_dir)
-    started = time.perf_counter()
-    stores = {}
-    for name, chosen in (("train", train_pairs), ("val", val_pairs)):
-        if not chosen:
-            stores[name] = None
-            continue
-        key = store_key(chosen, res, volumes)
-        path = folder / f"samples-{name}-{key}"
-        if accelerator.is_main_process:
-            build_sample_store(chosen, res, path, f"decoding {name}", say=print, **volumes)
-        accelerator.wait_for_everyone()
-        stores[name] = SampleStore(path)
-    for name, store, chosen in (("train", stores["train"], train_pairs), ("val", stores["val"], val_pairs)):
-        if store is not None and not any(store.foreground):  # nothing to learn or select on: a wrong mask encoding
-            raise ValueError(f"all {len(chosen)} {name} masks are empty at {res}x{res} (e.g. {chosen[0].mask}); "
-                             "check the mask files and their encoding")
-    if stores["train"] is None:
-        raise ValueError(f"the split {split_file} has no training images")
-    return RunData(split, train_pairs, stores["train"], stores["val"], time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------- optimisation, EMA
@@ -392,14 +333,16 @@ class StepBookkeeping:
         accelerator, state = self.accelerator, self.state
         if accelerator.is_main_process:
             with self.clock.phase("validation"):
-                val_dice = self.validate()
-            accelerator.log({"val_dice": val_dice}, step=step)
-            state["history"].append({"step": step, "val_dice": val_dice})
+                val_dice, per_source = self.validate()
+            by_source = {f"val_dice_{name}": value for name, value in per_source.items()} if len(per_source) > 1 else {}
+            accelerator.log({"val_dice": val_dice, **by_source}, step=step)
+            state["history"].append({"step": step, "val_dice": val_dice, **by_source})
             if state["best_val_dice"] is None or val_dice > state["best_val_dice"]:
                 state["best_val_dice"], state["best_step"] = val_dice, step
                 with self.clock.phase("checkpoints"):
                     self.export(self.run_dir / BEST)
-            tqdm.write(f"step {step}: val Dice {val_dice:.4f} (best {state['best_val_dice']:.4f} "
+            each = f" ({', '.join(f'{k} {v:.4f}' for k, v in per_source.items())})" if by_source else ""
+            tqdm.write(f"step {step}: val Dice {val_dice:.4f}{each} (best {state['best_val_dice']:.4f} "
                        f"at step {state['best_step']})")
         accelerator.wait_for_everyone()
 
@@ -471,8 +414,9 @@ class TrainingMethod(Protocol):
     def row_files(self) -> tuple:
         """(mask latents, teacher tokens) row files the loader reads with each batch, or None for each."""
 
-    def validate(self, model: torch.nn.Module) -> float:
-        """Mean per-image Dice on the val split (called in eval mode, EMA weights swapped in, main process)."""
+    def validate(self, model: torch.nn.Module) -> list[float]:
+        """Per-image Dice on the val samples, in store order (called in eval mode, EMA weights swapped in, main
+        process)."""
 
     def pipeline(self, model: torch.nn.Module):
         """The inference pipeline of the (unwrapped) module, for export."""
@@ -508,6 +452,19 @@ class Trainer:
     def augmentation(self) -> D.SampleAugmentation:
         """Applied by the data loader after the flips (``data.augment``; off: the flipped samples themselves)."""
         return D.SampleAugmentation.from_config(self.cfg.data.get("augment"))
+
+
+def source_means(scores: list[float], val_sources: list[tuple[str, int]]) -> tuple[float, dict[str, float]]:
+    """Validation Dice of per-image ``scores``: the mean over the sources of each source's mean (with one source,
+    the plain mean), and each source's mean."""
+    per_source, start = {}, 0
+    for name, count in val_sources:
+        if count:
+            per_source[name] = float(np.mean(scores[start:start + count]))
+        start += count
+    if start != len(scores):
+        raise RuntimeError(f"validation scored {len(scores)} samples, the val sources hold {start}")
+    return float(np.mean(list(per_source.values()))), per_source
 
 
 def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) -> TrainResult:
@@ -556,9 +513,9 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
         with ema_weights(ema, averaged.parameters()):
             save_pipeline(method.pipeline(base), path, card)  # refuses non-finite weights
 
-    def validate() -> float:
+    def validate() -> tuple[float, dict[str, float]]:
         with ema_weights(ema, averaged.parameters()), eval_mode(base), torch.no_grad():
-            return method.validate(base)
+            return source_means(method.validate(base), trainer.data.val_sources)
 
     data, rank, world = trainer.data, accelerator.process_index, accelerator.num_processes
     bs, seed, n_codes = int(tc.batch_size), int(cfg.run.seed), len(trainer.codes)

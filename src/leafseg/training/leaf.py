@@ -250,8 +250,8 @@ class LeafMethod:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def validate(self, model: LeafTrainingModel) -> float:
-        """Mean per-image Dice on the val split at the processing resolution (single step)."""
+    def validate(self, model: LeafTrainingModel) -> list[float]:
+        """Per-image Dice on the val samples at the processing resolution (single step)."""
         pipe, device = self._pipe(model), self.trainer.device
         scores = []
         for images, masks in self.trainer.data.val.batches(16):
@@ -259,7 +259,7 @@ class LeafMethod:
             with self.trainer.accelerator.autocast():
                 soft = pipe.latents_to_soft_masks(pipe.predict_latents(x)[0])
             scores += [dice_score(p, gt) for p, gt in zip((soft > 0.5).cpu().numpy(), masks.numpy())]
-        return float(np.mean(scores))
+        return scores
 
     def pipeline(self, model: LeafTrainingModel) -> LeafSegPipeline:
         return self._pipe(model)

@@ -9,7 +9,6 @@ selection on val Dice. Run it with ``leafseg train`` and ``method: supervised_un
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
@@ -59,14 +58,14 @@ class SupervisedMethod:
     def row_files(self) -> tuple:
         return None, None  # no frozen targets
 
-    def validate(self, model: UNet2DModel) -> float:
+    def validate(self, model: UNet2DModel) -> list[float]:
         device, scores = self.trainer.device, []
         for images, masks in self.trainer.data.val.batches(16):
             x = images.to(device).float() / 255 * 2 - 1
             with self.trainer.accelerator.autocast():
                 pred = unet_logits(model, x) > 0
             scores += [dice_score(p, g) for p, g in zip(pred.cpu().numpy(), masks.numpy())]
-        return float(np.mean(scores))
+        return scores
 
     def pipeline(self, model: UNet2DModel) -> SupervisedSegPipeline:
         return SupervisedSegPipeline(unet=model, **volume_config(self.cfg))

@@ -1,0 +1,120 @@
+"""What a run trains and validates on: one dataset (``data.root``) or several (``data.sources`` beside it), each
+with its split file, decoded once into sample stores in the cache folder and read lazily from there."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accelerate import Accelerator
+from omegaconf import DictConfig
+
+from .. import data as D
+from ..config import to_container
+from ..data.store import SampleStore, build_sample_store, store_key
+
+
+@dataclass
+class DataSource:
+    """One dataset of a run: where it is, its layout and its split file."""
+
+    name: str
+    root: str
+    layout: str
+    split_file: Path
+    images: str = "images"
+    masks: str = "masks"
+
+
+@dataclass
+class RunData:
+    """The run's samples, on disk (:class:`~leafseg.data.store.SampleStore`), read as needed. ``train`` holds every
+    source's training samples; ``val`` every source's val samples in source order, ``val_sources`` says how many
+    belong to which source (validation Dice is the mean of the per-source means, so that a large source does not
+    outvote a small one)."""
+
+    sources: list[DataSource]
+    train_pairs: list
+    train: SampleStore
+    val: SampleStore | None
+    val_sources: list[tuple[str, int]] = field(default_factory=list)
+    first_pass_s: float = 0.0   # decoding into the stores (0 when a cache folder already held them)
+
+
+def volume_config(cfg: DictConfig) -> dict:
+    """How volumes become slices (saved with the exported pipeline, so that predict does the same)."""
+    return {"intensity": to_container(cfg.data.intensity), "slice_axis": int(cfg.data.slice_axis)}
+
+
+def cache_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    """``run.cache_dir``, or the run folder's ``cache``: decoded samples and frozen training targets."""
+    return Path(cfg.run.get("cache_dir") or run_dir / "cache")
+
+
+def data_sources(cfg: DictConfig, run_dir: Path) -> list[DataSource]:
+    """``data.root`` (split file ``data.split_file``, default ``RUN/split.json``) and each ``data.sources`` entry
+    (``{name, root, layout, split_file, images, masks}``; split file default ``RUN/split-NAME.json``)."""
+    d = cfg.data
+    sources = [DataSource("data", str(d.root), d.get("layout", "folder"), Path(d.split_file or run_dir / "split.json"),
+                          d.images, d.masks)]
+    for i, entry in enumerate(d.get("sources") or []):
+        entry = dict(to_container(entry))
+        unknown = set(entry) - {"name", "root", "layout", "split_file", "images", "masks"}
+        if unknown or not entry.get("root"):
+            raise ValueError(f"data.sources[{i}]: give root (and optionally name, layout, split_file, images, masks); "
+                             f"got {entry}")
+        name = str(entry.get("name") or Path(entry["root"]).name)
+        if name in [s.name for s in sources]:
+            raise ValueError(f"data.sources[{i}]: name {name!r} used twice (give each source its own name)")
+        sources.append(DataSource(name, str(entry["root"]), entry.get("layout") or "folder",
+                                  Path(entry.get("split_file") or run_dir / f"split-{name}.json"),
+                                  entry.get("images") or "images", entry.get("masks") or "masks"))
+    return sources
+
+
+def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> RunData:
+    """Each source in its layout, its split file (made once by the main process, by the layout's rule and
+    ``data.split``), and the train and val samples decoded once into sample stores in the cache folder (by the main
+    process; every rank then reads them lazily)."""
+    sc, res = cfg.data.split, int(cfg.data.resolution)
+    train_pairs, val_groups = [], []
+    sources = data_sources(cfg, run_dir)
+    for source in sources:
+        pairs = D.find_dataset(source.root, source.layout, source.images, source.masks)
+        if accelerator.is_main_process:
+            D.load_or_create_split(source.split_file, pairs, source.layout, sc.train, sc.val, sc.test, sc.seed)
+        accelerator.wait_for_everyone()
+        split = D.read_split(source.split_file, [p.stem for p in pairs])
+        train_pairs += D.select(pairs, split["train"])
+        val = D.select(pairs, split["val"])
+        if cfg.train.val_max_images:
+            val = val[: int(cfg.train.val_max_images)]
+        val_groups.append((source.name, val))
+    vc = volume_config(cfg)  # NIfTI/DICOM pairs: one sample per slice
+    volumes = {"intensity": vc["intensity"], "axis": vc["slice_axis"], "volume_slices": cfg.data.volume_slices}
+    folder = cache_dir(cfg, run_dir)
+    started = time.perf_counter()
+
+    def store(name: str, pairs: list) -> SampleStore:
+        path = folder / f"samples-{name}-{store_key(pairs, res, volumes)}"
+        if accelerator.is_main_process:
+            build_sample_store(pairs, res, path, f"decoding {name}", say=print, **volumes)
+        accelerator.wait_for_everyone()
+        return SampleStore(path)
+
+    if not train_pairs:
+        raise ValueError(f"the split file(s) {', '.join(str(s.split_file) for s in sources)} hold no training images")
+    train = store("train", train_pairs)
+    val_pairs = [p for _, group in val_groups for p in group]
+    val = store("val", val_pairs) if val_pairs else None
+    val_sources, start = [], 0
+    for name, group in val_groups:  # samples per source, in store order (a volume gives one per slice)
+        count = sum(val.samples_per_pair[start:start + len(group)]) if val is not None else 0
+        val_sources.append((name, count))
+        start += len(group)
+    for name, samples, pairs in (("train", train, train_pairs), ("val", val, val_pairs)):
+        if samples is not None and not any(samples.foreground):  # nothing to learn or select on: a wrong encoding
+            raise ValueError(f"all {len(pairs)} {name} masks are empty at {res}x{res} (e.g. {pairs[0].mask}); "
+                             "check the mask files and their encoding")
+    return RunData(sources, train_pairs, train, val, val_sources, time.perf_counter() - started)
