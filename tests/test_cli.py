@@ -141,3 +141,18 @@ def test_help_shows_defaults_and_an_example(command, capsys):
     assert exit_.value.code == 0 and "example:\n  leafseg " + command in text
     if command == "predict":
         assert "(default: 0.5)" in text and "(default: 1)" in text  # --threshold, --ensemble
+
+
+def test_evaluate_reports_frames_without_an_object(tmp_path, model_and_data, capsys):
+    model, data = model_and_data
+    for i in (2, 3):  # the two test frames become frames without an object
+        size = Image.open(data / "masks" / f"{i}.png").size
+        Image.fromarray(np.zeros(size[::-1], np.uint8)).save(data / "masks" / f"{i}.png")
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    empty = json.loads((model.parent / "eval-model-best-test" / "summary.json").read_text())["metrics"]["empty"]
+    assert empty["gt_empty"] == 2 and empty["both_empty"] + empty["gt_empty_pred_not"] == 2
+    assert empty["false_positive_rate"] == empty["gt_empty_pred_not"] / 2
+    assert f"frames without an object: 2, left empty {empty['both_empty']}" in out
+    report = (model.parent / "eval-model-best-test" / "report.md").read_text()
+    assert "**Frames without an object**: 2" in report

@@ -163,7 +163,8 @@ def test_accumulator_rows_and_summary():
     assert sm["dice"]["std"] == pytest.approx(np.std(dices, ddof=1))
     assert sm["dice"]["ci_low"] <= sm["dice"]["mean"] <= sm["dice"]["ci_high"]
     assert sm["empty"] == {"gt_empty": 2, "pred_empty": 2, "both_empty": 1, "gt_empty_pred_not": 1,
-                           "pred_empty_gt_not": 1, "empty_score": 1.0}
+                           "pred_empty_gt_not": 1, "empty_score": 1.0, "false_positive_rate": 0.5,
+                           "false_positive_area_median": 4 / 16}  # the 2x2 square on a 4x4 frame
     # nan counts: precision nan when pred empty, recall when gt empty, distances when exactly one is empty
     assert sm["precision"]["n_nan"] == 2 and sm["precision"]["mean"] == pytest.approx((0.75 + 0.0) / 2)
     assert sm["recall"]["n_nan"] == 2 and sm["specificity"]["n_nan"] == 0

@@ -103,12 +103,13 @@ def _loader_batches(store, workers, augmentation, start=0, steps=4):
 def test_batches_depend_on_the_step_only_with_or_without_workers(tmp_path, synthetic):
     pairs = D.find_dataset(synthetic, "folder", "images", "masks")
     store = S.build_sample_store(pairs, 32, tmp_path / "store")
-    augmentation = D.SampleAugmentation(p=0.8, crop_scale=(0.5, 1.0), rotate=20, gamma=(0.7, 1.5), noise=0.02)
+    augmentation = D.SampleAugmentation(p=0.8, crop_scale=(0.5, 1.0), rotate=20, gamma=(0.7, 1.5), noise=0.02,
+                                        negative=0.2)
     plain = _loader_batches(store, 0, augmentation)
     workers = _loader_batches(store, 2, augmentation)
     later = _loader_batches(store, 0, augmentation, start=2, steps=2)  # a resumed run's loader
     for a, b in zip(plain, workers):
-        for field in ("step", "indices", "codes", "view", "images", "masks"):
+        for field in ("step", "indices", "codes", "view", "images", "masks", "changed"):
             assert torch.equal(torch.as_tensor(getattr(a, field)), torch.as_tensor(getattr(b, field))), field
     for a, b in zip(plain[2:], later):
         assert a.step == b.step and torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
@@ -123,20 +124,27 @@ def test_geometric_augmentation_moves_image_and_mask_together():
     image = mask[:, None].expand(-1, 3, -1, -1).to(torch.uint8) * 255  # the mask drawn as the image
     aug = D.SampleAugmentation(p=1.0, crop_scale=(0.4, 0.8), rotate=40)
     assert aug.has_geometric and not aug.has_intensity
-    view, out, moved = aug(image, mask, seed=7)
+    view, out, moved, changed = aug(image, mask, seed=7)
     assert out is view and not torch.equal(moved, mask)
+    assert changed.all()  # p = 1: every sample moved
+    for i in range(6):
+        assert torch.equal(moved[i], mask[i]) == (not changed[i])
     agree = ((view[:, 0] > 127) == moved).float().mean()
     assert agree > 0.98  # the same warp on both (edges differ by interpolation only)
     again = aug(image, mask, seed=7)
     assert torch.equal(again[0], view) and torch.equal(again[2], moved)
     assert not torch.equal(aug(image, mask, seed=8)[2], moved)
+    half = D.SampleAugmentation(p=0.5, rotate=40)(image, mask, seed=1)  # per sample: some left as they were
+    for i in range(6):
+        assert torch.equal(half[2][i], mask[i]) == (not half[3][i])
+    assert 0 < half[3].sum() < 6
 
 
 def test_augmentation_off_is_the_identity_and_config_errors_name_the_key():
     x, m = torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, 8, 8, dtype=torch.bool)
     off = D.SampleAugmentation.from_config(None)
-    view, out, masks = off(x, m, seed=0)
-    assert not off.enabled and view is x and out is x and masks is m
+    view, out, masks, changed = off(x, m, seed=0)
+    assert not off.enabled and view is x and out is x and masks is m and not changed.any()
     assert str(off) == "no augmentation"
     with pytest.raises(ValueError, match="data.augment.crop_scale"):
         D.SampleAugmentation(crop_scale=(0.5, 1.5))
@@ -160,7 +168,6 @@ def test_augmented_training_is_deterministic_and_resumes_bit_for_bit_with_worker
         return load_file(str(run / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
 
     straight = train(tiny_config(tmp_path / "a", synthetic, *AUGMENT, BITWISE))
-    assert not list((tmp_path / "a" / "cache").glob("mask-latents-*"))  # computed per batch instead
     train(tiny_config(tmp_path / "b", synthetic, *AUGMENT, BITWISE, "data.num_workers=2", "train.max_steps=2"))
     resumed = train(tiny_config(tmp_path / "b", synthetic, *AUGMENT, BITWISE, "data.num_workers=2"), resume=True)
     la = [h["loss"] for h in straight.history if "loss" in h]
@@ -259,12 +266,13 @@ def test_negative_crops_hold_no_foreground_and_keep_samples_without_room():
     masks[0, 4:12, 20:30] = True   # room below and to the left
     masks[1, 2:30, 2:30] = True    # no room for a crop of 8 px
     masks[2, 10:20, 10:20] = True
-    out, empty = D.augment.negative_crops(images, masks, 1.0, 0.25, g)
+    out, empty, replaced = D.augment.negative_crops(images, masks, 1.0, 0.25, g)
+    assert replaced.tolist() == [True, False, True, True]
     assert not empty[[0, 2, 3]].any()                     # negatives: empty masks
     assert torch.equal(out[1], images[1]) and torch.equal(empty[1], masks[1])  # no room: unchanged
     assert not torch.equal(out[0], images[0])
-    none, kept = D.augment.negative_crops(images, masks, 0.0, 0.25, g)
-    assert torch.equal(none, images) and torch.equal(kept, masks)
+    none, kept, replaced = D.augment.negative_crops(images, masks, 0.0, 0.25, g)
+    assert torch.equal(none, images) and torch.equal(kept, masks) and not replaced.any()
 
 
 def test_an_all_negative_batch_trains_and_its_target_is_the_empty_masks_latent(tmp_path, synthetic, monkeypatch):
@@ -327,3 +335,28 @@ def test_source_means_weigh_datasets_equally():
     assert source_means([0.2, 0.4], [("data", 2)]) == (pytest.approx(0.3), {"data": pytest.approx(0.3)})
     with pytest.raises(RuntimeError, match="scored 3 samples"):
         source_means([1.0, 1.0, 1.0], [("a", 2)])
+
+
+def test_a_store_of_another_format_is_decoded_again(tmp_path, synthetic):
+    pairs = D.find_dataset(synthetic, "folder", "images", "masks")[:3]
+    store = S.build_sample_store(pairs, 16, tmp_path / "store")
+    meta = json.loads((store.folder / "samples.json").read_text())
+    (store.folder / "samples.json").write_text(json.dumps({**meta, "format": 0}))
+    with pytest.raises(ValueError, match="format 0"):
+        S.SampleStore(store.folder)
+    said = []
+    again = S.build_sample_store(pairs, 16, tmp_path / "store", say=said.append)
+    assert again.names == store.names and "decoding again" in said[0]
+
+
+def test_frozen_targets_on_the_fly_match_the_cache(tmp_path, synthetic):
+    """run.frozen_targets=on_the_fly: no cache files, the same training up to float rounding (the frozen networks
+    see batches of 2 instead of 16)."""
+    cached = train(tiny_config(tmp_path / "a", synthetic, BITWISE))
+    fly = train(tiny_config(tmp_path / "b", synthetic, BITWISE, "run.frozen_targets=on_the_fly"))
+    assert not list((tmp_path / "b" / "cache").glob("mask-latents-*"))
+    assert not list((tmp_path / "b" / "cache").glob("teacher-*"))
+    np.testing.assert_allclose([h["loss"] for h in fly.history if "loss" in h],
+                               [h["loss"] for h in cached.history if "loss" in h], rtol=1e-4)
+    with pytest.raises(ValueError, match="run.frozen_targets"):
+        train(tiny_config(tmp_path / "c", synthetic, "run.frozen_targets=later"))

@@ -267,3 +267,17 @@ def test_a_second_training_in_the_same_process_may_change_precision(tmp_path, sy
     result = train(tiny_config(tmp_path / "bf16", synthetic, "train.max_steps=1", "run.device=cpu",
                                "train.mixed_precision=bf16", "train.val_every=100"))
     assert result.step == 1
+
+
+def test_a_config_builds_on_a_packaged_recipe(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: cpu\ntrain:\n  max_steps: 123\n")
+    cfg = load_config(mine)
+    assert cfg.train.max_steps == 123 and cfg.data.resolution == 128 and cfg.train.lr_schedule == "cosine"
+    (tmp_path / "child.yaml").write_text("base: mine.yaml\ntrain:\n  lr: 1.0e-3\n")  # a path beside the file
+    child = load_config(tmp_path / "child.yaml")
+    assert child.train.lr == 1e-3 and child.train.max_steps == 123 and child.data.resolution == 128
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="circle"):
+        load_config(tmp_path / "a.yaml")

@@ -58,6 +58,10 @@ def cmd_evaluate(args) -> int:
     pc = m["paper_compatible"]
     print(f"paper-compatible (as the LEAF paper's Table 1: {'x'.join(map(str, pc['resolution']))} processing "
           f"resolution, both-empty = 0): Dice {pc['dice']:.4f}, mIoU {pc['miou_batch_mean']:.4f}")
+    e = m["empty"]
+    if e["gt_empty"]:
+        print(f"frames without an object: {e['gt_empty']}, left empty {e['both_empty']}, given a mask "
+              f"{e['gt_empty_pred_not']} (false-positive rate {e['false_positive_rate']:.1%})")
     if "seed_stability" in summary:
         st = summary["seed_stability"]
         print(f"seed stability over {args.seeds} seeds: per-image Dice std mean {st['dice_std_mean']:.4f}, "

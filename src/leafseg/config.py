@@ -1,4 +1,5 @@
-"""Configuration as data: OmegaConf YAML = packaged defaults <- user file <- ``key=value`` overrides."""
+"""Configuration as data: OmegaConf YAML = packaged defaults <- base config(s) <- user file <- ``key=value``
+overrides. A config file builds on another with ``base: NAME`` (a packaged config such as ``cpu``, or a path)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,28 @@ def _read(source: str | Path) -> DictConfig:
         raise ValueError(f"{path}: not a valid YAML config ({err})") from None
 
 
+def _read_layered(source: str | Path, seen: tuple[str, ...] = ()) -> DictConfig:
+    """``source`` on top of its ``base:`` (a packaged name, or a file path relative to ``source``'s folder), and so
+    on down; the packaged defaults lie below them all."""
+    cfg = _read(source)
+    base = cfg.pop("base", None) if isinstance(cfg, DictConfig) else None
+    if base is None or str(base).removesuffix(".yaml") == "default":
+        return cfg
+    if Path(source).is_file() and not Path(str(base)).is_absolute() and (Path(source).parent / str(base)).is_file():
+        base = Path(source).parent / str(base)
+    if str(base) in seen or str(base) == str(source):
+        raise ValueError(f"{source}: config bases form a circle ({' -> '.join([*seen, str(source), str(base)])})")
+    return OmegaConf.merge(_read_layered(base, (*seen, str(source))), cfg)
+
+
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Defaults, then ``source`` (file or packaged name), then dotlist ``overrides``; unknown keys are errors."""
+    """Defaults, then ``source`` (file or packaged name, on top of the config its ``base:`` names, if any), then
+    dotlist ``overrides``; unknown keys are errors."""
     cfg = _read("default")
     OmegaConf.set_struct(cfg, True)
     try:
         if source is not None:
-            cfg = OmegaConf.merge(cfg, _read(source))
+            cfg = OmegaConf.merge(cfg, _read_layered(source))
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as err:
         where = f" in {source}" if source is not None else ""

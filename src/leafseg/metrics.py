@@ -337,6 +337,11 @@ class SegmentationMetrics:
             "pred_empty_gt_not": int(sum(b and not a for a, b in zip(gt_e, pr_e))),
             "empty_score": float(self.empty_score),
         }
+        # frames without an object: how often a mask appears on them, and how large (fraction of the frame)
+        negatives = [r for r in rows if r["gt_empty"]]
+        areas = [r["pred_pixels"] / (r["tp"] + r["fp"] + r["fn"] + r["tn"]) for r in negatives if not r["pred_empty"]]
+        out["empty"]["false_positive_rate"] = _ratio(len(areas), len(negatives))
+        out["empty"]["false_positive_area_median"] = float(np.median(areas)) if areas else math.nan
         tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
         out["pooled"] = {"dice": _ratio(2 * tp, 2 * tp + fp + fn), "iou": _ratio(tp, tp + fp + fn)}
         sp = self.spacing

@@ -66,13 +66,15 @@ class ColourJitter:
 
 class SampleAugmentation:
     """nnU-Net-style augmentation of training samples (``data.augment``; leafseg option, off by default and in
-    paper.yaml), by kornia on whole batches: geometric transforms applied identically to images and masks (random
-    resized crop, rotation, elastic deformation), then intensity transforms on the image only (gamma, Gaussian blur,
-    Gaussian noise). Each enabled transform fires with probability ``p`` per sample.
+    paper.yaml), by kornia on whole batches: geometric transforms applied identically to images and masks (zoom into
+    a random window keeping ``crop_scale`` of the area, rotation, elastic deformation; kornia's affine transforms,
+    which keep the size), then intensity transforms on the image only (gamma, Gaussian blur, Gaussian noise). Each
+    enabled transform fires with probability ``p`` per sample.
 
     Returns the image after the geometric transforms (``view``: what the alignment teacher sees, as with colour
-    jitter), the image after all of them, and the mask (thresholded at 0.5 after a bilinear warp). A geometric
-    transform changes the mask, so its latent is encoded on the fly instead of read from the flip cache.
+    jitter), the image after all of them, the mask (thresholded at 0.5 after a bilinear warp), and which samples a
+    geometric transform or a negative crop changed: their mask latents and teacher tokens are computed on the fly,
+    the others' read from the flip cache.
 
     Negative crops (``negative``: the fraction of samples, drawn before the other transforms): the sample becomes a
     square crop of its image that holds no foreground, resized to the full size, with the empty mask: frames
@@ -80,15 +82,15 @@ class SampleAugmentation:
     widest free band) and is at least ``negative_min`` of the side; a sample without such room is left as it is.
     """
 
-    def __init__(self, p: float = 0.5, crop_scale=(1.0, 1.0), crop_ratio=(0.75, 4 / 3), rotate: float = 0.0,
+    def __init__(self, p: float = 0.5, crop_scale=(1.0, 1.0), rotate: float = 0.0,
                  elastic: float = 0.0, gamma=(1.0, 1.0), blur: float = 0.0, noise: float = 0.0,
                  negative: float = 0.0, negative_min: float = 0.25):
-        crop_scale, crop_ratio, gamma = (tuple(float(v) for v in x) for x in (crop_scale, crop_ratio, gamma))
+        crop_scale, gamma = (tuple(float(v) for v in x) for x in (crop_scale, gamma))
         checks = {"p": 0 <= p <= 1, "crop_scale": 0 < crop_scale[0] <= crop_scale[1] <= 1,
-                  "crop_ratio": 0 < crop_ratio[0] <= crop_ratio[1], "rotate": 0 <= rotate <= 180,
+                  "rotate": 0 <= rotate <= 180,
                   "elastic": elastic >= 0, "gamma": 0 < gamma[0] <= gamma[1], "blur": blur >= 0, "noise": noise >= 0,
                   "negative": 0 <= negative <= 1, "negative_min": 0 < negative_min <= 1}
-        values = {"p": p, "crop_scale": crop_scale, "crop_ratio": crop_ratio, "rotate": rotate, "elastic": elastic,
+        values = {"p": p, "crop_scale": crop_scale, "rotate": rotate, "elastic": elastic,
                   "gamma": gamma, "blur": blur, "noise": noise, "negative": negative, "negative_min": negative_min}
         for key, ok in checks.items():
             if not ok:
@@ -108,7 +110,7 @@ class SampleAugmentation:
                 raise ImportError("data.augment needs kornia: pip install 'leafseg[augment]'") from None
             geo = []
             if crop_scale != (1.0, 1.0) and p:
-                geo.append(("crop", crop_scale, crop_ratio))
+                geo.append(("zoom", crop_scale))
             if rotate > 0 and p:
                 geo.append(("rotate", rotate))
             if elastic > 0 and p:
@@ -128,10 +130,12 @@ class SampleAugmentation:
 
         parts = []
         for spec in self._geo_spec:
-            if spec[0] == "crop":
-                parts.append(K.RandomResizedCrop((size, size), scale=spec[1], ratio=spec[2], p=self.p))
+            if spec[0] == "zoom":  # a window of area fraction a is a zoom by 1/sqrt(a), kept inside the image
+                lo, hi = spec[1]
+                shift = (1 - lo ** 0.5) / 2
+                parts.append(K.RandomAffine(0.0, translate=(shift, shift), scale=(hi ** -0.5, lo ** -0.5), p=self.p))
             elif spec[0] == "rotate":
-                parts.append(K.RandomRotation(spec[1], p=self.p))
+                parts.append(K.RandomAffine(spec[1], p=self.p))
             else:  # kornia's default sigma (32 px) at 128 px; alpha is the displacement scale
                 parts.append(K.RandomElasticTransform(alpha=(spec[1], spec[1]), p=self.p, align_corners=False))
         return K.AugmentationSequential(*parts, data_keys=["input", "mask"])
@@ -147,12 +151,14 @@ class SampleAugmentation:
         return self.has_geometric or self.has_intensity
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, seed: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, 3, R, R) uint8 images, (B, R, R) bool masks -> (view, image, mask) as described above; the same
-        ``seed`` gives the same result. Off: the inputs themselves."""
-        if not self.enabled:
-            return images, images, masks
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 3, R, R) uint8 images, (B, R, R) bool masks -> (view, image, mask, changed) as described above; the
+        same ``seed`` gives the same result. Off: the inputs themselves, nothing changed."""
         import torch
+
+        changed = torch.zeros(len(images), dtype=torch.bool)
+        if not self.enabled:
+            return images, images, masks, changed
 
         size = images.shape[-1]
         if self._geo_spec and getattr(self, "_geo_size", None) != size:  # built once, before any draw
@@ -160,12 +166,14 @@ class SampleAugmentation:
         with torch.random.fork_rng(devices=[]):  # kornia draws from the global generator: seed it, leave it as it was
             torch.manual_seed(int(seed))
             if self.negative > 0:
-                images, masks = negative_crops(images, masks, self.negative, self.negative_min,
-                                               torch.Generator().manual_seed(int(seed)))
+                images, masks, changed = negative_crops(images, masks, self.negative, self.negative_min,
+                                                        torch.Generator().manual_seed(int(seed)))
             x = images.float() / 255
             if self._geo_spec:
                 x, m = self._geo(x, masks[:, None].float())
                 masks = m[:, 0] > 0.5
+                for params in self._geo._params:  # which samples each transform touched
+                    changed |= params.data["batch_prob"].cpu() > 0.5
                 view = (x.clamp(0, 1) * 255).round().to(torch.uint8)
             else:
                 view = images
@@ -174,13 +182,14 @@ class SampleAugmentation:
                 out = (x.clamp(0, 1) * 255).round().to(torch.uint8)
             else:
                 out = view
-        return view, out, masks
+        return view, out, masks, changed
 
     def __repr__(self) -> str:
         if not self.enabled:
             return "no augmentation"
         s = self.settings
-        parts = [f"crop scale {s['crop_scale'][0]:g}-{s['crop_scale'][1]:g}" if s["crop_scale"] != (1.0, 1.0) else "",
+        parts = [f"zoom to {s['crop_scale'][0]:g}-{s['crop_scale'][1]:g} of the area" if s["crop_scale"] != (1.0, 1.0)
+                 else "",
                  f"rotation +-{s['rotate']:g} deg" if s["rotate"] else "",
                  f"elastic {s['elastic']:g}" if s["elastic"] else "",
                  f"gamma {s['gamma'][0]:g}-{s['gamma'][1]:g}" if s["gamma"] != (1.0, 1.0) else "",
@@ -190,9 +199,10 @@ class SampleAugmentation:
 
 
 def negative_crops(images: torch.Tensor, masks: torch.Tensor, fraction: float, min_side: float,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Replace about ``fraction`` of the samples by a crop without foreground, resized back to (R, R), and an empty
-    mask (see :class:`SampleAugmentation`). Inputs: (B, 3, R, R) uint8, (B, R, R) bool."""
+    mask (see :class:`SampleAugmentation`). Inputs: (B, 3, R, R) uint8, (B, R, R) bool; also returns which samples
+    were replaced."""
     import torch
     import torch.nn.functional as F
 
@@ -200,6 +210,7 @@ def negative_crops(images: torch.Tensor, masks: torch.Tensor, fraction: float, m
     chosen = torch.rand(len(images), generator=generator) < fraction
     pick = torch.rand(len(images), 2, generator=generator)  # where along the band the crop sits
     images, masks = images.clone(), masks.clone()
+    replaced = torch.zeros(len(images), dtype=torch.bool)
     for i in torch.nonzero(chosen).flatten().tolist():
         ys, xs = torch.nonzero(masks[i], as_tuple=True)
         if len(ys) == 0:  # already empty: any crop is a negative
@@ -217,4 +228,5 @@ def negative_crops(images: torch.Tensor, masks: torch.Tensor, fraction: float, m
         images[i] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
                                   antialias=side > size)[0].round().clamp(0, 255).to(torch.uint8)
         masks[i] = False
-    return images, masks
+        replaced[i] = True
+    return images, masks, replaced

@@ -74,8 +74,8 @@ class StepSampler(Sampler):
 class TrainBatch:
     """One step's samples of this rank, as read, flipped and augmented: ``view`` is the image after the flips and
     the geometric transforms (the alignment teacher's input), ``images`` after the intensity transforms too;
-    ``z0`` and ``tokens`` are the cached frozen targets' rows when the cache still holds them (no geometric
-    augmentation), else None."""
+    ``z0`` and ``tokens`` are the cached frozen targets' rows of the flipped samples (None without a cache), right
+    for every sample that ``changed`` (geometric augmentation, negative crop) does not flag."""
 
     step: int
     indices: torch.Tensor
@@ -83,6 +83,7 @@ class TrainBatch:
     view: torch.Tensor          # (B, 3, R, R) uint8
     images: torch.Tensor        # (B, 3, R, R) uint8
     masks: torch.Tensor         # (B, R, R) bool
+    changed: torch.Tensor | None = None     # (B,) bool
     z0: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
 
@@ -111,14 +112,14 @@ class TrainSamples(Dataset):
         images, masks = torch.from_numpy(images), torch.from_numpy(masks)
         images = torch.stack([flip(x, *self.codes[c]) for x, c in zip(images, codes)])
         masks = torch.stack([flip(x, *self.codes[c]) for x, c in zip(masks, codes)])
-        view, augmented, masks = self.augmentation(images, masks, augmentation_seed(self.seed, step, self.rank))
-        batch = TrainBatch(step, torch.tensor(idx), torch.tensor(codes), view, augmented, masks)
-        if not self.augmentation.has_geometric:  # the cached targets are those of the flipped sample
-            pick = (np.arange(len(idx)), np.asarray(codes))
-            if self.latents is not None:
-                batch.z0 = torch.from_numpy(self.latents.read(idx)[pick])
-            if self.tokens is not None:
-                batch.tokens = torch.from_numpy(self.tokens.read(idx)[pick])
+        seed = augmentation_seed(self.seed, step, self.rank)
+        view, augmented, masks, changed = self.augmentation(images, masks, seed)
+        batch = TrainBatch(step, torch.tensor(idx), torch.tensor(codes), view, augmented, masks, changed)
+        pick = (np.arange(len(idx)), np.asarray(codes))  # the cached targets of the flipped samples
+        if self.latents is not None:
+            batch.z0 = torch.from_numpy(self.latents.read(idx)[pick])
+        if self.tokens is not None:
+            batch.tokens = torch.from_numpy(self.tokens.read(idx)[pick])
         return batch
 
 

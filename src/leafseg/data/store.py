@@ -122,6 +122,9 @@ class RowWriter:
             self.close()
 
 
+STORE_FORMAT = 1  # samples.json's layout; a store of another format is rebuilt
+
+
 class SampleStore:
     """The samples of one split at one resolution: ``images`` (3, R, R) and ``masks`` (R, R) uint8 row files
     (masks 0/1), ``names`` (``stem``, or ``stem/k`` for slice k of a volume), each mask's ``foreground`` pixel
@@ -132,6 +135,9 @@ class SampleStore:
         self.images = RowFile(self.folder / "images")
         self.masks = RowFile(self.folder / "masks")
         meta = json.loads((self.folder / "samples.json").read_text())
+        if meta.get("format") != STORE_FORMAT:
+            raise ValueError(f"{self.folder}: sample store of format {meta.get('format')}, this leafseg reads format "
+                             f"{STORE_FORMAT}")
         self.names, self.foreground = meta["names"], meta["foreground_pixels"]
         self.samples_per_pair = meta["samples_per_pair"]
         if not len(self.images) == len(self.masks) == len(self.names):
@@ -179,7 +185,12 @@ def build_sample_store(pairs: list, resolution: int, folder: str | os.PathLike, 
     (one volume) is in memory at a time."""
     folder = Path(folder)
     if (folder / "samples.json").exists():
-        return SampleStore(folder)
+        try:
+            return SampleStore(folder)
+        except (ValueError, KeyError) as err:  # another leafseg version's store: decode again
+            if say is not None:
+                say(f"{folder}: not readable as a sample store ({err}); decoding again")
+            shutil.rmtree(folder)
     if volume_slices not in ("all", "foreground"):
         raise ValueError(f"data.volume_slices must be all or foreground, got {volume_slices!r}")
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
@@ -199,8 +210,8 @@ def build_sample_store(pairs: list, resolution: int, folder: str | os.PathLike, 
                     masks.write(small[None].astype(np.uint8))
         if not names:
             raise ValueError(f"no samples in {len(pairs)} pair(s) (e.g. {pairs[0].image if pairs else 'none'})")
-        (tmp / "samples.json").write_text(json.dumps({"names": names, "foreground_pixels": foreground,
-                                                          "samples_per_pair": per_pair}))
+        meta = {"format": STORE_FORMAT, "names": names, "foreground_pixels": foreground, "samples_per_pair": per_pair}
+        (tmp / "samples.json").write_text(json.dumps(meta))
         try:
             os.replace(tmp, folder)
         except OSError:  # another process made it meanwhile: keep theirs

@@ -37,6 +37,12 @@ def report_markdown(summary: dict) -> str:
         f"both (scored {e['empty_score']:g} here). Pooled (dataset-level) Dice {_num(m['pooled']['dice'])}.", "",
         f"Lowest Dice: {worst or 'n/a'}.", "",
     ]
+    if e["gt_empty"]:
+        lines[-2:-2] = [
+            f"**Frames without an object**: {e['gt_empty']}; left empty {e['both_empty']}, given a mask "
+            f"{e['gt_empty_pred_not']}: false-positive rate {100 * e['false_positive_rate']:.1f}%"
+            + (f" (median predicted area {100 * e['false_positive_area_median']:.1f}% of the frame)"
+               if e["gt_empty_pred_not"] else "") + ".", ""]
     if "seed_stability" in summary:
         st = summary["seed_stability"]
         lines += [f"Seed stability over seeds {st['seeds']}: per-image Dice std mean {_num(st['dice_std_mean'])} "

@@ -151,13 +151,16 @@ class LeafMethod:
 
     def _build_caches(self, scale: float) -> None:
         """Mask latents and (with alignment) teacher tokens, per training sample and flip code, streamed from the
-        sample store into row files. Geometric augmentation changes the mask and the view: then both are computed
-        on the fly from each batch instead (:meth:`losses`)."""
+        sample store into row files. A sample that geometric augmentation changed gets both computed on the fly
+        instead (:meth:`losses`)."""
         cfg, ac, trainer = self.cfg, self.cfg.align, self.trainer
         store, codes, device = trainer.data.train, trainer.codes, trainer.device
         self.mask_latents = MaskLatents(self.autoencoder, scale)
         self.z0_cache = self.tokens_cache = None
-        if trainer.augmentation.has_geometric:
+        mode = str(cfg.run.get("frozen_targets", "cache"))
+        if mode not in ("cache", "on_the_fly"):
+            raise ValueError(f"run.frozen_targets must be cache or on_the_fly, got {mode!r}")
+        if mode == "on_the_fly":
             return
         # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
         backend = cache_backend(str(cfg.run.get("cache_backend", "torch")), device,
@@ -219,9 +222,13 @@ class LeafMethod:
         if self.teacher is None:
             return None
         device, grid, codes = self.trainer.device, self.grid, self.trainer.codes
+        changed = batch.changed
         if batch.tokens is not None:
-            return batch.tokens.float().to(device)
-        if self.cfg.align.flip_tokens == "recompute" or self.trainer.augmentation.has_geometric:
+            tokens = batch.tokens.float().to(device)
+            if changed.any():  # what the teacher makes of the augmented views
+                tokens[changed.to(device)] = self.teacher(batch.view[changed].to(device).float() / 255, grid)
+            return tokens
+        if self.cfg.align.flip_tokens == "recompute" or changed.any():
             return self.teacher(batch.view.to(device).float() / 255, grid)
         # mirror: the teacher sees the unflipped image (flips undo themselves), its token grid is flipped
         plain = self.teacher(torch.stack([D.flip(x, *codes[c]) for x, c in zip(batch.view, batch.codes.tolist())])
@@ -233,10 +240,16 @@ class LeafMethod:
         t = torch.randint(0, self.components["scheduler"].config.num_train_timesteps, (len(batch.indices),),
                           generator=g)
         z0 = batch.z0
-        if z0 is None:  # augmented masks: encoded by the frozen mask autoencoder, as the cache would have
+        fresh = batch.changed if z0 is not None else torch.ones(len(batch.indices), dtype=torch.bool)
+        if fresh.any():  # augmented masks (or no cache): encoded by the frozen mask autoencoder, as the cache would be
             with torch.no_grad():
-                masks = batch.masks[:, None].expand(-1, 3, -1, -1).to(device).float()
-                z0 = self.mask_latents(masks.contiguous(memory_format=torch.channels_last)).float().cpu()
+                masks = batch.masks[fresh][:, None].expand(-1, 3, -1, -1).to(device).float()
+                latents = self.mask_latents(masks.contiguous(memory_format=torch.channels_last)).float().cpu()
+            if z0 is None:
+                z0 = latents
+            else:
+                z0 = z0.clone()
+                z0[fresh] = latents
         noise = torch.randn(z0.shape, generator=g)
         tokens = self._teacher_tokens(batch)  # the teacher's view of the un-jittered image, as cached
         images = self.trainer.colour_jitter(batch.images, g)  # drawn after t and noise: those stay as without jitter

@@ -1,0 +1,75 @@
+"""A test set of frames without a polyp, built from the test splits of CVC-ClinicDB and Kvasir-SEG: for each test
+image, the largest square crop beside the polyp's bounding box (at the original resolution, no resizing), kept when
+its side is at least --min-side of the image's shorter side; its mask is empty. Neither dataset has polyp-free
+frames, and a model that marks something on every frame is useless in a clinic: `leafseg evaluate --split all` on
+this folder counts how many frames come out empty.
+
+    python benchmarks/negative_set.py --out /tmp/polyp-negatives
+    leafseg evaluate --model RUN/model-best --data /tmp/polyp-negatives --split all --output RUN/eval-negatives
+
+Only test-split images are used (never train or val), so the set measures, it does not select.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
+DATASETS = {  # name: (root, layout, committed split file)
+    "cvc": (SHARED / "data" / "cvc-clinicdb", "cvc-clinicdb", REPO / "benchmarks" / "splits" / "cvc-clinicdb.json"),
+    "kvasir": (SHARED / "data" / "kvasir-seg", "kvasir-seg", REPO / "benchmarks" / "splits" / "kvasir-seg.json"),
+}
+
+
+def free_square(mask: np.ndarray) -> tuple[int, int, int] | None:
+    """(top, left, side) of the largest square beside the mask's bounding box (None when the mask is empty)."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return None
+    h, w = mask.shape
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    bands = [(0, 0, y0, w), (y1, 0, h, w), (0, 0, h, x0), (0, x1, h, w)]  # top, bottom, left, right
+    top, left, bottom, right = max(bands, key=lambda b: min(b[2] - b[0], b[3] - b[1]))
+    side = min(bottom - top, right - left)
+    # centred in its band
+    return top + (bottom - top - side) // 2, left + (right - left - side) // 2, side
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--min-side", type=float, default=0.35, help="of the image's shorter side")
+    args = ap.parse_args(argv)
+    from leafseg import data as D
+
+    out = Path(args.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    made = {}
+    for name, (root, layout, split_file) in DATASETS.items():
+        pairs = D.select(D.find_dataset(root, layout), json.loads(split_file.read_text())["test"])
+        made[name] = 0
+        for pair in pairs:
+            image, mask = D.load_image(pair.image), D.load_mask(pair.mask)
+            square = free_square(mask)
+            if square is None or square[2] < args.min_side * min(mask.shape):
+                continue
+            top, left, side = square
+            crop = image[top:top + side, left:left + side]
+            stem = f"{name}-{pair.stem}"
+            Image.fromarray(crop).save(out / "images" / f"{stem}.png")
+            Image.fromarray(np.zeros((side, side), np.uint8)).save(out / "masks" / f"{stem}.png")
+            made[name] += 1
+    print(f"{sum(made.values())} frames without a polyp in {out} ({made}, from the test splits)")
+    return made
+
+
+if __name__ == "__main__":
+    main()
