@@ -318,13 +318,16 @@ def test_two_datasets_train_together_and_validate_per_dataset(tmp_path, syntheti
     second = json.loads((run / "split-second.json").read_text())
     first = json.loads((run / "split.json").read_text())
     vals = [h for h in result.history if "val_dice" in h]
-    assert all({"val_dice_data", "val_dice_second"} <= set(h) for h in vals)
+    first_name = f"val_dice_{synthetic.name}"  # data.root is named after its folder
+    assert all({first_name, "val_dice_second"} <= set(h) for h in vals)
     for h in vals:
-        assert h["val_dice"] == pytest.approx((h["val_dice_data"] + h["val_dice_second"]) / 2)
+        assert h["val_dice"] == pytest.approx((h[first_name] + h["val_dice_second"]) / 2)
     out = capsys.readouterr().out
     assert f"{len(first['train']) + len(second['train'])} train / {len(first['val']) + len(second['val'])} val" in out
     with pytest.raises(ValueError, match=r"data.sources\[0\]: give root"):
         train(tiny_config(tmp_path / "bad", synthetic, "data.sources=[{layout: folder}]"))
+    with pytest.raises(ValueError, match="used twice"):  # the same folder name as data.root's
+        train(tiny_config(tmp_path / "twice", synthetic, f"data.sources=[{{root: {synthetic}}}]"))
 
 
 def test_source_means_weigh_datasets_equally():

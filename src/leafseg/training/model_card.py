@@ -45,7 +45,9 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
     else:
         lines += [f"- A supervised UNet (soft Dice + BCE) at {d.resolution}x{d.resolution}."]
     lines += ["", "## How it was trained", "",
-              f"- Data: `{d.root}` (layout `{d.get('layout', 'folder')}`), split file sha256 `{split_sha256}`.",
+              f"- Data: `{d.root}` (layout `{d.get('layout', 'folder')}`), split file sha256 `{split_sha256}`"
+              + "".join(f"; with `{s.root}` (layout `{s.get('layout') or 'folder'}`)" for s in d.get("sources") or [])
+              + ".",
               f"- {state.get('step')} of {state.get('budget_steps') or tc.max_steps} steps{budget}, batch "
               f"{tc.batch_size}, lr {tc.lr} "
               f"({tc.lr_schedule}, {tc.warmup_steps} warm-up steps), EMA {'on' if tc.ema.enabled else 'off'}, seed "

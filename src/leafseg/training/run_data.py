@@ -53,11 +53,12 @@ def cache_dir(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def data_sources(cfg: DictConfig, run_dir: Path) -> list[DataSource]:
-    """``data.root`` (split file ``data.split_file``, default ``RUN/split.json``) and each ``data.sources`` entry
-    (``{name, root, layout, split_file, images, masks}``; split file default ``RUN/split-NAME.json``)."""
+    """``data.root`` (named after its folder; split file ``data.split_file``, default ``RUN/split.json``) and each
+    ``data.sources`` entry (``{name, root, layout, split_file, images, masks}``; name default: its folder's; split
+    file default ``RUN/split-NAME.json``)."""
     d = cfg.data
-    sources = [DataSource("data", str(d.root), d.get("layout", "folder"), Path(d.split_file or run_dir / "split.json"),
-                          d.images, d.masks)]
+    sources = [DataSource(Path(str(d.root)).resolve().name or "data", str(d.root), d.get("layout", "folder"),
+                          Path(d.split_file or run_dir / "split.json"), d.images, d.masks)]
     for i, entry in enumerate(d.get("sources") or []):
         entry = dict(to_container(entry))
         unknown = set(entry) - {"name", "root", "layout", "split_file", "images", "masks"}
