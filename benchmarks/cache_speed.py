@@ -2,7 +2,7 @@
 recipe choices they depend on (teacher input size and layer), with what they would cost for a training set.
 
 The two functions are the ones the trainer caches (`training.caches.MaskLatents` / `TeacherFeatures` through
-`frozen_function`, channels-last batches as `compute_cache` feeds them); random inputs, since the cost does not depend
+`frozen_function`, channels-last batches as `flipped_inputs` feeds them); random inputs, since the cost does not depend
 on the values. Mask latents are computed for every flip of every image; teacher tokens once per image when
 `align.flip_tokens: mirror` (the `cpu` recipe), so the table's last column is images x flips (4 in the recipe)
 for the masks.

@@ -29,16 +29,14 @@ DATASETS = {  # name: (root, layout, committed split file)
 
 
 def free_square(mask: np.ndarray) -> tuple[int, int, int] | None:
-    """(top, left, side) of the largest square beside the mask's bounding box (None when the mask is empty)."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
+    """(top, left, side) of the largest square beside the mask's bounding box, centred in its band (None when the
+    mask is empty); the band is the one training's negative crops use (leafseg.data.augment.free_band)."""
+    from leafseg.data.augment import free_band
+
+    if not mask.any():
         return None
-    h, w = mask.shape
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    bands = [(0, 0, y0, w), (y1, 0, h, w), (0, 0, h, x0), (0, x1, h, w)]  # top, bottom, left, right
-    top, left, bottom, right = max(bands, key=lambda b: min(b[2] - b[0], b[3] - b[1]))
+    top, left, bottom, right = free_band(mask)
     side = min(bottom - top, right - left)
-    # centred in its band
     return top + (bottom - top - side) // 2, left + (right - left - side) // 2, side
 
 

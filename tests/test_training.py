@@ -222,8 +222,10 @@ def test_cache_estimate_leaves_out_the_first_batchs_warm_up(monkeypatch, capsys)
         clock.now += 10.0 if clock.now == 0 else 0.4
         return x.mean(dim=(2, 3))
 
-    out = caches.compute_cache(fn, torch.zeros(40, 3, 4, 4, dtype=torch.uint8), [(False, False), (True, False)],
-                               "cpu", 4, "mask latents")
+    images, parts = torch.zeros(40, 3, 4, 4, dtype=torch.uint8), []
+    caches.cache_rows(caches.flipped_inputs(fn, [(False, False), (True, False)], "cpu"), lambda a, b: images[a:b],
+                      40, 4, "mask latents", 2, parts.append)
+    out = torch.cat(parts)
     assert out.shape == (40, 2, 3) and clock.now == pytest.approx(17.6)
     said = capsys.readouterr().out
     assert "mask latents: 40 images x 2 pass(es) = 80 forward passes, about 18 s" in said

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch is imported where it is used, so that reading files (and the CLI's start-up) does not
+if TYPE_CHECKING:  # torch (and numpy) are imported where they are used, so that the CLI's start-up does not
+    import numpy as np
     import torch
 
 KEYS = ("brightness", "contrast", "saturation", "hue")
@@ -198,6 +199,20 @@ class SampleAugmentation:
         return f"augmentation p={s['p']:g} ({', '.join(p for p in parts if p)})"
 
 
+def free_band(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the band beside a 2-D mask's foreground bounding box (above, below, left or
+    right of it) that holds the largest square; the whole frame when the mask is empty."""
+    import numpy as np
+
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return 0, 0, h, w
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    bands = [(0, 0, y0, w), (y1, 0, h, w), (0, 0, h, x0), (0, x1, h, w)]
+    return max(bands, key=lambda b: min(b[2] - b[0], b[3] - b[1]))
+
+
 def negative_crops(images: torch.Tensor, masks: torch.Tensor, fraction: float, min_side: float,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Replace about ``fraction`` of the samples by a crop without foreground, resized back to (R, R), and an empty
@@ -212,13 +227,7 @@ def negative_crops(images: torch.Tensor, masks: torch.Tensor, fraction: float, m
     images, masks = images.clone(), masks.clone()
     replaced = torch.zeros(len(images), dtype=torch.bool)
     for i in torch.nonzero(chosen).flatten().tolist():
-        ys, xs = torch.nonzero(masks[i], as_tuple=True)
-        if len(ys) == 0:  # already empty: any crop is a negative
-            bands = [(0, 0, size, size)]
-        else:  # (top, left, bottom, right) of the free bands above, below, left and right of the bounding box
-            y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-            bands = [(0, 0, y0, size), (y1, 0, size, size), (0, 0, size, x0), (0, x1, size, size)]
-        top, left, bottom, right = max(bands, key=lambda b: min(b[2] - b[0], b[3] - b[1]))
+        top, left, bottom, right = free_band(masks[i].numpy())
         side = min(bottom - top, right - left)
         if side < max(2, round(min_side * size)):
             continue

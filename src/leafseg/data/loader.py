@@ -83,7 +83,7 @@ class TrainBatch:
     view: torch.Tensor          # (B, 3, R, R) uint8
     images: torch.Tensor        # (B, 3, R, R) uint8
     masks: torch.Tensor         # (B, R, R) bool
-    changed: torch.Tensor | None = None     # (B,) bool
+    changed: torch.Tensor       # (B,) bool
     z0: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
 

@@ -58,15 +58,6 @@ def flipped_inputs(fn, codes, device):
     return rows
 
 
-def compute_cache(fn, images_u8: torch.Tensor, codes, device, batch: int, desc: str) -> torch.Tensor:
-    """fn(images in [0, 1] on device) for every image and flip code -> (N, len(codes), ...) on CPU, in memory (the
-    training caches stream to disk through :func:`cache_rows` instead)."""
-    parts = []
-    cache_rows(flipped_inputs(fn, codes, device), lambda a, b: images_u8[a:b], len(images_u8), batch, desc,
-               len(codes), parts.append)
-    return torch.cat(parts)
-
-
 CACHE_BACKENDS = ("torch", "onnx")
 
 

@@ -40,7 +40,7 @@ from .checkpoints import (BEST, CHECKPOINT, ScheduleAndEMA, check_resume_config,
                           recover_checkpoint, release_run_dir, save_checkpoint, save_pipeline, save_run_config)
 from .curves import plot_training_curves
 from .model_card import model_card
-from .run_data import RunData, cache_dir, load_run_data, volume_config  # noqa: F401  (volume_config: methods' import)
+from .run_data import RunData, cache_dir, load_run_data
 
 
 # ------------------------------------------------------------------------------------------------ randomness

@@ -33,7 +33,8 @@ from ..pipelines.leaf import LeafSegPipeline
 from ..data.loader import TrainBatch
 from .caches import (MaskLatents, TeacherFeatures, cache_backend, cache_rows, cached, flipped_inputs,
                      frozen_function, mirror_tokens, target_cache_key)
-from .engine import Trainer, volume_config
+from .engine import Trainer
+from .run_data import volume_config
 
 
 def autoencoder_path(ac: DictConfig) -> Path | None:

@@ -18,7 +18,8 @@ from ..config import to_container
 from ..metrics import dice as dice_score
 from ..pipelines.supervised import SupervisedSegPipeline, build_segmentation_unet, unet_logits
 from ..data.loader import TrainBatch
-from .engine import Trainer, volume_config
+from .engine import Trainer
+from .run_data import volume_config
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0, bce_weight: float = 1.0,
