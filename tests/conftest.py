@@ -41,6 +41,11 @@ def cvc_dir() -> Path:
 
 
 @pytest.fixture
+def kvasir_dir() -> Path:
+    return require_shared("data/kvasir-seg/images", "data/kvasir-seg/masks") / "data" / "kvasir-seg"
+
+
+@pytest.fixture
 def taef2_dir() -> Path:
     return require_shared("weights/taef2/taef2_encoder.pth", "weights/taef2/taef2_decoder.pth") / "weights" / "taef2"
 

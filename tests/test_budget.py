@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from leafseg.training import engine, train
-from leafseg.training.budget import STEP_SLACK, events_after, steps_in_budget
+from leafseg.training.budget import STEP_SLACK, events_after, step_seconds, steps_in_budget, worth_revising
 from leafseg.training.engine import retarget_lr_schedule
 from tiny import BITWISE, tiny_config
 
@@ -83,6 +83,9 @@ def test_an_ample_budget_trains_the_fixed_step_run(tmp_path, synthetic, capsys):
     assert 10 in [h["step"] for h in budgeted.history if "val_dice" in h]  # the timed validation at the decision
     state = json.loads((budgeted.run_dir / "checkpoint-last" / "trainer_state.json").read_text())
     assert state["budget_steps"] == 12
+    # model-best's card names the step it holds (exported during that step's validation)
+    card = (budgeted.run_dir / "model-best" / "README.md").read_text()
+    assert f"- {budgeted.best_step} of 12 steps" in card and f"at step {budgeted.best_step}" in card
 
 
 def test_a_spent_budget_stops_at_the_end_of_the_warm_up(tmp_path, synthetic, capsys):
@@ -124,6 +127,47 @@ def test_a_budgeted_run_resumes_with_its_decision(tmp_path, synthetic, monkeypat
     a, b = weights(straight.run_dir), weights(resumed.run_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_step_is_timed_by_a_median_and_small_revisions_are_noise():
+    clean, burst = [0.40] * 40, [3.2] * 15  # another job ran through a quarter of the timed steps
+    assert step_seconds(clean + burst) == 0.40
+    assert step_seconds([0.3, 0.5]) == 0.4
+    assert not worth_revising(1000, 1050) and worth_revising(1000, 1100) and worth_revising(1000, 500)
+
+
+def test_a_misjudged_warm_up_is_revised_at_the_next_validations(tmp_path, synthetic, monkeypatch, capsys):
+    """A warm-up slowed by another job decides too few steps; the next validation in the first half of the
+    schedule decides again from every step timed so far and the LR schedule is stretched from where it is."""
+    calls = []
+
+    def slow_then_fast(budget_s, elapsed_s, step, step_s, validation_s, val_every, cap):
+        calls.append(step)
+        return 30 if len(calls) == 1 else cap
+
+    monkeypatch.setattr(engine, "steps_in_budget", slow_then_fast)
+    result = train(budget_config(tmp_path / "run", synthetic, "train.time_budget_min=60", "train.max_steps=40",
+                                 "train.val_every=2"))
+    out = capsys.readouterr().out
+    assert calls[:2] == [10, 12]  # decided at the end of the warm-up, revised at the next validation
+    assert "time budget revised at step 12" in out and "now ends at step 40 instead of 30" in out
+    assert result.step == 40
+    assert calls == [10, 12, 14, 16, 18, 20]  # then checked at each validation up to half of the 40 steps
+    lrs = [h["lr"] for h in result.history if "lr" in h]
+    assert lrs[-1] == 0.0 and min(lrs[:-1]) > 0.0  # the cosine ends at the revised count, not before
+    vals = [h["step"] for h in result.history if "val_dice" in h]
+    assert len(vals) == len(set(vals))  # a revision's validation is the step's only one
+    state = json.loads((result.run_dir / "checkpoint-last" / "trainer_state.json").read_text())
+    assert state["budget_steps"] == 40
+
+
+def test_a_budget_the_warm_up_cannot_end_inside_is_refused_early(tmp_path, synthetic):
+    with pytest.raises(ValueError, match=r"train.warmup_steps=100000\) would end after .* lower train.warmup_steps"):
+        train(budget_config(tmp_path / "run", synthetic, "train.time_budget_min=1", "train.warmup_steps=100000",
+                            "train.max_steps=200000"))
+    state = json.loads((tmp_path / "run" / "checkpoint-last" / "trainer_state.json").read_text()) \
+        if (tmp_path / "run" / "checkpoint-last").exists() else {"step": 0}
+    assert state["step"] <= 10  # refused after the ten steps that time it
 
 
 def test_budget_config_errors(tmp_path, synthetic):

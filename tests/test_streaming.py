@@ -363,3 +363,41 @@ def test_frozen_targets_on_the_fly_match_the_cache(tmp_path, synthetic):
                                [h["loss"] for h in cached.history if "loss" in h], rtol=1e-4)
     with pytest.raises(ValueError, match="run.frozen_targets"):
         train(tiny_config(tmp_path / "c", synthetic, "run.frozen_targets=later"))
+
+
+def test_balanced_sampling_draws_each_dataset_equally_often():
+    from leafseg.data.loader import batch_indices, dataset_weights
+
+    w = dataset_weights([30, 10])
+    assert torch.allclose(w[:30], torch.full((30,), 1 / 30, dtype=torch.float64)) and w[30] == 0.1
+    drawn = torch.cat([batch_indices(40, 4, 1, 0, step, seed=0, weights=w) for step in range(2000)])
+    share = float((drawn >= 30).double().mean())
+    assert abs(share - 0.5) < 0.03  # per image it would be 0.25
+    # a step's batch depends on (seed, step) only: a resumed run draws the same; ranks split one global batch
+    assert torch.equal(batch_indices(40, 4, 1, 0, 17, 0, w), batch_indices(40, 4, 1, 0, 17, 0, w))
+    both = torch.cat([batch_indices(40, 2, 2, r, 17, 0, w) for r in (0, 1)])
+    assert torch.equal(both, batch_indices(40, 4, 1, 0, 17, 0, w))
+    with pytest.raises(ValueError, match="every dataset needs a training sample"):
+        dataset_weights([5, 0])
+
+
+def test_dataset_sampling_in_a_run_and_its_config_error(tmp_path, synthetic, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(synthetic, other)
+    for folder in ("images", "masks"):  # a second, smaller "centre"
+        for f in sorted((other / folder).iterdir())[:16]:
+            f.unlink()
+    cfg = tiny_config(tmp_path / "run", synthetic, f"data.sources=[{{root: {other}, name: second}}]",
+                      "data.sampling=dataset", "train.max_steps=40", "train.val_every=40",
+                      "train.checkpoint_every=40", "train.log_samples=true")
+    result = train(cfg)
+    assert "each dataset equally often" in capsys.readouterr().out
+    n_first = len(json.loads((result.run_dir / "split.json").read_text())["train"])
+    seen = json.loads((result.run_dir / "logs" / "samples-rank0.json").read_text())
+    share = sum(i >= n_first for i in seen) / len(seen)
+    assert 0.35 < share < 0.65  # per image: 4 of 16 training images, 0.25
+    with pytest.raises(ValueError, match="data.sampling must be one of"):
+        train(tiny_config(tmp_path / "bad", synthetic, "data.sampling=balanced"))
+    assert not (tmp_path / "bad").exists()

@@ -283,3 +283,17 @@ def test_a_config_builds_on_a_packaged_recipe(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ValueError, match="circle"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_model_card_names_the_autoencoder_folder_it_trained_with(tmp_path, monkeypatch):
+    """A TAEF2 folder found through $LEAFSEG_SHARED is named on the card (not `None`); kl is leafseg's own."""
+    from leafseg.training.model_card import model_card
+
+    monkeypatch.setenv("LEAFSEG_SHARED", str(tmp_path / "shared"))
+    cfg = tiny_config(tmp_path / "run", tmp_path / "data", "autoencoder.kind=taef2", "autoencoder.path=null")
+    card = model_card(cfg, {"step": 3, "best_val_dice": 0.5, "best_step": 3}, "ab12", "best")
+    assert f"taef2 (`{(tmp_path / 'shared' / 'weights' / 'taef2').resolve()}`)" in card and "None" not in card
+    monkeypatch.delenv("LEAFSEG_SHARED")
+    assert "taef2 (folder not set)" in model_card(cfg, {"step": 3}, None, "best")
+    assert "kl (built by leafseg)" in model_card(tiny_config(tmp_path / "run", tmp_path / "data"), {"step": 3},
+                                                 None, "best")

@@ -22,10 +22,19 @@ def _read(source: str | Path) -> DictConfig:
         if name in packaged_configs():
             return OmegaConf.create(resources.files("leafseg.configs").joinpath(f"{name}.yaml").read_text())
         raise FileNotFoundError(f"{source}: config file not found (packaged configs: {', '.join(packaged_configs())})")
+    return read_yaml(path)
+
+
+def read_yaml(path: str | Path, what: str = "YAML config") -> DictConfig:
+    """A YAML file through OmegaConf's safe loader (a ``!!python`` tag is never run); a malformed file is one error
+    naming it."""
     try:
         return OmegaConf.load(path)
-    except Exception as err:  # yaml.YAMLError and friends
-        raise ValueError(f"{path}: not a valid YAML config ({err})") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    except Exception as err:  # yaml.YAMLError (e.g. a !!python tag the safe loader refuses) and friends
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a valid {what} ({first})") from None
 
 
 def _read_layered(source: str | Path, seen: tuple[str, ...] = ()) -> DictConfig:

@@ -27,9 +27,15 @@ def seeded(*keys: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def batch_indices(n: int, batch_size: int, world: int, rank: int, step: int, seed: int) -> torch.Tensor:
-    """This rank's sample indices at ``step``: epoch-wise seeded permutations, global batch split across ranks."""
+def batch_indices(n: int, batch_size: int, world: int, rank: int, step: int, seed: int,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """This rank's sample indices at ``step``: epoch-wise seeded permutations, global batch split across ranks.
+    ``weights`` (one per sample): drawn with replacement in proportion to them instead, seeded per step (e.g. each
+    dataset equally often, whatever its size: :func:`dataset_weights`)."""
     per_step = batch_size * world
+    if weights is not None:
+        chunk = torch.multinomial(weights, per_step, replacement=True, generator=seeded(seed, 4, step))
+        return chunk[rank * batch_size:(rank + 1) * batch_size]
     steps_per_epoch = max(1, n // per_step)
     epoch, k = divmod(step, steps_per_epoch)
     perm = torch.randperm(n, generator=seeded(seed, 1, epoch))
@@ -37,6 +43,13 @@ def batch_indices(n: int, batch_size: int, world: int, rank: int, step: int, see
         perm = torch.cat([perm, perm])
     chunk = perm[k * per_step:(k + 1) * per_step]
     return chunk[rank * batch_size:(rank + 1) * batch_size]
+
+
+def dataset_weights(counts: list[int]) -> torch.Tensor:
+    """Per-sample weights under which each dataset (``counts[i]`` consecutive samples) is drawn equally often."""
+    if not counts or min(counts) < 1:
+        raise ValueError(f"every dataset needs a training sample to be drawn equally often, got counts {counts}")
+    return torch.cat([torch.full((c,), 1.0 / c, dtype=torch.float64) for c in counts])
 
 
 def step_generator(seed: int, step: int, rank: int, batch: int, n_codes: int) -> tuple[torch.Generator, torch.Tensor]:
@@ -54,12 +67,13 @@ class StepSampler(Sampler):
     """Yields, from ``start_step`` on (without end), one list per step of this rank's ``(sample, flip code, step)``
     keys (:func:`batch_indices`, :func:`step_generator`)."""
 
-    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int, n_codes: int, start_step: int = 0):
+    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int, n_codes: int, start_step: int = 0,
+                 weights: torch.Tensor | None = None):
         self.n, self.batch_size, self.world, self.rank, self.seed = n, batch_size, world, rank, seed
-        self.n_codes, self.start_step = n_codes, start_step
+        self.n_codes, self.start_step, self.weights = n_codes, start_step, weights
 
     def keys(self, step: int) -> list[tuple[int, int, int]]:
-        idx = batch_indices(self.n, self.batch_size, self.world, self.rank, step, self.seed)
+        idx = batch_indices(self.n, self.batch_size, self.world, self.rank, step, self.seed, self.weights)
         _, codes = step_generator(self.seed, step, self.rank, len(idx), self.n_codes)
         return [(int(i), int(c), step) for i, c in zip(idx, codes)]
 

@@ -14,6 +14,7 @@ The functions below hide those differences: :func:`encode` takes [-1, 1] images 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -85,6 +86,20 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     module.requires_grad_(False)
     module.eval()
     return module
+
+
+def autoencoder_folder(kind: str, path: str | Path | None) -> Path | None:
+    """Where a mask autoencoder's weights are: ``path``, or for TAEF2 without one ``$LEAFSEG_SHARED/weights/taef2``;
+    absolute, never relative to wherever a command happens to run. None for ``kl`` (built by leafseg)."""
+    if kind == "kl":
+        return None
+    if path is None and kind == "taef2" and os.environ.get("LEAFSEG_SHARED"):
+        path = Path(os.environ["LEAFSEG_SHARED"]) / "weights" / "taef2"
+    if path is None:
+        raise ValueError(f"autoencoder.path is not set: give the {kind} autoencoder folder (for TAEF2, the folder "
+                         "with taef2_encoder.pth and taef2_decoder.pth, or set LEAFSEG_SHARED to the folder that "
+                         "holds weights/taef2)")
+    return Path(path).expanduser().resolve()
 
 
 def load_autoencoder(kind: str, path: str | Path | None = None, config: dict | None = None,

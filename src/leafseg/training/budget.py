@@ -1,17 +1,24 @@
 """A wall-time budget for a training run (``train.time_budget_min``): "train for as many steps as fit in an hour on
 this machine", so that one recipe fills the hour on a slow laptop and a fast server alike.
 
-The step count is decided once, at the end of the LR warm-up (until then no schedule depends on it): the steps taken
-since half-way through the warm-up give the time of a step, a validation run at that point gives the time of one
-validation, and the largest count (a multiple of 100, at most ``train.max_steps``) whose remaining steps and
-validations fit in what is left of the budget is kept. The LR schedule is then stretched to it, as if
-``train.max_steps`` had been that count from the start (``leafseg.training.engine.retarget_lr_schedule``). The
-decision is saved with each checkpoint, so a resumed run keeps it. On a machine fast enough for ``train.max_steps``
-inside the budget the run is the fixed-step run, bit for bit; elsewhere two runs may decide counts a hundred apart
-(their step times differ), which the run folder records.
+The step count is decided at the end of the LR warm-up (until then no schedule depends on it): the median of the
+steps taken since half-way through the warm-up gives the time of a step (a median, so that a burst of other work
+on the machine does not count), a validation run at that point gives the time of one validation, and the largest
+count (a multiple of 100, at most ``train.max_steps``) whose remaining steps and validations fit in what is left of
+the budget is kept. The LR schedule is then stretched to it, as if ``train.max_steps`` had been that count from the
+start (``leafseg.training.engine.retarget_lr_schedule``).
+
+A warm-up is short (50 timed steps in the ``cpu`` recipe): another job running through it would make every step
+look slow and the run stop far too early. So the count is revised at each validation in the first half of the
+decided schedule, from the median of all steps timed so far, when it moves by more than :data:`REVISE_TOLERANCE`;
+the LR schedule is stretched again from where it is. The decision is saved with each checkpoint, so a resumed run
+keeps it. On a machine fast enough for ``train.max_steps`` inside the budget the run is the fixed-step run, bit for
+bit; elsewhere two runs may decide counts a hundred apart (their step times differ), which the run folder records.
 """
 
 from __future__ import annotations
+
+import statistics
 
 from omegaconf import DictConfig
 
@@ -20,6 +27,17 @@ MIN_WARMUP = 10    # steps to time before deciding
 # The warm-up's steps run faster than a run's average (the cpu recipe on a 2-core Zen 5: 0.298 s timed over steps
 # 50-100 in E9, 0.322 s averaged over E8's 8500 steps): the timed step is taken this much longer.
 STEP_SLACK = 1.10
+REVISE_TOLERANCE = 0.05  # a revised count within 5% of the decided one is noise: the schedule is left alone
+
+
+def step_seconds(times: list[float]) -> float:
+    """The time of a step from the timed steps: their median (a burst of other work skews a mean, not a median)."""
+    return statistics.median(times)
+
+
+def worth_revising(decided: int, revised: int) -> bool:
+    """Whether a revised step count differs from the decided one by more than :data:`REVISE_TOLERANCE`."""
+    return abs(revised - decided) > REVISE_TOLERANCE * decided
 
 
 def events_after(step: int, end: int, every: int) -> int:
@@ -46,6 +64,25 @@ def steps_in_budget(budget_s: float, elapsed_s: float, step: int, step_s: float,
     while n > step and cost(n) > left:  # a few iterations: validations only shorten the first guess a little
         n -= GRANULARITY
     return max(n, step)
+
+
+# train.* numbers that must be given, with their kind and smallest value: a wrong one is named before any work
+TRAIN_NUMBERS = {"max_steps": (int, 1), "batch_size": (int, 1), "val_every": (int, 1), "checkpoint_every": (int, 1),
+                 "log_every": (int, 1), "warmup_steps": (int, 0), "lr": (float, 0.0)}
+
+
+def check_train_numbers(tc: DictConfig) -> None:
+    """One clear error for a train.* count or rate that is not a number of the right kind and size (``lr=abc``,
+    ``batch_size=0``, ``val_every=0``, ``max_steps=0``), before anything is decoded, cached or written."""
+    for key, (kind, least) in TRAIN_NUMBERS.items():
+        value = tc.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and kind is int:
+            ok = float(value).is_integer()
+        if not ok or value < least or (kind is float and not value > least):
+            what = "a whole number" if kind is int else "a number"
+            bound = f">= {least}" if kind is int else f"> {least:g}"
+            raise ValueError(f"train.{key} must be {what} {bound}, got {value!r}")
 
 
 def check_budget_config(tc: DictConfig) -> None:

@@ -5,6 +5,7 @@ out of one folder."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file, save_file
 
-from ..config import flatten, to_container
+from ..config import flatten, read_yaml, to_container
 from ..files import atomic_dir, replace_dir, write_json, write_text
 from ..models.weights import assert_finite
 
@@ -37,7 +38,13 @@ def lock_run_dir(run_dir: Path) -> None:
     key = run_dir.resolve()
     if key in _LOCKS:
         return
-    handle = open(run_dir / ".lock", "w")
+    lock = run_dir / ".lock"
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+        raise FileExistsError(f"{lock}: not a plain file (a link or a folder); leafseg locks the run folder with it "
+                              "and will not open what it points to: remove it")
+    # O_NOFOLLOW: a link put there between the check and the open is refused too; no O_TRUNC: nothing is emptied
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    handle = os.fdopen(fd, "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -57,13 +64,26 @@ def recover_checkpoint(run_dir: Path) -> None:
     ``checkpoint-last``, the newest complete one of ``.checkpoint-last.tmp`` (complete once trainer_state.json is in
     it) and ``checkpoint-last.old`` takes its place."""
     final, tmp, old = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.tmp", run_dir / f"{CHECKPOINT}.old"
-    if final.exists():
-        return
-    for candidate in (tmp, old):
-        if (candidate / "trainer_state.json").is_file():
-            candidate.rename(final)
-            print(f"recovered {final} from an interrupted checkpoint swap ({candidate.name})", flush=True)
-            return
+    if not final.exists():
+        for candidate in (tmp, old):
+            if (candidate / "trainer_state.json").is_file():
+                candidate.rename(final)
+                print(f"recovered {final} from an interrupted checkpoint swap ({candidate.name})", flush=True)
+                break
+    recover_models(run_dir)
+
+
+def recover_models(run_dir: Path) -> None:
+    """The exported models' swaps (:func:`leafseg.files.atomic_dir`): a model folder missing beside its complete
+    ``.old`` copy gets it back, and half-written ``.NAME.tmp-*`` folders of a killed process are removed (the run
+    folder is locked, so no other process is writing them)."""
+    for name in (BEST, LAST):
+        final, old = run_dir / name, run_dir / f"{name}.old"
+        if not final.exists() and (old / "model_index.json").is_file():
+            old.rename(final)
+            print(f"recovered {final} from an interrupted swap ({old.name})", flush=True)
+        for stale in run_dir.glob(f".{name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 # What a resumed run may change: where things are and how the run is executed and reported. Everything else decides
@@ -91,7 +111,7 @@ def check_resume_config(run_dir: Path, cfg: DictConfig) -> list[str]:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return []
-    saved, given = _flat(OmegaConf.load(path)), _flat(cfg)
+    saved, given = _flat(read_yaml(path, "run configuration")), _flat(cfg)
     changed = sorted(k for k in saved.keys() & given.keys() if saved[k] != given[k])
     refused = [k for k in changed if k not in RESUMABLE_KEYS]
     if refused:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,10 +33,12 @@ from tqdm.auto import tqdm
 
 from .. import data as D
 from ..config import flatten, to_container
-from ..data.loader import StepSampler, TrainBatch, TrainSamples, step_generator, train_loader
+from ..data.loader import (StepSampler, TrainBatch, TrainSamples, dataset_weights, step_generator,
+                           train_loader)
 from ..files import write_csv, write_json
 from ..models.weights import assert_finite
-from .budget import check_budget_config, steps_in_budget
+from .budget import (MIN_WARMUP, check_budget_config, check_train_numbers, step_seconds, steps_in_budget,
+                     worth_revising)
 from .checkpoints import (BEST, CHECKPOINT, ScheduleAndEMA, check_resume_config, load_trainer_state, lock_run_dir,
                           recover_checkpoint, release_run_dir, save_checkpoint, save_pipeline, save_run_config)
 from .curves import plot_training_curves
@@ -102,7 +105,10 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
         raise ValueError(f"config value {err.full_key} cannot be resolved: {str(err.msg).splitlines()[0]} (set "
                          f"the environment variable it names, or give {err.full_key}=... as key=value)") from None
     tc = cfg.train
+    check_train_numbers(tc)
     check_budget_config(tc)
+    if cfg.data.get("sampling", "image") not in SAMPLING:  # before any decoding or caching
+        raise ValueError(f"data.sampling must be one of {SAMPLING}, got {cfg.data.sampling!r}")
     run_dir = Path(cfg.run.output_dir)
     if tc.num_threads:
         torch.set_num_threads(int(tc.num_threads))
@@ -286,54 +292,84 @@ class StepBookkeeping:
         self.t_start = time.time()
         self.progress = tqdm(total=self.max_steps, initial=int(state["step"]), desc=desc,
                              disable=not accelerator.is_main_process)
-        self.window = None  # (step, time, validation + checkpoint seconds) where the step timing began
-        if self.budget_s is not None and self.first_step >= int(self.tc.warmup_steps) // 2:
-            self._start_window(self.first_step)
+        # seconds of each step since half-way through the warm-up (validations and checkpoints not counted), and
+        # of each validation: what the time budget is decided and revised from
+        self.step_times: list[float] = []
+        self.validation_times: list[float] = []
+        self._tick: float | None = None  # when the step now running began
         if self.tc.get("val_at_start") and state["step"] == 0 and has_val:  # the untrained model, on the curve
             self._validate(0)
+        if self.budget_s is not None:
+            self._tick = time.perf_counter()
 
     def _set_max_steps(self, total: int) -> None:
         self.max_steps = total
         retarget_lr_schedule(self.extra.lr_scheduler, self.tc, total)
 
-    def _others_s(self) -> float:
-        return self.clock.seconds["validation"] + self.clock.seconds["checkpoints"]
+    def _elapsed(self) -> float:
+        return sum(s["total_s"] for s in self.earlier_timings) + self.clock.elapsed()
 
-    def _start_window(self, step: int) -> None:
-        self.window = (step, time.perf_counter(), self._others_s())
+    def _budget_count(self, step: int) -> tuple[int, float, float]:
+        """(steps that fit the budget, seconds a step, seconds a validation) from the times so far, the same on
+        every rank (the main process's)."""
+        step_s = step_seconds(self.step_times)
+        validation_s = statistics.mean(self.validation_times) if self.validation_times else 0.0
+        decision = [steps_in_budget(self.budget_s, self._elapsed(), step, step_s, validation_s,
+                                    int(self.tc.val_every) if self.has_val else None, int(self.tc.max_steps))]
+        broadcast_object_list(decision)  # every rank stops at the main process's count
+        return int(decision[0]), step_s, validation_s
+
+    def _check_warmup_fits(self, step: int) -> None:
+        """After :data:`MIN_WARMUP` steps: refuse a budget the LR warm-up cannot end inside (the count is decided
+        at its end), before more of the budget is spent."""
+        warmup, step_s = int(self.tc.warmup_steps), step_seconds(self.step_times)
+        needed = [self._elapsed() + (warmup - step) * step_s]
+        broadcast_object_list(needed)  # every rank stops, or none
+        if needed[0] > self.budget_s:
+            raise ValueError(
+                f"train.time_budget_min={self.tc.time_budget_min}: the LR warm-up (train.warmup_steps={warmup}) would "
+                f"end after {needed[0] / 60:.1f} min at {step_s:.3f} s a step on this machine, "
+                f"and the step count is decided at its end; lower train.warmup_steps, raise the budget, or build on "
+                f"a recipe made for a budget (base: cpu)")
 
     def _decide_budget(self, step: int) -> bool:
         """At the end of the warm-up: the step count that fits ``train.time_budget_min`` (see
         leafseg.training.budget). Returns whether this step was validated (to time a validation)."""
-        w_step, w_time, w_others = self.window
-        step_s = (time.perf_counter() - w_time - (self._others_s() - w_others)) / max(step - w_step, 1)
         validated = self.has_val
         if validated:
-            t = time.perf_counter()
             self._validate(step)
-            validation_s = time.perf_counter() - t
-        else:
-            validation_s = 0.0
-        elapsed = sum(s["total_s"] for s in self.earlier_timings) + self.clock.elapsed()
-        decision = [steps_in_budget(self.budget_s, elapsed, step, step_s, validation_s,
-                                    int(self.tc.val_every) if self.has_val else None, self.max_steps)]
-        broadcast_object_list(decision)  # every rank stops at the main process's count
-        total = int(decision[0])
-        self.state["budget_steps"] = total
-        self._set_max_steps(total)
-        self.progress.total = total
-        self.progress.refresh()
+        total, step_s, validation_s = self._budget_count(step)
+        self._set_budget_steps(total)
         fits = "all of them fit" if total == int(self.tc.max_steps) else f"{total} of them fit"
-        tqdm.write(f"time budget {self.tc.time_budget_min} min: {elapsed / 60:.1f} min spent, a step takes "
+        tqdm.write(f"time budget {self.tc.time_budget_min} min: {self._elapsed() / 60:.1f} min spent, a step takes "
                    f"{step_s:.3f} s and a validation {validation_s:.1f} s; of train.max_steps {self.tc.max_steps} "
                    f"steps {fits}, the LR schedule ends at step {total}")
         return validated
 
+    def _revise_budget(self, step: int) -> None:
+        """At a validation in the first half of the decided schedule: the count again, from every step timed so
+        far, kept when it moved by more than REVISE_TOLERANCE (a warm-up slowed by another job is corrected)."""
+        if len(self.step_times) < MIN_WARMUP // 2:  # just resumed: fewer steps timed than the decision had
+            return
+        total, step_s, _ = self._budget_count(step)
+        if worth_revising(self.max_steps, total):
+            tqdm.write(f"time budget revised at step {step}: a step takes {step_s:.3f} s (median of "
+                       f"{len(self.step_times)}); the LR schedule now ends at step {total} instead of {self.max_steps}")
+            self._set_budget_steps(total)
+
+    def _set_budget_steps(self, total: int) -> None:
+        self.state["budget_steps"] = total
+        self._set_max_steps(total)
+        self.progress.total = total
+        self.progress.refresh()
+
     def _validate(self, step: int) -> None:
         accelerator, state = self.accelerator, self.state
         if accelerator.is_main_process:
+            t = time.perf_counter()
             with self.clock.phase("validation"):
                 val_dice, per_source = self.validate()
+            self.validation_times.append(time.perf_counter() - t)
             by_source = {f"val_dice_{name}": value for name, value in per_source.items()} if len(per_source) > 1 else {}
             accelerator.log({"val_dice": val_dice, **by_source}, step=step)
             state["history"].append({"step": step, "val_dice": val_dice, **by_source})
@@ -349,13 +385,23 @@ class StepBookkeeping:
     def after_step(self, step: int, losses: dict[str, torch.Tensor], extra_logs=None) -> None:
         """Call on every rank after optimiser step ``step`` (1-based). ``extra_logs`` is a callable giving more
         scalars to log (only called on logging steps, so it may synchronise with the device)."""
-        validated = False
-        if self.budget_s is not None and "budget_steps" not in self.state:
-            if self.window is None and step >= int(self.tc.warmup_steps) // 2:
-                self._start_window(step)
-            elif step == int(self.tc.warmup_steps):
-                validated = self._decide_budget(step)
-        tc, last = self.tc, step == self.max_steps
+        validated, tc = False, self.tc
+        self.state["step"] = step  # before any export: model-best's card names the step it holds
+        if self.budget_s is not None:
+            if self._tick is not None and (step > int(tc.warmup_steps) // 2 or "budget_steps" not in self.state):
+                self.step_times.append(time.perf_counter() - self._tick)
+            if "budget_steps" not in self.state:
+                if step == MIN_WARMUP < int(tc.warmup_steps):
+                    self._check_warmup_fits(step)
+                if step == int(tc.warmup_steps):
+                    validated = self._decide_budget(step)
+                elif step == int(tc.warmup_steps) // 2:
+                    self.step_times.clear()  # decided from the second half of the warm-up, at full LR
+            elif self.has_val and step % int(tc.val_every) == 0 and step <= self.max_steps // 2:
+                self._validate(step)
+                validated = True
+                self._revise_budget(step)
+        last = step == self.max_steps
         self.progress.update(1)
         if step % int(tc.log_every) == 0 or last:
             logs = {k: self.accelerator.reduce(v.detach(), reduction="mean").item() for k, v in losses.items()}
@@ -365,7 +411,6 @@ class StepBookkeeping:
             self.state["history"].append({"step": step, **logs, "elapsed_s": round(time.time() - self.t_start, 1)})
         if self.has_val and (step % int(tc.val_every) == 0 or last) and not validated:
             self._validate(step)
-        self.state["step"] = step
         if step % int(tc.checkpoint_every) == 0 or last:
             self.check_finite()  # a checkpoint is only ever a good state
             self.state["wall_time"] = self.earlier_timings + [self.clock.summary((self.first_step, step))]
@@ -373,6 +418,8 @@ class StepBookkeeping:
                 save_checkpoint(self.accelerator, self.run_dir, self.state, self.export, self.extra)
                 if self.accelerator.is_main_process:  # a plain-text record beside TensorBoard's
                     write_csv(self.state["history"], self.run_dir / "logs" / "history.csv")
+        if self.budget_s is not None:
+            self._tick = time.perf_counter()  # the next step's time starts here: validations are not in it
 
     def finish(self) -> TrainResult:
         self.progress.close()
@@ -523,10 +570,11 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
     book = StepBookkeeping(accelerator, cfg, state, run_dir, validate, export, data.val is not None,
                            method.description, extra,
                            lambda: assert_finite(base, f"the model at step {book.state['step']} (training stopped; "
-                                                       f"the last good state is {run_dir / CHECKPOINT})"),
+                                                       f"{last_good_state(run_dir)})"),
                            clock)
     samples = TrainSamples(data.train, trainer.codes, trainer.augmentation, seed, rank, *method.row_files())
-    sampler = StepSampler(len(data.train), bs, world, rank, seed, n_codes, start_step=step)
+    sampler = StepSampler(len(data.train), bs, world, rank, seed, n_codes, start_step=step,
+                          weights=sampling_weights(cfg, data))
     model.train()
     clock.first_step()
     batches = iter(train_loader(samples, sampler, int(cfg.data.get("num_workers", 0))))
@@ -539,8 +587,7 @@ def _train(method: TrainingMethod, cfg: DictConfig, resume: bool, accelerator: A
         if not torch.isfinite(losses["loss"].detach()).all():
             raise FloatingPointError(
                 f"non-finite training loss at step {step + 1} (lr {lr_scheduler.get_last_lr()[0]:.3g}): training "
-                f"stopped; the last good state is {run_dir / CHECKPOINT} (step {state['step']}) - lower train.lr "
-                "and start again, or resume from it")
+                f"stopped; {last_good_state(run_dir)} - lower train.lr and start again, or resume from it")
         grad_norm = optimisation_step(accelerator, losses["loss"], params, optimizer, lr_scheduler, tc.grad_clip,
                                       ema, averaged)
         step += 1
@@ -570,6 +617,30 @@ def optimisation_step(accelerator: Accelerator, loss: torch.Tensor, params: list
     return grad_norm
 
 
+def last_good_state(run_dir: Path) -> str:
+    """Where a stopped run can go on from: its checkpoint (and the step it holds) or, before the first one, that
+    there is none."""
+    state = run_dir / CHECKPOINT / "trainer_state.json"
+    try:
+        return f"the last good state is {run_dir / CHECKPOINT} (step {json.loads(state.read_text())['step']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no checkpoint was written yet ({run_dir / CHECKPOINT} does not exist)"
+
+
+SAMPLING = ("image", "dataset")
+
+
+def sampling_weights(cfg: DictConfig, data: RunData) -> torch.Tensor | None:
+    """``data.sampling``: ``image`` (every training sample equally often, epoch by epoch; the authors') or
+    ``dataset`` (each of several datasets equally often, whatever its size: a small centre is not outvoted)."""
+    mode = cfg.data.get("sampling", "image")
+    if mode not in SAMPLING:
+        raise ValueError(f"data.sampling must be one of {SAMPLING}, got {mode!r}")
+    if mode == "image" or len(data.train_sources) < 2:
+        return None
+    return dataset_weights([n for _, n in data.train_sources])
+
+
 def _announce(method: TrainingMethod, trainer: Trainer) -> None:
     """What the run is about to do, before the caches (which then say how long they will take)."""
     cfg, data, accelerator = trainer.cfg, trainer.data, trainer.accelerator
@@ -583,6 +654,11 @@ def _announce(method: TrainingMethod, trainer: Trainer) -> None:
     print(f"data: samples read from {trainer.cache_dir} ({on_disk / 2**20:.1f} MiB on disk, {data.first_pass_s:.1f} s "
           f"to decode or open), {'in the training process' if not workers else f'{workers} loader worker(s)'}; "
           "frozen targets are computed first (each says how long it will take)", flush=True)
+    empty = sum(1 for f in data.train.foreground if not f)
+    val_empty = 0 if data.val is None else sum(1 for f in data.val.foreground if not f)
+    print(f"masks: {empty} of {len(data.train)} train and {val_empty} of {n_val} val samples are empty at "
+          f"{cfg.data.resolution}x{cfg.data.resolution} (frames without an object: they teach the model to leave such "
+          f"frames empty)", flush=True)
 
 
 def _steps(tc: DictConfig) -> str:
@@ -608,8 +684,10 @@ def _where(accelerator: Accelerator) -> str:
 
 def _augmentations(trainer: Trainer) -> str:
     flips = [name for name, on in (("horizontal", trainer.cfg.data.hflip), ("vertical", trainer.cfg.data.vflip)) if on]
+    sampling = ("each dataset equally often" if sampling_weights(trainer.cfg, trainer.data) is not None else
+                "each image equally often")
     return (f"{' and '.join(flips) + ' flips' if flips else 'no flips'}, {trainer.augmentation}, "
-            f"{trainer.colour_jitter}")
+            f"{trainer.colour_jitter}, {sampling}")
 
 
 def _log_samples(run_dir: Path, rank: int, seen: list[int], base: torch.nn.Module) -> None:

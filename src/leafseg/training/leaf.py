@@ -38,19 +38,10 @@ from .run_data import volume_config
 
 
 def autoencoder_path(ac: DictConfig) -> Path | None:
-    """``autoencoder.path``, or for TAEF2 without one ``$LEAFSEG_SHARED/weights/taef2``: never a path relative to
-    wherever the command happens to run. Says which folder it uses."""
-    if ac.kind == "kl":
-        return None
-    path = ac.path
-    if path is None and ac.kind == "taef2" and os.environ.get("LEAFSEG_SHARED"):
-        path = Path(os.environ["LEAFSEG_SHARED"]) / "weights" / "taef2"
-    if path is None:
-        raise ValueError(f"autoencoder.path is not set: give the {ac.kind} autoencoder folder (for TAEF2, the folder "
-                         "with taef2_encoder.pth and taef2_decoder.pth, or set LEAFSEG_SHARED to the folder that "
-                         "holds weights/taef2)")
-    path = Path(path).expanduser().resolve()
-    print(f"autoencoder: {ac.kind} from {path}", flush=True)
+    """The mask autoencoder's folder (:func:`~leafseg.models.autoencoder.autoencoder_folder`), saying which."""
+    path = ae_ops.autoencoder_folder(ac.kind, ac.path)
+    if path is not None:
+        print(f"autoencoder: {ac.kind} from {path}", flush=True)
     return path
 
 

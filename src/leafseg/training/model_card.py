@@ -11,6 +11,7 @@ import sys
 from omegaconf import DictConfig
 
 from .. import __version__
+from ..models.autoencoder import autoencoder_folder
 
 LICENCES = {
     "taef2": "TAEF2 autoencoder (Ollin Boer Bohan, MIT)",
@@ -20,6 +21,14 @@ LICENCES = {
     "lite_medsam": "LiteMedSAM TinyViT teacher (bowang-lab MedSAM, Apache-2.0; training only, not in the model)",
     "dinov2": "DINOv2 teacher (Meta AI, Apache-2.0; training only, not in the model)",
 }
+
+
+def _autoencoder_source(ac: DictConfig) -> str:
+    try:
+        folder = autoencoder_folder(ac.kind, ac.path)
+    except ValueError:
+        return "folder not set"
+    return "built by leafseg" if folder is None else f"`{folder}`"
 
 
 def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str) -> str:
@@ -40,7 +49,8 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
         lines += [f"- LEAF (MICCAI 2025) latent-diffusion segmentation, single reverse step; target "
                   f"`{cfg.diffusion.prediction_type}`, feature alignment {'on' if cfg.align.enabled else 'off'}"
                   f"{f' (teacher {cfg.align.teacher})' if cfg.align.enabled else ''}.",
-                  f"- Mask autoencoder: {cfg.autoencoder.kind} (`{cfg.autoencoder.path}`), processing resolution "
+                  f"- Mask autoencoder: {cfg.autoencoder.kind} ({_autoencoder_source(cfg.autoencoder)}), processing "
+                  f"resolution "
                   f"{d.resolution}x{d.resolution}; the image is resized to it and the mask back to the image size."]
     else:
         lines += [f"- A supervised UNet (soft Dice + BCE) at {d.resolution}x{d.resolution}."]

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from .. import data as D
 from ..config import to_container
 from ..data.store import SampleStore, build_sample_store, store_key
+from ..files import write_json
 
 
 @dataclass
@@ -39,7 +40,19 @@ class RunData:
     train: SampleStore
     val: SampleStore | None
     val_sources: list[tuple[str, int]] = field(default_factory=list)
+    train_sources: list[tuple[str, int]] = field(default_factory=list)  # samples of each source in ``train``
     first_pass_s: float = 0.0   # decoding into the stores (0 when a cache folder already held them)
+
+
+SOURCES_FILE = "sources.json"
+
+
+def write_sources(sources: list[DataSource], run_dir: Path) -> None:
+    """``RUN/sources.json``: each source's absolute folder, layout and split file, so that ``leafseg evaluate`` finds
+    the split a model was trained with (and knows its training images) from any working directory."""
+    write_json([{"name": s.name, "root": str(Path(s.root).resolve()), "layout": s.layout,
+                 "split_file": str(Path(s.split_file).resolve()), "images": s.images, "masks": s.masks}
+                for s in sources], run_dir / SOURCES_FILE)
 
 
 def volume_config(cfg: DictConfig) -> dict:
@@ -79,7 +92,7 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
     ``data.split``), and the train and val samples decoded once into sample stores in the cache folder (by the main
     process; every rank then reads them lazily)."""
     sc, res = cfg.data.split, int(cfg.data.resolution)
-    train_pairs, val_groups = [], []
+    train_pairs, val_groups, train_groups = [], [], []
     sources = data_sources(cfg, run_dir)
     for source in sources:
         pairs = D.find_dataset(source.root, source.layout, source.images, source.masks)
@@ -87,11 +100,15 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
             D.load_or_create_split(source.split_file, pairs, source.layout, sc.train, sc.val, sc.test, sc.seed)
         accelerator.wait_for_everyone()
         split = D.read_split(source.split_file, [p.stem for p in pairs])
-        train_pairs += D.select(pairs, split["train"])
+        train = D.select(pairs, split["train"])
+        train_pairs += train
+        train_groups.append((source.name, len(train)))
         val = D.select(pairs, split["val"])
         if cfg.train.val_max_images:
             val = val[: int(cfg.train.val_max_images)]
         val_groups.append((source.name, val))
+    if accelerator.is_main_process:
+        write_sources(sources, run_dir)
     vc = volume_config(cfg)  # NIfTI/DICOM pairs: one sample per slice
     volumes = {"intensity": vc["intensity"], "axis": vc["slice_axis"], "volume_slices": cfg.data.volume_slices}
     folder = cache_dir(cfg, run_dir)
@@ -114,8 +131,12 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
         count = sum(val.samples_per_pair[start:start + len(group)]) if val is not None else 0
         val_sources.append((name, count))
         start += len(group)
+    train_sources, start = [], 0
+    for name, n_pairs in train_groups:
+        train_sources.append((name, sum(train.samples_per_pair[start:start + n_pairs])))
+        start += n_pairs
     for name, samples, pairs in (("train", train, train_pairs), ("val", val, val_pairs)):
         if samples is not None and not any(samples.foreground):  # nothing to learn or select on: a wrong encoding
             raise ValueError(f"all {len(pairs)} {name} masks are empty at {res}x{res} (e.g. {pairs[0].mask}); "
                              "check the mask files and their encoding")
-    return RunData(sources, train_pairs, train, val, val_sources, time.perf_counter() - started)
+    return RunData(sources, train_pairs, train, val, val_sources, train_sources, time.perf_counter() - started)
