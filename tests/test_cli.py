@@ -40,7 +40,8 @@ def test_predict_single_file(tmp_path, model_and_data):
     model, data = model_and_data
     assert main(["predict", "--model", str(model), "--input", str(data / "images" / "2.png"),
                  "--output", str(tmp_path / "one")]) == 0
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["2_mask.png", "2_overlay.png"]
+    # and the hidden mark that lets --overwrite empty the folder later
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [".leafseg-output", "2_mask.png", "2_overlay.png"]
 
 
 def test_evaluate_uses_the_runs_split_and_writes_reports(tmp_path, model_and_data):
@@ -56,6 +57,41 @@ def test_evaluate_uses_the_runs_split_and_writes_reports(tmp_path, model_and_dat
     assert summary["split_file"].endswith("split.json")
     assert len(list((out / "overlays").iterdir())) == 2
     assert (out / "grid.png").exists() and (out / "worst_cases.png").exists()
+
+
+def test_evaluate_finds_the_split_its_run_trained_with_from_anywhere(tmp_path, model_and_data, monkeypatch,
+                                                                     capsys):
+    """A run records its datasets (RUN/sources.json, absolute paths): evaluate on one of them uses that split file
+    from any working directory, and refuses --split all, which would score the training images."""
+    model, data = model_and_data
+    split = tmp_path / "splits" / "mine.json"
+    split.parent.mkdir()
+    split.write_text(json.dumps({"train": ["0", "1"], "val": [], "test": ["3"]}))
+    (model.parent / "split.json").unlink()
+    (model.parent / "sources.json").write_text(json.dumps([{"name": "data", "root": str(data.resolve()),
+                                                            "layout": "folder", "split_file": str(split.resolve()),
+                                                            "images": "images", "masks": "masks"}]))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", "--model", str(model), "--data", "../data", "--output", "ev"]) == 0
+    summary = json.loads((elsewhere / "ev" / "summary.json").read_text())
+    assert summary["split_file"] == str(split.resolve()) and summary["n_images"] == 1
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), "--data", "../data", "--split", "all", "--output", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on this dataset" in err and "--include-training-data" in err and not (elsewhere / "all").exists()
+    assert main(["evaluate", "--model", str(model), "--data", "../data", "--split", "all", "--output", "all",
+                 "--include-training-data"]) == 0
+    assert json.loads((elsewhere / "all" / "summary.json").read_text())["n_images"] == 4
+    # another dataset: no split of its own in the run, so --split all is what scores it
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True), (other / "masks").mkdir()
+    for sub in ("images", "masks"):
+        (other / sub / "9.png").write_bytes((data / sub / "2.png").read_bytes())
+    assert main(["evaluate", "--model", str(model), "--data", str(other), "--output", "other"]) == 2
+    assert "not a dataset the model's run trained on" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model), "--data", str(other), "--split", "all", "--output", "o2"]) == 0
 
 
 def test_errors_name_the_problem(tmp_path, model_and_data, capsys):
@@ -156,3 +192,63 @@ def test_evaluate_reports_frames_without_an_object(tmp_path, model_and_data, cap
     assert f"frames without an object: 2, left empty {empty['both_empty']}" in out
     report = (model.parent / "eval-model-best-test" / "report.md").read_text()
     assert "**Frames without an object**: 2" in report
+
+
+def test_figures_show_a_spread_of_results_not_the_first_names():
+    """grid: quantiles of Dice among images with an object; worst: ties at Dice 0 broken by object size, not by
+    name; frames without an object that got a mask: their own figure, largest first."""
+    from leafseg.evaluation.evaluate import figure_cases
+
+    def row(name, d, gt, pred):
+        return {"name": name, "dice": d, "gt_empty": gt == 0, "pred_empty": pred == 0, "gt_pixels": gt,
+                "pred_pixels": pred}
+
+    rows = [row(f"benign{i:02d}", 0.80 + i / 100, 100, 90) for i in range(10)]  # first by name, all good
+    rows += [row(f"m{i}", 0.0, 500 + i, 0) for i in range(3)] + [row("b-miss", 0.0, 10, 0)]
+    rows += [row(f"z{i}", 0.5 + i / 10, 100, 100) for i in range(3)]
+    rows += [row("normal1", 1.0, 0, 0), row("normal2", 0.0, 0, 40), row("normal3", 0.0, 0, 400)]
+    cases = figure_cases(rows, k=8, worst_k=3)
+    grid = [r["dice"] for r in cases["grid"]]
+    assert len(grid) == 8 and grid == sorted(grid) and grid[0] == 0.0 and grid[-1] == 0.89
+    assert [r["name"] for r in cases["worst"]] == ["m2", "m1", "m0"]  # the large misses, not "b-miss" by name
+    assert [r["name"] for r in cases["false_positives"]] == ["normal3", "normal2"]
+    assert all(not r["gt_empty"] for r in cases["grid"] + cases["worst"])
+
+
+def test_uncertainty_colour_bar_stays_legible_in_a_figure():
+    """A wide image's colour bar grows with it, so that the figure (192-px panels) shows it 28 px wide."""
+    from leafseg.evaluation.figures import figure, panel_row
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((300, 576, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((300, 576), bool)
+    row = panel_row(image, mask, mask, rng.random((300, 576)) * 0.5)
+    assert row.shape[1] == 4 * 576 + 84  # the bar keeps 28/192 of a panel's width
+    fig = figure([row], with_uncertainty=True)
+    assert fig.shape[1] == 4 * 192 + 28
+
+
+def test_evaluate_reports_lesion_only_metrics_subgroups_and_distance_cis(tmp_path, model_and_data, capsys):
+    model, data = model_and_data
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "masks" / "1.png")  # a frame without an object
+    groups = tmp_path / "groups.csv"
+    groups.write_text("name,group\n0,benign\n2,malignant\n3,malignant\n")
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output", str(out),
+                 "--groups", str(groups)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    m = summary["metrics"]
+    assert m["with_object"]["n_images"] == 3 and "ci_low" in m["with_object"]["dice"]
+    assert all(k in m[d] for d in ("hd95", "assd") for k in ("ci_low", "ci_high"))
+    assert list(summary["groups"]) == ["(none)", "benign", "malignant"]
+    assert [summary["groups"][g]["n_images"] for g in summary["groups"]] == [1, 1, 2]
+    rows = {r["name"]: float(r["dice"]) for r in csv.DictReader(open(out / "per_image.csv"))}
+    assert summary["groups"]["malignant"]["dice"]["mean"] == pytest.approx((rows["2"] + rows["3"]) / 2)
+    report = (out / "report.md").read_text()
+    assert "Subgroups" in report and "| malignant | 2 |" in report and "images with an object" in report
+    assert "group malignant: 2 images" in printed and "images with an object: 3" in printed
+    groups.write_text("0,benign\n7,malignant\n")
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output",
+                 str(tmp_path / "ev2"), "--groups", str(groups)]) == 2
+    assert "groups.csv: 1 name(s) are not evaluated images, e.g. ['7']" in capsys.readouterr().err

@@ -61,6 +61,11 @@ def test_supervised_export_and_cli_backend(tmp_path, capsys):
     SupervisedSegPipeline(unet).save_pretrained(tmp_path / "model")
     assert main(["export", "--model", str(tmp_path / "model"), "--format", "onnx", "--output",
                  str(tmp_path / "onnx")]) == 0
+    # into the model folder (or a folder inside it) it is refused: the model would become an ONNX folder
+    for inside in (tmp_path / "model", tmp_path / "model" / "onnx"):
+        assert main(["export", "--model", str(tmp_path / "model"), "--output", str(inside)]) == 2
+        assert "apart from the inputs and the model" in capsys.readouterr().err
+    assert not (tmp_path / "model" / "leafseg_onnx.json").exists() and not (tmp_path / "model" / "onnx").exists()
     ref = load_pipeline(tmp_path / "model", "cpu")(_images())
     got = load_pipeline(tmp_path / "onnx")(_images())
     for a, b in zip(ref.probabilities, got.probabilities):

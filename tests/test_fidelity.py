@@ -177,6 +177,26 @@ def test_paper_dice_is_foreground_dice_with_both_empty_zero():
     r = acc.result()
     assert r["dice"] == pytest.approx(2 * 36 / 128 / 3) and r["both_empty_scored_0"] == 1
     assert r["miou_batch_mean"] == pytest.approx(((36 / 92 + 0) / 2 + 0) / 2) and r["n_batches"] == 2
+    assert r["miou_image_mean"] == pytest.approx(36 / 92 / 3)
+
+
+def test_paper_miou_warns_when_the_order_of_the_images_decides_it():
+    """The authors' batch mean: 8 images with an object (IoU 36/92 each) then 2 without (scored 0), batches of 4,
+    give (36/92 + 36/92 + 0) / 3 in this order but 8/10 * 36/92 per image; sorted stems that put every normal image
+    in the last batch do exactly this, and the number is flagged."""
+    p, g = _pair()
+    empty = np.zeros_like(p)
+    acc = PaperMetrics(batch_size=4)
+    for a, b in [(p, g)] * 8 + [(empty, empty)] * 2:
+        acc.update(a, b)
+    r = acc.result()
+    assert r["miou_batch_mean"] == pytest.approx(2 / 3 * 36 / 92)
+    assert r["miou_image_mean"] == pytest.approx(8 / 10 * 36 / 92)
+    assert "depends on the order of the images" in r["batch_order_warning"]
+    balanced = PaperMetrics(batch_size=4)
+    for a, b in [(p, g)] * 3 + [(empty, empty)] + [(p, g)] * 3 + [(empty, empty)]:
+        balanced.update(a, b)
+    assert balanced.result()["batch_order_warning"] is None
 
 
 def test_paper_numbers_match_torchmetrics_single_channel():

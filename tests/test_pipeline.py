@@ -109,3 +109,25 @@ def test_bad_inputs():
         pipe(torch.rand(4, 8, 8))
     with pytest.raises(ValueError):
         pipe(images(1), ensemble_size=0)
+
+
+def test_precision_casts_encoder_and_unet_and_keeps_the_decoder_and_masks(tmp_path):
+    """bf16 for the image encoder and UNet (channels-last on the CPU), the mask decoder and x0 step in float32;
+    auto picks bf16 only where the device computes it natively; the masks stay those of fp32."""
+    from leafseg.pipelines import load_pipeline
+    from leafseg.pipelines.precision import bf16_is_fast, resolve_precision
+
+    tiny_pipeline().save_pretrained(tmp_path / "model")
+    ref = load_pipeline(tmp_path / "model", "cpu")
+    assert ref.precision == "fp32" and ref.unet.dtype == torch.float32
+    fast = load_pipeline(tmp_path / "model", "cpu", precision="bf16")
+    assert fast.precision == "bf16" and fast.unet.dtype == fast.image_encoder.dtype == torch.bfloat16
+    assert next(fast.autoencoder.parameters()).dtype == torch.float32
+    images = [np.random.default_rng(i).integers(0, 256, (40, 30, 3), dtype=np.uint8) for i in range(3)]
+    a, b = ref(images), fast(images)
+    for pa, pb in zip(a.probabilities, b.probabilities):
+        assert pb.dtype == np.float32 and np.abs(pa - pb).max() < 0.05
+    assert resolve_precision("auto", "cpu") == ("bf16" if bf16_is_fast("cpu") else "fp32")
+    assert load_pipeline(tmp_path / "model", "cpu", precision="auto").precision == resolve_precision("auto", "cpu")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_pipeline(tmp_path / "model", "cpu", precision="fp16")

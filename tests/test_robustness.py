@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,22 @@ def test_all_empty_training_masks_are_reported_before_training(tmp_path, synthet
     assert not (tmp_path / "run" / "checkpoint-last").exists()
 
 
+def test_training_says_how_many_masks_are_empty(tmp_path, synthetic, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic, root)
+    blank = sorted(f.stem for f in (root / "masks").iterdir())[::3]
+    for stem in blank:
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "masks" / f"{stem}.png")
+    train(tiny_config(tmp_path / "run", root, "train.max_steps=1"))
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    n_train, n_val = (sum(s in blank for s in split[k]) for k in ("train", "val"))
+    out = capsys.readouterr().out
+    assert (f"masks: {n_train} of {len(split['train'])} train and {n_val} of {len(split['val'])} val samples are "
+            "empty") in out and n_train > 0
+
+
 # -------------------------------------------------------------------------------------- checkpoints and runs
 def test_kill_inside_the_checkpoint_swap_is_recovered(tmp_path, synthetic, monkeypatch):
     run = tmp_path / "run"
@@ -118,6 +135,18 @@ def test_kill_inside_the_checkpoint_swap_is_recovered(tmp_path, synthetic, monke
     straight = train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=4", "train.checkpoint_every=2", BITWISE))
     a = [h["loss"] for h in straight.history if "loss" in h]
     assert [h["loss"] for h in resumed.history if "loss" in h] == a
+
+
+def test_a_kill_inside_a_model_swap_is_recovered_and_leaves_no_stale_folders(tmp_path, synthetic):
+    from leafseg.training.checkpoints import recover_checkpoint
+
+    run = tmp_path / "run"
+    train(tiny_config(run, synthetic, "train.max_steps=2"))
+    (run / "model-best").rename(run / "model-best.old")  # killed between the swap's two renames
+    (run / ".model-last.tmp-abc123").mkdir()  # a half-written export of a killed process
+    recover_checkpoint(run)
+    assert (run / "model-best" / "model_index.json").is_file() and not (run / "model-best.old").exists()
+    assert not list(run.glob(".model-*.tmp-*"))
 
 
 def test_second_training_into_one_folder_is_refused(tmp_path, synthetic):
@@ -146,7 +175,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synt
     failed_at = int(err.split("non-finite training loss at step ")[1].split()[0])
     state = json.loads((run / "checkpoint-last" / "trainer_state.json").read_text())
     assert state["step"] == failed_at - 1 and all(np.isfinite(h["loss"]) for h in state["history"] if "loss" in h)
+    assert f"the last good state is {run / 'checkpoint-last'} (step {failed_at - 1})" in err
     assert all(torch.isfinite(p).all() for p in tiny_load(run / "model-last").unet.parameters())
+    # before the first checkpoint there is none to name
+    code = main(["train", "--config", str(tmp_path / "tiny.yaml"), "run.output_dir=" + str(tmp_path / "early"),
+                 "train.max_steps=40", "train.lr=1e30", "train.grad_clip=0", "train.warmup_steps=0",
+                 "train.val_every=100", "train.checkpoint_every=40"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no checkpoint was written yet" in err and not (tmp_path / "early" / "checkpoint-last").exists()
 
 
 def tiny_load(folder):
@@ -255,6 +291,44 @@ def test_predict_outputs_never_overwrite_each_other(tmp_path, capsys):
     assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "u"),
                  "--uncertainty"]) == 2
     assert "--ensemble" in capsys.readouterr().err
+
+
+def test_outputs_never_delete_what_the_user_made(tmp_path, capsys):
+    """An output that is, holds or lies inside an input or the model is refused; --overwrite empties only a folder
+    leafseg wrote; an output that is a file is named."""
+    model, inputs = _model(tmp_path), tmp_path / "data" / "images"
+    inputs.mkdir(parents=True)
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(inputs / "1.png")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for out in (inputs, inputs.parent, tmp_path, model, model / "sub"):
+        assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(out),
+                     "--overwrite"]) == 2
+        assert "apart from the inputs and the model" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing removed, nothing written
+    mine = tmp_path / "my-notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(mine), "--overwrite"]) == 2
+    assert "only empties a folder leafseg wrote" in capsys.readouterr().err and (mine / "notes.txt").exists()
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(out)]) == 0
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(out), "--overwrite"]) == 0
+    (tmp_path / "a-file").write_text("x")
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "a-file")]) == 2
+    assert "output is a file" in capsys.readouterr().err
+
+
+def test_a_run_lock_that_is_a_link_is_refused_and_its_target_kept(tmp_path):
+    from leafseg.training.checkpoints import lock_run_dir
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(target)
+    with pytest.raises(FileExistsError, match="not a plain file"):
+        lock_run_dir(run)
+    assert target.read_text() == "keep me"
 
 
 # ------------------------------------------------------------------------------ pickles that would run code
@@ -374,3 +448,103 @@ def test_package_root_exports_the_python_api(tmp_path):
     pipe = leafseg.LeafSegPipeline.from_pretrained(tmp_path / "m")
     out = pipe(np.zeros((20, 24, 3), np.uint8))
     assert out.masks[0].shape == (20, 24) and leafseg.__version__
+
+
+def test_written_files_and_folders_follow_the_umask(tmp_path):
+    """Atomic writes go through tempfile (0600 files, 0700 folders); what lands must have the user's usual
+    permissions, or a colleague cannot read the masks, reports and models."""
+    from leafseg.files import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json({"a": 1}, tmp_path / "r.json")
+        with atomic_dir(tmp_path / "model") as d:
+            (d / "x.txt").write_text("x")
+        assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+        os.umask(0o077)
+        write_json({"a": 2}, tmp_path / "private.json")
+        assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_output_names_never_meet_even_across_case_and_suffix_tricks(tmp_path):
+    from leafseg.data import list_images
+    from leafseg.predict import output_names
+
+    files = [tmp_path / n for n in ("1.png", "1.jpg", "1_png.png", "x.png", "x.PNG", "y.png")]
+    names = output_names(files)
+    assert len({n.casefold() for n in names.values()}) == len(files)
+    assert names[tmp_path / "y.png"] == "y" and names[tmp_path / "1.jpg"] == "1_jpg"
+    for f in files:
+        f.write_bytes(b"")
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would block forever
+    assert (tmp_path / "pipe.png") not in list_images(tmp_path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=abc", "train.lr must be a number > 0, got 'abc'"),
+    ("train.batch_size=0", "train.batch_size must be a whole number >= 1, got 0"),
+    ("train.val_every=0", "train.val_every must be a whole number >= 1, got 0"),
+    ("train.max_steps=0", "train.max_steps must be a whole number >= 1, got 0"),
+    ("train.max_steps=2.5", "train.max_steps must be a whole number >= 1, got 2.5"),
+])
+def test_wrong_train_numbers_are_named_before_any_work(tmp_path, synthetic, override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(tiny_config(tmp_path / "run", synthetic, override))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_config_with_a_python_tag_is_one_clear_error(tmp_path, capsys):
+    model = _model(tmp_path)
+    marker = tmp_path / "ran"
+    (model.parent / "config.yaml").write_text(f"data: !!python/object/apply:os.system ['touch {marker}']\n")
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "masks").mkdir()
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "d"), "--split", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml: not a valid run configuration" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_a_long_but_legal_file_name_is_written(tmp_path):
+    from leafseg.files import write_text
+
+    name = "x" * 240 + ".png"  # legal (<= 255 bytes); a temporary name that grows it would not be
+    write_text("ok", tmp_path / name)
+    assert (tmp_path / name).read_text() == "ok"
+
+
+def test_a_model_missing_after_an_interrupted_swap_points_to_the_old_one(tmp_path):
+    from leafseg.pipelines import load_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "model-best.old")  # killed between the two renames of the swap
+    with pytest.raises(FileNotFoundError, match=r"model-best\.old holds the previous one .*--resume"):
+        load_pipeline(tmp_path / "model-best", "cpu")
+
+
+def test_exif_orientation_is_honoured_and_multi_page_files_refused(tmp_path):
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:5, :5] = 255  # a marked corner shows where the top-left went
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display", as phones write it
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    shown = D.load_image(tmp_path / "phone.jpg")
+    assert shown.shape == (30, 20, 3) and shown[:5, -5:].mean() > 200  # displayed upright, as a viewer shows it
+    pages = [Image.fromarray(pixels), Image.fromarray(255 - pixels)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(ValueError, match=r"stack\.tif: holds 2 pages/frames"):
+        D.load_image(tmp_path / "stack.tif")
+
+
+def test_a_model_index_naming_a_foreign_or_missing_module_is_one_error(tmp_path):
+    from leafseg.pipelines import load_pipeline
+
+    model = _model(tmp_path)
+    index = json.loads((model / "model_index.json").read_text())
+    for library, message in (("os", "comes from 'os'"), ("leafseg.models.nowhere", "which this leafseg version")):
+        index["unet"] = [library, "UNet2DModel"]
+        (model / "model_index.json").write_text(json.dumps(index))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_pipeline(model, "cpu")

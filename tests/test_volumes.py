@@ -3,6 +3,8 @@ predicted back into a volume in the input's space (issue 12). Small volumes made
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,13 @@ def test_nifti_geometry_and_intensity_rules(tmp_path):
     assert D.to_uint8(a, {"mode": "percentile", "percentiles": [0, 100]}).tolist() == [[0, 66, 79, 255]]
     with pytest.raises(ValueError, match="intensity mode"):
         D.to_uint8(a, {"mode": "gamma"})
+    # NaN voxels (outside a field of view) are left out of the range and become 0, instead of turning it to NaN
+    holes = np.array([[-1000.0, np.nan, 240.0, 3000.0, np.inf]])
+    for mode in ("minmax", "percentile"):
+        spec = {"mode": mode, "percentiles": [0, 100]}
+        assert D.to_uint8(holes, spec).tolist() == [[0, 0, 79, 255, 0]]
+    with pytest.raises(ValueError, match="no finite intensity"):
+        D.to_uint8(np.full((2, 2), np.nan))
 
 
 def test_volumes_are_split_by_volume_and_loaded_as_slices(tmp_path):
@@ -69,7 +78,12 @@ def test_train_evaluate_predict_on_nifti_volumes(tmp_path):
                       "data.intensity.window=[40,400]")
     train(cfg)
     model = tmp_path / "run" / "model-best"
-    ev = evaluate(str(model), str(root), "all", None, str(tmp_path / "ev"))
+    sources = json.loads((tmp_path / "run" / "sources.json").read_text())
+    assert [(s["root"], s["split_file"]) for s in sources] == [(str(root.resolve()),
+                                                                str((tmp_path / "run" / "split.json").resolve()))]
+    with pytest.raises(ValueError, match="trained on this dataset"):
+        evaluate(str(model), str(root), "all", None, str(tmp_path / "ev"))
+    ev = evaluate(str(model), str(root), "all", None, str(tmp_path / "ev"), allow_training_data=True)
     s = ev["summary"]
     assert s["n_images"] == 28 and s["volumes"]["n_images"] == 4  # 4 volumes x 7 slices; 4 volume rows
     assert (tmp_path / "ev" / "per_volume.csv").exists() and (tmp_path / "ev" / "report.md").exists()
@@ -124,6 +138,27 @@ def test_dicom_series_geometry_and_prediction(tmp_path):
                  "--output", str(tmp_path / "pred")]) == 0
     out = nib.load(str(tmp_path / "pred" / "series_mask.nii.gz"))
     assert out.shape == (24, 20, 7) and np.allclose(out.affine, expected)
+
+
+def test_a_dicom_series_with_a_gap_or_two_series_in_one_folder_is_refused(tmp_path):
+    """Both used to be read silently wrong: a missing slice gave a uniform spacing (3 mm off after the gap), two
+    series in one folder were stacked into one volume."""
+    image, _ = _volume(0)
+    _dicom_series(tmp_path / "gap", image)
+    files = sorted((tmp_path / "gap").iterdir())
+    positions = {f: float(pydicom.dcmread(str(f)).ImagePositionPatient[2]) for f in files}
+    middle = sorted(files, key=positions.get)[3]
+    middle.unlink()
+    with pytest.raises(ValueError, match=r"gap: slices are not evenly spaced \(3 mm, but 6 mm .*missing slice"):
+        D.read_volume(tmp_path / "gap")
+    _dicom_series(tmp_path / "two" / "a", image)
+    _dicom_series(tmp_path / "two" / "b", image)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for k, f in enumerate(sorted((tmp_path / "two").rglob("*.dcm"))):
+        f.rename(mixed / f"{k:03d}.dcm")
+    with pytest.raises(ValueError, match="mixed: the folder holds 2 DICOM series"):
+        D.read_volume(mixed)
 
 
 def test_unreadable_and_unsupported_inputs_say_what_is_readable(tmp_path):

@@ -9,6 +9,7 @@ over gloo on a machine without CUDA).
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 
 from . import __version__
@@ -33,7 +34,7 @@ def cmd_predict(args) -> int:
 
     report = predict(args.model, args.input, args.output, args.steps, args.ensemble, args.seed, args.batch_size,
                      args.device, args.uncertainty, args.threshold, args.save_probabilities, args.strict,
-                     args.overwrite, args.backend)
+                     args.overwrite, args.backend, args.precision)
     print(f"wrote masks and overlays of {len(report.written)} image(s) to {args.output}")
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable file(s):", file=sys.stderr)
@@ -49,7 +50,9 @@ def cmd_evaluate(args) -> int:
     result = evaluate(args.model, args.data, args.split, args.split_file, args.output, args.steps, args.ensemble,
                       args.seed, args.batch_size, args.device, layout=args.layout, seeds=args.seeds,
                       worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None,
-                      overwrite=args.overwrite, backend=args.backend)
+                      overwrite=args.overwrite, backend=args.backend,
+                      allow_training_data=args.include_training_data, groups=args.groups,
+                      precision=args.precision)
     summary = result["summary"]
     m = summary["metrics"]
     print(f"{summary['n_images']} images: Dice {m['dice']['mean']:.4f} [95% CI {m['dice']['ci_low']:.4f}, "
@@ -57,7 +60,17 @@ def cmd_evaluate(args) -> int:
           f"(per-image foreground means at each image's size; {m['units']})")
     pc = m["paper_compatible"]
     print(f"paper-compatible (as the LEAF paper's Table 1: {'x'.join(map(str, pc['resolution']))} processing "
-          f"resolution, both-empty = 0): Dice {pc['dice']:.4f}, mIoU {pc['miou_batch_mean']:.4f}")
+          f"resolution, both-empty = 0): Dice {pc['dice']:.4f}, mIoU {pc['miou_batch_mean']:.4f} (per-image mean "
+          f"{pc['miou_image_mean']:.4f})")
+    if pc["batch_order_warning"]:
+        print(f"warning: {pc['batch_order_warning']}")
+    if m.get("with_object", {}).get("n_images"):
+        w = m["with_object"]
+        print(f"images with an object: {w['n_images']}, Dice {w['dice']['mean']:.4f} [95% CI "
+              f"{w['dice']['ci_low']:.4f}, {w['dice']['ci_high']:.4f}], IoU {w['iou']['mean']:.4f}")
+    for label, g in (summary.get("groups") or {}).items():
+        print(f"  group {label}: {g['n_images']} images, Dice {g['dice']['mean']:.4f} [95% CI "
+              f"{g['dice']['ci_low']:.4f}, {g['dice']['ci_high']:.4f}]")
     e = m["empty"]
     if e["gt_empty"]:
         print(f"frames without an object: {e['gt_empty']}, left empty {e['both_empty']}, given a mask "
@@ -66,7 +79,8 @@ def cmd_evaluate(args) -> int:
         st = summary["seed_stability"]
         print(f"seed stability over {args.seeds} seeds: per-image Dice std mean {st['dice_std_mean']:.4f}, "
               f"pixel disagreement mean {st['disagreement_mean']:.4%}")
-    print(f"results in {result['output']} (per_image.csv, summary.json, grid.png, worst_cases.png, overlays/)")
+    figures = [f.split(":")[0] for k, f in summary["figures"].items() if f and k != "overlays"]
+    print(f"results in {result['output']} (report.md, per_image.csv, summary.json, {', '.join(figures + ['overlays/'])})")
     return 0
 
 
@@ -89,7 +103,12 @@ def cmd_export(args) -> int:
     from .pipelines import load_pipeline
     from .pipelines.onnx import export_onnx
 
-    out = export_onnx(load_pipeline(args.model, "cpu", "torch"), args.output, args.opset, source=str(args.model))
+    from .files import prepare_output
+
+    pipe = load_pipeline(args.model, "cpu", "torch")
+    # never into (or around) the model: its folder would become an ONNX folder
+    prepare_output(args.output, args.overwrite, inputs=[args.model])
+    out = export_onnx(pipe, args.output, args.opset, source=str(args.model))
     print(f"exported {args.model} to {out} (run it with --backend onnx, or leafseg.load_pipeline)")
     return 0
 
@@ -136,6 +155,9 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                    help="auto: by the model folder (a saved model: PyTorch; a `leafseg export` folder: ONNX Runtime)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
+                   help="image encoder and UNet in bf16 (auto: where the CPU/GPU has bf16 units); the mask decoder "
+                        "stays fp32")
 
 
 def _add_train(sub) -> None:
@@ -169,12 +191,17 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", required=True, help="saved pipeline folder (e.g. RUN/model-best)")
     p.add_argument("--data", required=True, help="dataset folder (in the run's layout)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="which split")
-    p.add_argument("--split-file", default=None, help="default: split.json of the model's run folder")
+    p.add_argument("--split-file", default=None,
+                   help="default: the split the model's run trained with on this dataset (RUN/sources.json)")
+    p.add_argument("--include-training-data", action="store_true",
+                   help="allow --split all on a dataset the model trained on (scores its training images too)")
     p.add_argument("--output", default=None, help="default: eval-NAME-SPLIT beside the model folder NAME")
     p.add_argument("--layout", default=None, choices=sorted(LAYOUTS),
                    help="dataset layout (default: the training run's data.layout, else folder)")
     p.add_argument("--seeds", type=int, default=1, help="also run N-1 more seeds and report seed stability")
     p.add_argument("--worst", type=int, default=8, help="how many worst cases to list and draw")
+    p.add_argument("--groups", default=None, metavar="CSV",
+                   help="subgroups to report apart: rows 'name,group' (e.g. benign/malignant, or the centre)")
     p.add_argument("--spacing", type=float, nargs=2, metavar=("SY", "SX"), default=None,
                    help="pixel spacing (e.g. mm) for HD95/ASSD (default: pixels)")
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder first")
@@ -212,6 +239,7 @@ def _add_export(sub) -> None:
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     p.add_argument("--output", required=True, help="folder for the graphs and their manifest")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder leafseg wrote first")
 
 
 def _add_convert_ldm(sub) -> None:
@@ -260,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
+    except (OSError, ValueError, FloatingPointError, pickle.UnpicklingError) as err:
+        # OSError: files (missing, exists, too long a name, no permission), whose message names the file
         print(f"leafseg {args.command}: error: {err}", file=sys.stderr)
         return 2
 

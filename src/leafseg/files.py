@@ -19,17 +19,33 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _as_umask_allows(path: Path, mode: int) -> None:
+    """tempfile makes private files (0600) and folders (0700): give what leafseg writes the permissions any
+    other file the user creates would have (a colleague may need to read the masks and reports)."""
+    os.chmod(path, mode & ~_umask())
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """``write(tmp)`` writes the content to the temporary path ``tmp`` (same folder, same suffix), which then
     replaces ``path`` in one rename. On any error the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary name ends like the final one (".nii.gz" too): writers that pick the format by name need that
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{''.join(path.suffixes)}")
+    # and stays within the file system's 255 bytes when the final name is near that limit itself
+    suffix = f".tmp{''.join(path.suffixes)}"[-40:]
+    head = path.name.encode()[:100].decode(errors="ignore")  # bytes, not characters, are what the limit counts
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{head}.", suffix=suffix)
     os.close(fd)
     tmp = Path(name)
     try:
         write(tmp)
+        _as_umask_allows(tmp, 0o666)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -104,6 +120,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
+        _as_umask_allows(tmp, 0o777)
         yield tmp
         replace_dir(tmp, final)
     except BaseException:
@@ -130,14 +147,34 @@ def folder_digest(folder: str | os.PathLike, suffixes: Sequence[str] = (".safete
     return digest.hexdigest()
 
 
-def prepare_output(folder: str | os.PathLike, overwrite: bool) -> Path:
+OUTPUT_MARK = ".leafseg-output"  # in every output folder leafseg made: the only kind --overwrite may empty
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """Whether one of two resolved paths equals or lies inside the other."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def prepare_output(folder: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
     """An empty output folder: a folder that already holds files is refused (or, with ``overwrite``, emptied), so
-    the results of two runs never mix."""
+    the results of two runs never mix. Nothing a user made is removed: an output that is, holds or lies inside one
+    of ``inputs`` (images, datasets, the model) is refused, and ``overwrite`` only empties a folder leafseg made
+    (it carries :data:`OUTPUT_MARK`)."""
     out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: output is a file, not a folder")
+    for given in inputs:
+        if _overlaps(out.resolve(), Path(given).resolve()):
+            raise ValueError(f"{out}: the output folder would hold, or lie inside, the input {given}: choose an "
+                             "output folder apart from the inputs and the model")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out}: output folder is not empty (choose another, or pass --overwrite to "
                                   "replace its contents)")
+        if not (out / OUTPUT_MARK).is_file():
+            raise FileExistsError(f"{out}: --overwrite only empties a folder leafseg wrote (it holds {OUTPUT_MARK}); "
+                                  "this one was not, so nothing in it was touched: choose another output folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / OUTPUT_MARK).write_text("written by leafseg; --overwrite may empty this folder\n", encoding="utf-8")
     return out

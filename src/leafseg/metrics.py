@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 FOREGROUND_METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "assd")
+CI_METRICS = ("dice", "iou", "hd95", "assd")  # those reported with a bootstrap CI of the mean
 
 
 # ----------------------------------------------------------------------------------------------- per-image metrics
@@ -217,8 +218,11 @@ class PaperMetrics:
         "are both empty scoring 0: what torchmetrics GeneralizedDiceScore(num_classes=2, weight_type='linear') and "
         "MeanIoU(num_classes=2) (1.6.1, the authors' pin) give on (B, 1, H, W) integer masks as the authors' code "
         "feeds them. dice: mean over images. miou_batch_mean: mean over batches of batch_size images of the batch "
-        "mean IoU. These are the numbers to put beside the paper's Table 1."
+        "mean IoU (it depends on the order of the images when batches differ, e.g. when the images without an "
+        "object fall into one batch; miou_image_mean is the same IoU averaged per image, which does not). These "
+        "are the numbers to put beside the paper's Table 1."
     )
+    ORDER_TOLERANCE = 0.01  # batch and image means further apart than this: the order of the images matters
 
     def __init__(self, batch_size: int = 64):
         if batch_size < 1:
@@ -240,9 +244,18 @@ class PaperMetrics:
     def result(self) -> dict:
         n = len(self._dice)
         batches = [self._iou[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        batch_means = [float(np.mean(b)) for b in batches]
+        miou_batch = float(np.mean(batch_means)) if n else math.nan
+        miou_image = float(np.mean(self._iou)) if n else math.nan
+        warning = None
+        if n and abs(miou_batch - miou_image) > self.ORDER_TOLERANCE:
+            warning = (f"the batch mean of IoU ({miou_batch:.4f}) differs from the per-image mean ({miou_image:.4f}): "
+                       f"its {len(batches)} batches of up to {self.batch_size} images are unequal (batch means "
+                       f"{min(batch_means):.3f} to {max(batch_means):.3f}; the last holds {len(batches[-1])}), so "
+                       f"the authors' number depends on the order of the images")
         return {
             "dice": float(np.mean(self._dice)) if n else math.nan,
-            "miou_batch_mean": float(np.mean([np.mean(b) for b in batches])) if n else math.nan,
+            "miou_batch_mean": miou_batch, "miou_image_mean": miou_image, "batch_order_warning": warning,
             "n_images": n, "both_empty_scored_0": self._both_empty,
             "resolution": list(self.resolution) if self.resolution else None,
             "batch_size": self.batch_size, "n_batches": len(batches), "definition": self.definition,
@@ -305,13 +318,20 @@ class SegmentationMetrics:
         """One dict per image, in update order (copies)."""
         return [dict(r) for r in self._rows]
 
+    def subset(self, names: set[str]) -> SegmentationMetrics:
+        """The same accumulator over the images named in ``names`` (a subgroup: benign / malignant, a centre)."""
+        part = SegmentationMetrics(self.spacing, self.empty_score)
+        part._rows = [dict(r) for r in self._rows if r["name"] in names]
+        return part
+
     def summary(self, n_bootstrap: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:
         """Aggregate over images.
 
         Every metric: mean, median, std (sample std, ddof=1; nan below 2 values), n_valid and n_nan, ignoring nan.
-        dice and iou additionally get a percentile-bootstrap CI of the mean (``n_bootstrap`` resamples of the
-        images with replacement, ``numpy.random.default_rng(seed)``; deterministic for a seed). ``pooled`` gives
-        the dataset-level (micro) Dice and IoU from summed pixel counts.
+        dice, iou, hd95 and assd additionally get a percentile-bootstrap CI of the mean (``n_bootstrap`` resamples of
+        the images with replacement, ``numpy.random.default_rng(seed)``; deterministic for a seed). ``pooled`` gives
+        the dataset-level (micro) Dice and IoU from summed pixel counts. When some ground truths are empty,
+        ``with_object`` gives Dice and IoU (mean, CI) over the images with an object only.
         """
         rows = self._rows
         out: dict[str, Any] = {"n_images": len(rows)}
@@ -325,9 +345,17 @@ class SegmentationMetrics:
                 "std": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
                 "n_valid": int(ok.size), "n_nan": int(v.size - ok.size),
             }
-            if key in ("dice", "iou"):
+            if key in CI_METRICS:
                 stats.update(_bootstrap_ci(ok, n_bootstrap, ci, rng))
             out[key] = stats
+        # images with an object only: what a lesion-level reader asks (empty frames score 1 or 0 by rule alone)
+        with_object = [r for r in rows if not r["gt_empty"]]
+        if len(with_object) < len(rows):
+            out["with_object"] = {"n_images": len(with_object)}
+            for key in ("dice", "iou"):
+                v = np.array([r[key] for r in with_object], dtype=float)
+                out["with_object"][key] = {"mean": float(v.mean()) if v.size else math.nan,
+                                           **_bootstrap_ci(v, n_bootstrap, ci, rng)}
         gt_e = [r["gt_empty"] for r in rows]
         pr_e = [r["pred_empty"] for r in rows]
         out["empty"] = {

@@ -28,10 +28,21 @@ def input_files(source: str | Path) -> list[Path]:
 
 def output_names(files: list[Path]) -> dict[Path, str]:
     """The name stem of each input's outputs: its stem, or stem + extension where two inputs share a stem
-    (``1.png`` and ``1.jpg`` -> ``1_png``, ``1_jpg``), so no output overwrites another."""
+    (``1.png`` and ``1.jpg`` -> ``1_png``, ``1_jpg``), then a counter where names still meet (``1_png.png`` beside
+    those -> ``1_png_2``). Names are compared case-insensitively (``x.png`` and ``x.PNG`` meet on macOS and Windows
+    disks), so no output overwrites another."""
     stems = [D.file_stem(f) for f in files]
-    return {f: s if stems.count(s) == 1 else f"{s}_{f.name[len(s):].lstrip('.').replace('.', '_').lower() or 'dir'}"
-            for f, s in zip(files, stems)}
+    folded = [s.casefold() for s in stems]
+    taken, names = set(), {}
+    for f, s in zip(files, stems):
+        name = s if folded.count(s.casefold()) == 1 else \
+            f"{s}_{f.name[len(s):].lstrip('.').replace('.', '_').lower() or 'dir'}"
+        candidate, k = name, 2
+        while candidate.casefold() in taken:
+            candidate, k = f"{name}_{k}", k + 1
+        taken.add(candidate.casefold())
+        names[f] = candidate
+    return names
 
 
 @dataclass
@@ -43,21 +54,22 @@ class PredictReport:
 def predict(model: str | Path, source: str | Path, output: str | Path, steps: int = 1, ensemble: int = 1,
             seed: int = 0, batch_size: int = 8, device: str | None = None, uncertainty: bool = False,
             threshold: float = 0.5, save_probabilities: bool = False, strict: bool = False,
-            overwrite: bool = False, backend: str = "auto") -> PredictReport:
+            overwrite: bool = False, backend: str = "auto", precision: str = "fp32") -> PredictReport:
     """Write ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` for every readable input image (a NIfTI/DICOM
     volume: ``<name>_mask.nii.gz`` in the input's space, see :func:`_predict_volume`); with
     ``uncertainty`` (an ensemble) ``<name>_uncertainty.png`` (per-pixel std scaled from [0, 0.5] to [0, 255]); with
     ``save_probabilities`` ``<name>_probability.npy`` (float32, the soft mask at the image's size). An unreadable
-    file is skipped and reported (``strict``: the first one stops the run)."""
+    file is skipped and reported (``strict``: the first one stops the run). ``precision``: see
+    :func:`leafseg.pipelines.load_pipeline`."""
     from tqdm.auto import tqdm
 
     from .pipelines import load_pipeline
 
     if uncertainty and ensemble < 2:
         raise ValueError("--uncertainty needs an ensemble: pass --ensemble N with N >= 2 (e.g. 5)")
-    pipe = load_pipeline(model, device, backend)
+    pipe = load_pipeline(model, device, backend, precision)
     files = input_files(source)
-    out = prepare_output(output, overwrite)
+    out = prepare_output(output, overwrite, inputs=[source, model])
     names, report = output_names(files), PredictReport()
     options = {"num_inference_steps": steps, "ensemble_size": ensemble, "seed": seed, "threshold": threshold}
     volumes = [f for f in files if D.is_volume(f) and not _is_2d_volume(f)]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ def is_image_file(path: Path) -> bool:
         return False
     if path.is_dir():
         return is_volume(path)
+    if not path.is_file():  # a named pipe, socket or device: reading it could block forever
+        return False
     return path.suffix.lower() in IMAGE_EXTENSIONS or path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
@@ -51,10 +53,16 @@ def sort_key(stem: str):
 
 
 def _open(path: Path) -> Image.Image:
+    """The image as it is displayed: a camera's EXIF orientation applied (images and masks alike, so a pair stays
+    aligned); a file of several pages or frames (multi-page TIFF, animation) is refused rather than read in part."""
     try:
         image = Image.open(path)
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            raise ValueError(f"{path}: holds {frames} pages/frames; leafseg reads single images (save the one you "
+                             "mean as its own file, or give a stack as a NIfTI/DICOM volume)")
         image.load()
-        return image
+        return ImageOps.exif_transpose(image)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except Image.DecompressionBombError as err:
@@ -81,12 +89,19 @@ def _single_slice(path: Path) -> np.ndarray:
     return volume.array[..., 0]
 
 
+def _scaled(array: np.ndarray, intensity: dict | None, path: Path) -> np.ndarray:
+    try:
+        return to_uint8(array, intensity)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
 def load_image(path: str | Path, intensity: dict | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB. A 2D NIfTI/DICOM image is scaled to 8 bit by ``intensity`` (see
     :func:`leafseg.data.volumes.to_uint8`)."""
     path = Path(path)
     if is_volume(path):
-        return np.repeat(to_uint8(_single_slice(path), intensity)[..., None], 3, axis=-1)
+        return np.repeat(_scaled(_single_slice(path), intensity, path)[..., None], 3, axis=-1)
     image = _open(path)
     if image.mode in ("RGB", "L"):
         array = np.asarray(image)
@@ -196,7 +211,7 @@ def volume_pair_slices(pair, intensity: dict | None = None, axis: int = 2
     if image_volume.array.shape != mask_volume.array.shape:
         raise ValueError(f"{pair.image} is {'x'.join(map(str, image_volume.array.shape))} but {pair.mask} is "
                          f"{'x'.join(map(str, mask_volume.array.shape))}")
-    scaled = to_uint8(image_volume.array, intensity)
+    scaled = _scaled(image_volume.array, intensity, pair.image)
     images = [np.repeat(plane[..., None], 3, axis=-1) for plane in slices_along(scaled, axis)]
     masks = [mask_from_array(m, pair.mask) for m in mask_volume.slices(axis)]
     return images, masks, mask_volume

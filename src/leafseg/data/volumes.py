@@ -106,6 +106,11 @@ def _read_dicom(path: Path) -> Volume:
     if not files:
         raise ValueError(f"{path}: no .dcm files in this folder")
     datasets = [pydicom.dcmread(str(f)) for f in files]
+    series = sorted({str(getattr(d, "SeriesInstanceUID", "")) for d in datasets})
+    if len(series) > 1:  # stacking them would make one wrong volume
+        raise ValueError(f"{path}: the folder holds {len(series)} DICOM series (SeriesInstanceUID "
+                         f"{', '.join(s or '(none)' for s in series[:3])}{', ...' if len(series) > 3 else ''}); put "
+                         "each series in its own folder")
     normal = None
     if all(hasattr(d, "ImageOrientationPatient") and hasattr(d, "ImagePositionPatient") for d in datasets):
         row, col = (np.asarray(datasets[0].ImageOrientationPatient[i:i + 3], float) for i in (0, 3))
@@ -129,6 +134,12 @@ def _read_dicom(path: Path) -> Volume:
         positions = [np.asarray(d.ImagePositionPatient, float) for d in datasets]
         if len(positions) > 1:
             dz = float(np.linalg.norm(positions[1] - positions[0])) or dz
+            gaps = np.diff([float(np.dot(normal, q)) for q in positions])
+            if np.abs(gaps - gaps[0]).max() > 0.01 * max(abs(gaps[0]), 1e-6) + 1e-3:
+                at = int(np.argmax(np.abs(gaps - gaps[0])))
+                raise ValueError(f"{path}: slices are not evenly spaced ({gaps[0]:g} mm, but {gaps[at]:g} mm between "
+                                 f"slices {at + 1} and {at + 2}: a missing slice?); a volume needs one spacing "
+                                 "(complete the series or resample it)")
         affine[:3, 0], affine[:3, 1], affine[:3, 2] = row * dc, col * dr, normal * dz
         affine[:3, 3] = positions[0]
         affine = _LPS_TO_RAS @ affine
@@ -138,14 +149,21 @@ def _read_dicom(path: Path) -> Volume:
 
 
 def to_uint8(array: np.ndarray, intensity: dict | None = None) -> np.ndarray:
-    """Intensities -> uint8 by ``intensity["mode"]`` (see the module docstring); one rule for the whole array."""
+    """Intensities -> uint8 by ``intensity["mode"]`` (see the module docstring); one rule for the whole array.
+    Non-finite voxels (NaN, inf: e.g. outside a scanner's field of view) are left out of the range and become 0; an
+    array without a finite value is an error."""
     spec = {**DEFAULT_INTENSITY, **(intensity or {})}
     mode = spec["mode"]
     a = array.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.all():
+        if not finite.any():
+            raise ValueError("no finite intensity (every voxel is NaN or infinite)")
+        a = np.where(finite, a, np.nan)
     if mode == "percentile":
-        lo, hi = np.percentile(a, [float(p) for p in spec["percentiles"]])
+        lo, hi = np.nanpercentile(a, [float(p) for p in spec["percentiles"]])
     elif mode == "minmax":
-        lo, hi = float(a.min()), float(a.max())
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
     elif mode == "window":
         center, width = (float(v) for v in spec["window"])
         lo, hi = center - width / 2, center + width / 2
@@ -153,7 +171,8 @@ def to_uint8(array: np.ndarray, intensity: dict | None = None) -> np.ndarray:
         raise ValueError(f"unknown intensity mode {mode!r}; expected one of {INTENSITY_MODES}")
     if hi <= lo:
         return np.zeros(array.shape, np.uint8)
-    return (np.clip((a - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+    scaled = np.clip((a - lo) / (hi - lo), 0, 1) * 255
+    return np.nan_to_num(scaled, nan=0.0).round().astype(np.uint8)
 
 
 def write_mask_volume(mask: np.ndarray, like: Volume, path: str | Path) -> Path:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +27,53 @@ def _run_config(model: Path) -> dict | None:
         return None
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    from ..config import read_yaml
+
+    return OmegaConf.to_container(read_yaml(path, "run configuration"), resolve=False)
+
+
+def training_sources(model: Path) -> list[dict]:
+    """The datasets the model's run trained on (``RUN/sources.json``: absolute folder, layout, split file of each);
+    empty for a model folder outside its run folder, or a run older than that file."""
+    path = model.parent / "sources.json"
+    if not path.is_file():
+        return []
+    try:
+        sources = json.loads(path.read_text())
+        return [s for s in sources if isinstance(s, dict) and {"root", "layout", "split_file"} <= set(s)]
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: not a leafseg sources file ({e})") from None
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve() or Path(a).samefile(b)
+    except OSError:
+        return False
 
 
 def _chosen_pairs(model: Path, data_root: str, split: str, split_file: str | None, layout: str,
-                  images_dir: str, masks_dir: str) -> tuple[list, Path]:
-    """The pairs of one split (``all``: every pair) and the split file they come from."""
+                  images_dir: str, masks_dir: str, source: dict | None,
+                  allow_training_data: bool) -> tuple[list, Path]:
+    """The pairs of one split (``all``: every pair) and the split file they come from. Without ``split_file`` the
+    split is the one the run trained with on this dataset (``source``); ``all`` on a dataset the model trained on
+    is refused unless ``allow_training_data`` (it would score the images the model learnt)."""
     pairs = D.find_dataset(data_root, layout, images_dir, masks_dir)
-    split_path = Path(split_file) if split_file else model.parent / "split.json"
+    if split_file:
+        split_path = Path(split_file)
+    elif source is not None:
+        split_path = Path(source["split_file"])
+    else:
+        split_path = model.parent / "split.json"
     if split == "all":
+        if source is not None and not allow_training_data:
+            raise ValueError(f"{data_root}: the model was trained on this dataset ({len(pairs)} images, split "
+                             f"{split_path}): --split all would score its training images. Use --split test (or "
+                             f"val), or pass --include-training-data to score every image anyway")
         return pairs, split_path
     if not split_path.is_file():
-        raise FileNotFoundError(f"{split_path}: split file not found (pass --split-file, or --split all)")
+        raise FileNotFoundError(f"{split_path}: split file not found; {data_root} is not a dataset the model's run "
+                                f"trained on (it would know its split): pass --split-file, or --split all")
     chosen = D.select(pairs, D.read_split(split_path, [p.stem for p in pairs])[split])
     if not chosen:
         raise ValueError(f"{split_path}: the {split!r} split is empty")
@@ -120,25 +158,78 @@ def _stability_summary(stability: list[dict], seeds: list[int]) -> dict:
     }
 
 
-def _write_figures(out: Path, rows: list[dict], first_panels: list[np.ndarray], worst_k: int,
-                   with_uncertainty: bool) -> list[dict]:
-    """grid.png (the first images' panels) and worst_cases.png (the ``worst_k`` lowest Dice); returns the worst rows."""
-    save_png(figure(first_panels, with_uncertainty), out / "grid.png")
-    worst = sorted(rows, key=lambda r: r["dice"])[:worst_k]
-    if worst:
-        save_png(figure([read_own_png(out / "overlays" / f"{r['name'].replace('/', '_')}.png") for r in worst
-                         if (out / "overlays" / f"{r['name'].replace('/', '_')}.png").exists()], with_uncertainty),
-                 out / "worst_cases.png")
-    return worst
+def read_groups(path: str | Path, names: list[str]) -> dict[str, set[str]]:
+    """A subgroup file: CSV rows ``name,group`` (a header row ``name,group`` is allowed), e.g. benign / malignant
+    or the centre of each image. Images it does not list form the group ``(none)``; a name that is not an evaluated
+    image is an error naming the file (a typo would silently empty a group)."""
+    path = Path(path)
+    try:
+        lines = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: subgroup file not found") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text CSV file ({e})") from None
+    lines = [row for row in lines if row and any(cell.strip() for cell in row)]
+    if lines and [c.strip().lower() for c in lines[0][:2]] == ["name", "group"]:
+        lines = lines[1:]
+    bad = [i for i, row in enumerate(lines) if len(row) != 2 or not row[1].strip()]
+    if bad:
+        raise ValueError(f"{path}: row {bad[0] + 1} is not 'name,group' ({lines[bad[0]]})")
+    known = set(names)
+    unknown = sorted({row[0].strip() for row in lines} - known)
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} name(s) are not evaluated images, e.g. {unknown[:3]} (names are "
+                         f"the images' stems, volumes' slices as stem/k)")
+    groups: dict[str, set[str]] = {}
+    for name, label in lines:
+        groups.setdefault(label.strip(), set()).add(name.strip())
+    unlabelled = known - set().union(*groups.values()) if groups else known
+    if unlabelled:
+        groups["(none)"] = unlabelled
+    return groups
+
+
+def figure_cases(rows: list[dict], k: int = 8, worst_k: int = 8) -> dict[str, list[dict]]:
+    """Which images each figure shows, never chosen by name:
+
+    - ``grid``: ``k`` images with an object at evenly spaced quantiles of Dice, lowest to highest (the spread of the
+      results, not the first files, which may all be one kind);
+    - ``worst``: the ``worst_k`` lowest Dice among images with an object, ties (e.g. many misses at 0) broken by the
+      larger object first, then by a hash of the name, so that no group of names crowds out the others;
+    - ``false_positives``: frames without an object that were given a mask, the largest predicted area first.
+    """
+    def tie(r: dict) -> str:
+        return hashlib.sha256(r["name"].encode()).hexdigest()
+
+    with_object = [r for r in rows if not r["gt_empty"]]
+    by_dice = sorted(with_object, key=lambda r: (r["dice"], -r["gt_pixels"], tie(r)))
+    picks = sorted(set(np.linspace(0, len(by_dice) - 1, min(k, len(by_dice))).round().astype(int))) if by_dice else []
+    false_pos = sorted((r for r in rows if r["gt_empty"] and not r["pred_empty"]),
+                       key=lambda r: (-r["pred_pixels"], tie(r)))
+    return {"grid": [by_dice[i] for i in picks], "worst": by_dice[:worst_k], "false_positives": false_pos[:worst_k]}
+
+
+def _write_figures(out: Path, rows: list[dict], worst_k: int, with_uncertainty: bool) -> dict[str, list[dict]]:
+    """grid.png, worst_cases.png and (when frames without an object got a mask) false_positives.png from the
+    overlays (see :func:`figure_cases`); returns the cases of each figure that has an overlay."""
+    def overlay_of(r: dict) -> Path:
+        return out / "overlays" / f"{r['name'].replace('/', '_')}.png"
+
+    cases = {name: [r for r in chosen if overlay_of(r).exists()]  # a volume's empty slices have no overlay
+             for name, chosen in figure_cases(rows, worst_k=worst_k).items()}
+    for name, file in (("grid", "grid.png"), ("worst", "worst_cases.png"), ("false_positives", "false_positives.png")):
+        if cases[name]:
+            save_png(figure([read_own_png(overlay_of(r)) for r in cases[name]], with_uncertainty), out / file)
+    return cases
 
 
 def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetrics, paper: PaperMetrics, split: str,
                        steps: int, ensemble: int, seed: int, seeds: int, batch_size: int, spacing) -> tuple:
     """Segment every sample of ``chosen`` (2D images, volumes' slices), score it, write its overlay; returns the
-    seed-stability rows, the first panels (for grid.png) and the volumes' slices (for 3D metrics)."""
+    seed-stability rows and the volumes' slices (for 3D metrics)."""
     from tqdm.auto import tqdm
 
-    stability, panels, volumes = [], {}, {}
+    stability, volumes = [], {}
     samples = _samples(chosen, pipe.config.get("intensity"), int(pipe.config.get("slice_axis", 2)), volumes)
     bar = tqdm(total=len(chosen), desc=f"evaluating {split}", unit="case")
     for chunk in _batches(samples, batch_size, bar):
@@ -158,12 +249,11 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
                     unc = np.stack([r.probabilities[j] for r in runs]).std(0)
             if c.volume is not None and not (pred.any() or c.gt.any()):
                 continue  # a volume's empty slices get no figure
-            row = panel_row(c.image, c.gt, pred, unc, f"{c.name}   Dice {dice(pred, c.gt):.3f}")
-            save_png(row, out / "overlays" / f"{c.name.replace('/', '_')}.png")
-            if len(panels) < 8:
-                panels[c.name] = row
+            title = (f"{c.name}   Dice {dice(pred, c.gt):.3f}" if c.gt.any() else
+                     f"{c.name}   no object; predicted {pred.mean():.1%} of the frame")
+            save_png(panel_row(c.image, c.gt, pred, unc, title), out / "overlays" / f"{c.name.replace('/', '_')}.png")
     bar.close()
-    return stability, panels, volumes
+    return stability, volumes
 
 
 def default_output(model_dir: str | Path, split: str) -> Path:
@@ -176,35 +266,46 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
              steps: int = 1, ensemble: int = 1, seed: int = 0, batch_size: int = 8, device: str | None = None,
              layout: str | None = None, images_dir: str = "images", masks_dir: str = "masks", seeds: int = 1,
              worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False,
-             backend: str = "auto") -> dict:
+             backend: str = "auto", allow_training_data: bool = False, groups: str | None = None,
+             precision: str = "fp32") -> dict:
     """Metrics on one split at each image's original size, into ``output``, which must be empty or absent
     (``overwrite``: emptied first). The default, ``eval-<model folder name>-SPLIT`` beside the model folder, is
     outside it: a run that goes on training replaces its model-best folder whole, and would take the results along.
 
     Writes ``per_image.csv``, ``summary.json`` (metrics, config, split-file and checkpoint hashes, seeds),
-    ``overlays/<stem>.png`` (image | ground truth | prediction | uncertainty), ``grid.png`` (the first images),
+    ``overlays/<stem>.png`` (image | ground truth | prediction | uncertainty), ``grid.png`` (images at quantiles of Dice),
     ``worst_cases.png`` + the summary's ``worst_cases`` (the ``worst_k`` lowest Dice). With ``seeds > 1`` the
     pipeline also runs with seeds ``seed + 1000 k`` (k = 1 .. seeds-1); the reported metrics stay those of ``seed``
     and the summary gains ``seed_stability`` (per-image Dice std across seeds, pixel disagreement rate).
+
+    Run inside its run folder, the model knows the datasets it trained on (``RUN/sources.json``): on one of them,
+    the split file and layout default to the run's, and ``split="all"`` is refused unless ``allow_training_data``.
+    ``groups``: a CSV of ``name,group`` (:func:`read_groups`); the summary and report gain a row per group.
     """
     if seeds < 1 or worst_k < 0:
         raise ValueError("seeds must be >= 1 and worst_k >= 0")
     model = Path(model_dir)
     run_config = _run_config(model)
+    source = next((s for s in training_sources(model) if _same_folder(s["root"], data_root)), None)
     if layout is None:
-        layout = ((run_config or {}).get("data") or {}).get("layout", "folder")
-    chosen, split_path = _chosen_pairs(model, data_root, split, split_file, layout, images_dir, masks_dir)
-    pipe = load_pipeline(model_dir, device, backend)
+        layout = source["layout"] if source else ((run_config or {}).get("data") or {}).get("layout", "folder")
+    if source is not None and (images_dir, masks_dir) == ("images", "masks"):
+        images_dir, masks_dir = source.get("images", "images"), source.get("masks", "masks")
+    chosen, split_path = _chosen_pairs(model, data_root, split, split_file, layout, images_dir, masks_dir, source,
+                                       allow_training_data)
+    pipe = load_pipeline(model_dir, device, backend, precision)
     metrics, paper = SegmentationMetrics(spacing=spacing), PaperMetrics()
-    out = prepare_output(Path(output) if output else default_output(model, split), overwrite)
+    out = prepare_output(Path(output) if output else default_output(model, split), overwrite,
+                         inputs=[data_root, model])
     (out / "overlays").mkdir()
     started = time.time()
-    stability, panels, volumes = _predict_and_score(pipe, chosen, out, metrics, paper, split, steps, ensemble, seed,
+    stability, volumes = _predict_and_score(pipe, chosen, out, metrics, paper, split, steps, ensemble, seed,
                                                     seeds, batch_size, spacing)
     volume_rows = _volume_metrics(volumes)
     rows = metrics.rows()
     write_csv(rows, out / "per_image.csv")
-    worst = _write_figures(out, rows, list(panels.values()), worst_k, ensemble > 1 or seeds > 1)
+    cases = _write_figures(out, rows, worst_k, ensemble > 1 or seeds > 1)
+    worst = cases["worst"]
     summary = {
         "model": str(model.resolve()), "checkpoint_sha256": model_digest(model),
         "data": str(Path(data_root).resolve()), "layout": layout, "split": split,
@@ -212,15 +313,26 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
         "split_file_sha256": None if split == "all" else D.split_digest(split_path),
         "n_images": len(rows),
         "inference": {"steps": steps, "ensemble": ensemble, "seed": seed, "seeds": seeds,
-                      "pipeline": type(pipe).__name__, "device": str(pipe.device)},
+                      "pipeline": type(pipe).__name__, "device": str(pipe.device), "precision": pipe.precision},
         "versions": _versions(), "leafseg": __version__,
         "wall_s": round(time.time() - started, 1),
         "metrics": {**metrics.summary(), "paper_compatible": paper.result()},
         "worst_cases": [{"name": r["name"], "dice": r["dice"], "iou": r["iou"]} for r in worst],
+        "false_positive_cases": [{"name": r["name"], "predicted_fraction": r["pred_pixels"] / max(
+            r["tp"] + r["fp"] + r["fn"] + r["tn"], 1)} for r in cases["false_positives"]],
         "config": run_config,
         "figures": {"overlays": "overlays/<stem>.png: image | ground truth | prediction | uncertainty",
-                    "grid": "grid.png", "worst_cases": "worst_cases.png" if worst else None},
+                    "grid": "grid.png: images with an object at evenly spaced quantiles of Dice, lowest first"
+                    if cases["grid"] else None,
+                    "worst_cases": "worst_cases.png: lowest Dice among images with an object (ties: larger "
+                                   "object first)" if worst else None,
+                    "false_positives": "false_positives.png: frames without an object given a mask, largest "
+                                       "first" if cases["false_positives"] else None},
     }
+    if groups is not None:
+        summary["groups_file"] = str(Path(groups).resolve())
+        summary["groups"] = {label: metrics.subset(names).summary()
+                             for label, names in sorted(read_groups(groups, [r["name"] for r in rows]).items())}
     if volume_rows is not None:
         summary["volumes"] = volume_rows.summary()
         write_csv(volume_rows.rows(), out / "per_volume.csv")

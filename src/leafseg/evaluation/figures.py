@@ -37,7 +37,8 @@ def heatmap(values: np.ndarray, vmax: float) -> np.ndarray:
 
 
 COLUMNS = ("image", "ground truth", "prediction", "uncertainty (std over seeds)")
-_BAR = 28  # width of the uncertainty colour bar strip
+_BAR = 28  # width of the uncertainty colour bar strip in a figure
+FIGURE_PANEL = 192  # width of one panel in grid.png and the other figures
 
 
 def _font(size: int):
@@ -55,16 +56,19 @@ def _label(width: int, text: str, height: int = 22, size: int = 14) -> np.ndarra
     return np.asarray(strip)
 
 
-def colour_bar(height: int, vmax: float = 0.5) -> np.ndarray:
-    """A vertical 'magma' scale from vmax (top) to 0 (bottom) with its end values, (height, _BAR, 3) uint8."""
+def colour_bar(height: int, vmax: float = 0.5, width: int = _BAR) -> np.ndarray:
+    """A vertical 'magma' scale from vmax (top) to 0 (bottom) with its end values, (height, width, 3) uint8; ramp
+    and labels grow with ``width`` (a wide image's bar stays legible once its row is shrunk into a figure)."""
     from PIL import ImageDraw
 
-    ramp = heatmap(np.linspace(vmax, 0, height)[:, None].repeat(8, axis=1), vmax)
-    bar = Image.new("RGB", (_BAR, height), "white")
+    scale = width / _BAR
+    ramp = heatmap(np.linspace(vmax, 0, height)[:, None].repeat(round(8 * scale), axis=1), vmax)
+    bar = Image.new("RGB", (width, height), "white")
     bar.paste(Image.fromarray(ramp), (0, 0))
-    draw, font = ImageDraw.Draw(bar), _font(10)
-    draw.text((10, 0), f"{vmax:g}", fill="black", font=font)
-    draw.text((10, height - 12), "0", fill="black", font=font)
+    size = round(10 * scale)
+    draw, font = ImageDraw.Draw(bar), _font(size)
+    draw.text((round(10 * scale), 0), f"{vmax:g}", fill="black", font=font)
+    draw.text((round(10 * scale), height - round(1.2 * size)), "0", fill="black", font=font)
     return np.asarray(bar)
 
 
@@ -73,8 +77,9 @@ def panel_row(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, uncertainty: 
     """image | ground truth | prediction [| uncertainty with its colour bar (std of values in [0, 1]: 0..0.5)],
     under a strip with ``title`` (e.g. the case and its Dice). No uncertainty column without an ensemble."""
     panels = [image, overlay(image, gt, (0, 200, 0)), overlay(image, pred)]
-    if uncertainty is not None:
-        panels += [heatmap(uncertainty, 0.5), colour_bar(image.shape[0])]
+    if uncertainty is not None:  # the bar keeps its share of a figure's 192-px panels whatever the image's size
+        bar_width = max(_BAR, round(_BAR * image.shape[1] / FIGURE_PANEL))
+        panels += [heatmap(uncertainty, 0.5), colour_bar(image.shape[0], width=bar_width)]
     row = np.concatenate(panels, axis=1)
     if title is None:
         return row
@@ -82,7 +87,7 @@ def panel_row(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, uncertainty: 
     return np.concatenate([_label(row.shape[1], title, height=size + 8, size=size), row], axis=0)
 
 
-def figure(rows: list[np.ndarray], with_uncertainty: bool, panel_width: int = 192) -> np.ndarray:
+def figure(rows: list[np.ndarray], with_uncertainty: bool, panel_width: int = FIGURE_PANEL) -> np.ndarray:
     """Rows of panels (from :func:`panel_row`) resized to a common panel width, under a header naming the columns."""
     n = 4 if with_uncertainty else 3
     width = n * panel_width + (_BAR if with_uncertainty else 0)

@@ -19,6 +19,11 @@ def report_markdown(summary: dict) -> str:
         ci = f"[{_num(s.get('ci_low'))}, {_num(s.get('ci_high'))}]" if "ci_low" in s else ""
         rows.append(f"| {label} | {_num(s['mean'])} | {ci} | {_num(s['median'])} | {_num(s['std'])} | "
                     f"{s['n_valid']} | {s['n_nan']} |")
+    if m.get("with_object", {}).get("n_images"):  # some ground truths empty: the images with an object alone
+        w = m["with_object"]
+        for key, label in (("dice", "Dice, images with an object"), ("iou", "IoU, images with an object")):
+            rows.append(f"| {label} | {_num(w[key]['mean'])} | [{_num(w[key]['ci_low'])}, {_num(w[key]['ci_high'])}] "
+                        f"| | | {w['n_images']} | |")
     pc, e = m["paper_compatible"], m["empty"]
     res = "x".join(map(str, pc["resolution"] or []))
     worst = ", ".join(f"{w['name']} ({w['dice']:.3f})" for w in summary["worst_cases"])
@@ -27,12 +32,14 @@ def report_markdown(summary: dict) -> str:
         f"Model `{summary['model']}` (sha256 `{summary['checkpoint_sha256'][:16]}`), data `{summary['data']}` "
         f"(layout `{summary['layout']}`), split file sha256 `{(summary['split_file_sha256'] or 'n/a')[:16]}`; "
         f"{inf['pipeline']}, {inf['steps']} step(s), ensemble {inf['ensemble']}, seed {inf['seed']}, "
-        f"on {inf['device']}; leafseg {summary['leafseg']}.", "",
+        f"on {inf['device']} ({inf.get('precision', 'fp32')}); leafseg {summary['leafseg']}.", "",
         "Per-image foreground metrics at each image's original size; 95% CI: percentile bootstrap over images.", "",
         "| metric | mean | 95% CI | median | std | n | n undefined |", "|---|---|---|---|---|---|---|", *rows, "",
         f"**Paper-compatible** (to put beside the LEAF paper's Table 1; per-image foreground Dice / IoU at the {res} "
         f"processing resolution, both-empty images scored 0): Dice {_num(pc['dice'])}, mIoU "
-        f"{_num(pc['miou_batch_mean'])} (mean over batches of {pc['batch_size']}).", "",
+        f"{_num(pc['miou_batch_mean'])} (mean over batches of {pc['batch_size']}; per-image mean "
+        f"{_num(pc.get('miou_image_mean'))})."
+        + (f" **Warning:** {pc['batch_order_warning']}." if pc.get("batch_order_warning") else ""), "",
         f"Empty masks: {e['gt_empty']} empty ground truths, {e['pred_empty']} empty predictions, {e['both_empty']} "
         f"both (scored {e['empty_score']:g} here). Pooled (dataset-level) Dice {_num(m['pooled']['dice'])}.", "",
         f"Lowest Dice: {worst or 'n/a'}.", "",
@@ -43,13 +50,28 @@ def report_markdown(summary: dict) -> str:
             f"{e['gt_empty_pred_not']}: false-positive rate {100 * e['false_positive_rate']:.1f}%"
             + (f" (median predicted area {100 * e['false_positive_area_median']:.1f}% of the frame)"
                if e["gt_empty_pred_not"] else "") + ".", ""]
+    if summary.get("groups"):
+        lines += [f"Subgroups (`{summary['groups_file']}`):", "",
+                  "| group | n | Dice [95% CI] | IoU | with an object: n, Dice | frames without an object given a mask |",
+                  "|---|---|---|---|---|---|"]
+        for label, g in summary["groups"].items():
+            w, ge = g.get("with_object"), g["empty"]
+            lines.append(f"| {label} | {g['n_images']} | {_num(g['dice']['mean'])} [{_num(g['dice']['ci_low'])}, "
+                         f"{_num(g['dice']['ci_high'])}] | {_num(g['iou']['mean'])} | "
+                         + (f"{w['n_images']}, {_num(w['dice']['mean'])}" if w else "all") + " | "
+                         + (f"{ge['gt_empty_pred_not']} of {ge['gt_empty']}" if ge["gt_empty"] else "none") + " |")
+        lines.append("")
     if "seed_stability" in summary:
         st = summary["seed_stability"]
         lines += [f"Seed stability over seeds {st['seeds']}: per-image Dice std mean {_num(st['dice_std_mean'])} "
                   f"(max {_num(st['dice_std_max'])}); pixels on which the seeds disagree: mean "
                   f"{100 * st['disagreement_mean']:.2f}%.", ""]
-    lines += ["![first images](grid.png)", "", "![lowest Dice](worst_cases.png)", "",
-              "Panels: image | ground truth (green) | prediction (orange)"
-              + (" | uncertainty (std over seeds/ensemble, 0-0.5)" if inf["ensemble"] > 1 or inf["seeds"] > 1
-                 else "") + "; every image's panel is in `overlays/`, every number in `per_image.csv`."]
+    figures = summary["figures"]
+    for key, alt in (("grid", "images at quantiles of Dice, lowest first"), ("worst_cases", "lowest Dice"),
+                     ("false_positives", "frames without an object given a mask")):
+        if figures.get(key):
+            lines += [f"![{alt}]({figures[key].split(':')[0]})", ""]
+    lines.append("Panels: image | ground truth (green) | prediction (orange)"
+                 + (" | uncertainty (std over seeds/ensemble, 0-0.5)" if inf["ensemble"] > 1 or inf["seeds"] > 1
+                    else "") + "; every image's panel is in `overlays/`, every number in `per_image.csv`.")
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from diffusers.utils import logging as diffusers_logging
 from ..models.weights import assert_finite, read_config
 from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
 from .leaf import LeafSegPipeline, LeafSegPipelineOutput
+from .precision import resolve_precision, set_precision
 from .supervised import SupervisedSegPipeline
 
 __all__ = ["LeafSegPipeline", "LeafSegPipelineOutput", "PIPELINES", "SegmentationImageProcessor",
@@ -24,14 +25,19 @@ PIPELINES = {cls.__name__: cls for cls in (LeafSegPipeline, SupervisedSegPipelin
 LEGACY_MODULES = {"leafseg.convert": "leafseg.models.ldm_unet"}
 
 
-def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str = "auto"):
+def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str = "auto", precision: str = "fp32"):
     """A saved LEAF pipeline or supervised-UNet baseline folder (by model_index.json's class), offline, on
     ``device`` (default: cuda if available), progress bars off; or a folder written by ``leafseg export --format
     onnx``, run by ONNX Runtime (``backend``: ``auto`` picks by the folder, ``torch`` or ``onnx`` insist).
 
     diffusers imports no module just because a folder names it, so leafseg's own component modules are imported
     here, and a module path recorded by an earlier leafseg is mapped to where its class lives now.
+
+    ``precision`` (``fp32``, ``bf16``, ``auto``: bf16 where the device computes it natively): the image encoder and
+    UNet's dtype (:mod:`leafseg.pipelines.precision`); the pipeline's ``precision`` attribute says what was chosen.
+    An ONNX export runs in float32 (``bf16`` is refused there, ``auto`` gives fp32).
     """
+    resolve_precision(precision, "cpu")  # a wrong name is refused before anything is loaded
     folder = Path(model_dir)
     if backend not in ("auto", "torch", "onnx"):
         raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
@@ -44,11 +50,19 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str
             raise ValueError(f"{folder}: an ONNX export; give the saved PyTorch model for --backend torch")
         from .onnx import OnnxSegPipeline
 
+        if precision == "bf16":
+            raise ValueError(f"{folder}: an ONNX export runs in float32; use --precision fp32 (or auto), or the "
+                             "saved PyTorch model for bf16")
         threads = torch.get_num_threads()
-        return OnnxSegPipeline(folder, threads)
+        pipe = OnnxSegPipeline(folder, threads)
+        pipe.precision = "fp32"
+        return pipe
     index = folder / "model_index.json"
     if not index.is_file():
-        raise FileNotFoundError(f"{index}: not a saved leafseg pipeline folder")
+        old = folder.with_name(folder.name + ".old")
+        hint = (f"; {old} holds the previous one (a swap was interrupted: `leafseg train --resume` finishes it, or "
+                f"use that folder)" if (old / "model_index.json").is_file() else "")
+        raise FileNotFoundError(f"{index}: not a saved leafseg pipeline folder{hint}")
     entries = read_config(folder, "model_index.json")
     name = entries.get("_class_name") if isinstance(entries, dict) else None
     if name not in PIPELINES:
@@ -57,10 +71,21 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str
         if component.startswith("_") or not (isinstance(value, list) and len(value) == 2):
             continue
         library = value[0]
+        if library is None:  # an optional component saved as absent ([null, null])
+            continue
         if library in LEGACY_MODULES:  # the old module path resolves to where the class lives now
             sys.modules.setdefault(library, importlib.import_module(LEGACY_MODULES[library]))
-        elif isinstance(library, str) and library.startswith("leafseg."):
-            importlib.import_module(library)
+        elif not (isinstance(library, str) and (library == "diffusers" or library.startswith("leafseg."))):
+            # from_pretrained would import whatever module the file names: only the two libraries a leafseg model
+            # is made of are allowed
+            raise ValueError(f"{index}: component {component!r} comes from {library!r}; a leafseg model's parts "
+                             "come from diffusers or leafseg")
+        elif library.startswith("leafseg."):
+            try:
+                importlib.import_module(library)
+            except ImportError:
+                raise ValueError(f"{index}: component {component!r} names the module {library!r}, which this "
+                                 f"leafseg version does not have") from None
     try:
         diffusers_logging.disable_progress_bar()  # "Loading pipeline components" on every call is noise here
         pipe = PIPELINES[name].from_pretrained(folder, local_files_only=True)
@@ -70,5 +95,6 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str
         if isinstance(component, torch.nn.Module):
             assert_finite(component, f"{folder / component_name}")
     pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.precision = set_precision(pipe, precision)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -58,18 +58,21 @@ class LeafSegPipeline(DiffusionPipeline):
     @torch.no_grad()
     def latents_to_soft_masks(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> soft masks (B, R, R) in [0, 1] (mean over the decoded RGB channels)."""
-        decoded = ae_ops.decode(self.autoencoder, latents / ae_ops.latent_scale(self.autoencoder))
+        ae_dtype = next(self.autoencoder.parameters()).dtype
+        decoded = ae_ops.decode(self.autoencoder, latents.to(ae_dtype) / ae_ops.latent_scale(self.autoencoder))
         return ((decoded.float() + 1) / 2).mean(dim=1)
 
     @torch.no_grad()
     def predict_latents(self, images: torch.Tensor, num_inference_steps: int = 1, ensemble_size: int = 1,
                         seed: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, R, R) images in [-1, 1] -> predicted clean latents (E, B, C, h, w), scaled."""
-        device, dtype = self.unet.device, self.unet.dtype
+        # latents and the DDIM / x0 arithmetic in float32; the networks in their own dtype (bf16 when the pipeline
+        # was set to it, leafseg.pipelines.precision)
+        device, dtype, f32 = self.unet.device, self.unet.dtype, torch.float32
         scale = ae_ops.latent_scale(self.autoencoder)
-        zx = self.image_encoder(images.to(device, self.image_encoder.dtype)).to(dtype) * scale
+        zx = self.image_encoder(images.to(device, self.image_encoder.dtype)).to(f32) * scale
         b, c, h, w = zx.shape
-        noise = torch.stack([self._noise((c, h, w), seed + k, generator, device, dtype) for k in range(ensemble_size)])
+        noise = torch.stack([self._noise((c, h, w), seed + k, generator, device, f32) for k in range(ensemble_size)])
         z = noise[:, None].expand(ensemble_size, b, c, h, w).reshape(ensemble_size * b, c, h, w)
         cond = zx.repeat(ensemble_size, 1, 1, 1)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -77,11 +80,11 @@ class LeafSegPipeline(DiffusionPipeline):
             # LEAF's single reverse step: the UNet at t = T - 1, x0_hat = DDIM's pred_original_sample (clamped to
             # +-clip_sample_range when the scheduler clips), whatever the timestep spacing would place first.
             t = self.scheduler.config.num_train_timesteps - 1
-            out = self.unet(torch.cat([cond, z], dim=1), t).sample
+            out = self.unet(torch.cat([cond, z], dim=1).to(dtype), t).sample.to(f32)
             z = single_step_x0(self.scheduler, out, z, t)
         else:
             for t in self.progress_bar(self.scheduler.timesteps):
-                out = self.unet(torch.cat([cond, z], dim=1), t).sample
+                out = self.unet(torch.cat([cond, z], dim=1).to(dtype), t).sample.to(f32)
                 z = self.scheduler.step(out, t, z, eta=0.0).prev_sample
         return z.view(ensemble_size, b, c, h, w)
 
