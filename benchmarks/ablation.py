@@ -387,8 +387,8 @@ NOTES = """Columns: per-image foreground Dice and IoU on the test split (mean; t
 CI over the test images for that one model, not over training seeds); HD95 in pixels at the original 384x288;
 "paper-style Dice": the number to put beside the paper's tables (per-image foreground Dice at the processing
 resolution, both-empty images scored 0, as the authors' torchmetrics call computes it); best val Dice and its step.
-Mean ± std over seeds uses the sample standard deviation of the per-run means. Definitions: README, "What the
-numbers mean".
+Mean ± std over seeds uses the sample standard deviation of the per-run means. Definitions: docs/guide.md, "What
+the numbers mean".
 """
 
 
