@@ -1,0 +1,76 @@
+"""One record (JSON) of a finished polyp-recipe run for benchmarks/results/polyp/: what was trained, the val curve per
+dataset, the run's own timings, and the evaluations of its model-best, read from the run folder and the evaluation
+folders `leafseg evaluate` wrote. Nothing is recomputed here.
+
+    python benchmarks/polyp_record.py --run /work/runs/polyp-p0 --name P0 --commit 7446a2c --command "leafseg ..." \
+        --what "cpu on CVC-ClinicDB + Kvasir-SEG, no augmentation" \
+        --machine "Intel Xeon (family 6 model 167, AVX-512 bf16, AMX), 2 cores, torch 2.13.0+cpu" \
+        --eval cvc_test=/work/runs/polyp-p0/eval-cvc-test kvasir_test=/work/runs/polyp-p0/eval-kvasir-test \
+        --out benchmarks/results/polyp/P0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+
+def val_curve(run: Path) -> list[dict]:
+    rows = list(csv.DictReader(open(run / "logs" / "history.csv")))
+    keys = [k for k in rows[0] if k.startswith("val_dice_")] if rows else []
+    curve = []
+    for r in rows:
+        if r.get("val_dice"):
+            curve.append({"step": int(r["step"]), "val_dice": round(float(r["val_dice"]), 4),
+                          **{k.removeprefix("val_dice_"): round(float(r[k]), 4) for k in keys if r.get(k)}})
+    return curve
+
+
+def evaluation(folder: Path) -> dict:
+    s = json.loads((folder / "summary.json").read_text())
+    m = s["metrics"]
+    out = {"n": s["n_images"], "dice": round(m["dice"]["mean"], 4),
+           "ci": [round(m["dice"]["ci_low"], 4), round(m["dice"]["ci_high"], 4)], "iou": round(m["iou"]["mean"], 4),
+           "hd95": None if m["hd95"]["mean"] is None else round(m["hd95"]["mean"], 2), "empty": m["empty"],
+           "data": s["data"], "split": s["split"], "split_file": s["split_file"]}
+    if m.get("with_object", {}).get("n_images"):
+        out["with_object_dice"] = round(m["with_object"]["dice"]["mean"], 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--what", required=True)
+    ap.add_argument("--commit", required=True)
+    ap.add_argument("--machine", required=True)
+    ap.add_argument("--eval", nargs="*", default=[], metavar="NAME=DIR")
+    ap.add_argument("--command", required=True, help="the leafseg train command line of the run")
+    ap.add_argument("--note", default="")
+    ap.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args(argv)
+    state = json.loads((args.run / "checkpoint-last" / "trainer_state.json").read_text())
+    timings = json.loads((args.run / "logs" / "timings.json").read_text())
+    config = (args.run / "config.yaml").read_text()
+    record = {
+        "run": args.name, "what": args.what, "commit": args.commit, "machine": args.machine,
+        "command": args.command,
+        "config_yaml": config, "budget_steps": state.get("budget_steps"), "steps": state["step"],
+        "best_step": state["best_step"], "best_val_dice": round(state["best_val_dice"], 4),
+        "val_curve": val_curve(args.run), "timings": timings,
+        "evaluation": {name: evaluation(Path(folder)) for name, folder in (e.split("=", 1) for e in args.eval)},
+        "note": args.note,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{args.out}: best val {record['best_val_dice']} @ {record['best_step']} of {record['steps']}; "
+          + ", ".join(f"{k} {v['dice']}" for k, v in record["evaluation"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
