@@ -17,7 +17,7 @@ def test_readme_is_short_and_ci_runs_its_test_command():
 
 def test_readme_links_point_to_files_that_exist():
     links = re.findall(r"\]\(([^)#]+)\)", README)
-    assert links and all((REPO / link).exists() for link in links), [l for l in links if not (REPO / l).exists()]
+    assert links and all((REPO / link).exists() for link in links), [x for x in links if not (REPO / x).exists()]
 
 
 def test_user_pages_speak_of_the_project_not_of_how_it_was_built():

@@ -297,3 +297,24 @@ def test_model_card_names_the_autoencoder_folder_it_trained_with(tmp_path, monke
     assert "taef2 (folder not set)" in model_card(cfg, {"step": 3}, None, "best")
     assert "kl (built by leafseg)" in model_card(tiny_config(tmp_path / "run", tmp_path / "data"), {"step": 3},
                                                  None, "best")
+
+
+def test_a_run_writes_its_log_file_and_a_resume_appends(tmp_path, synthetic, capsys):
+    """RUN/logs/train.log: the command and versions, every line the run printed (plan, validations, timings), and
+    why a run stopped; the console shows the same lines."""
+    import leafseg
+
+    result = train(tiny_config(tmp_path / "run", synthetic, "train.max_steps=2"))
+    log = (result.run_dir / "logs" / "train.log").read_text()
+    out = capsys.readouterr().out
+    assert f"leafseg {leafseg.__version__}, python" in log.splitlines()[0]
+    for line in ("step 2: val Dice", "masks: ", "wall "):
+        assert line in log and line in out
+    train(tiny_config(tmp_path / "run", synthetic, "train.max_steps=4"), resume=True)
+    log = (result.run_dir / "logs" / "train.log").read_text()
+    assert log.count("leafseg " + leafseg.__version__ + ", python") >= 2 and "step 4: val Dice" in log
+    with pytest.raises(FloatingPointError):
+        train(tiny_config(tmp_path / "nan", synthetic, "train.lr=1e30", "train.grad_clip=0", "train.warmup_steps=0",
+                          "train.max_steps=40", "train.val_every=100"))
+    stopped = (tmp_path / "nan" / "logs" / "train.log").read_text()
+    assert "stopped: FloatingPointError: non-finite training loss" in stopped

@@ -80,7 +80,8 @@ def cmd_evaluate(args) -> int:
         print(f"seed stability over {args.seeds} seeds: per-image Dice std mean {st['dice_std_mean']:.4f}, "
               f"pixel disagreement mean {st['disagreement_mean']:.4%}")
     figures = [f.split(":")[0] for k, f in summary["figures"].items() if f and k != "overlays"]
-    print(f"results in {result['output']} (report.md, per_image.csv, summary.json, {', '.join(figures + ['overlays/'])})")
+    files = ", ".join(["report.md", "per_image.csv", "summary.json", *figures, "overlays/"])
+    print(f"results in {result['output']} ({files})")
     return 0
 
 

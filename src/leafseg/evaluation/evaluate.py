@@ -273,7 +273,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     outside it: a run that goes on training replaces its model-best folder whole, and would take the results along.
 
     Writes ``per_image.csv``, ``summary.json`` (metrics, config, split-file and checkpoint hashes, seeds),
-    ``overlays/<stem>.png`` (image | ground truth | prediction | uncertainty), ``grid.png`` (images at quantiles of Dice),
+    ``overlays/<stem>.png`` (image | ground truth | prediction | uncertainty), ``grid.png`` (images at Dice quantiles),
     ``worst_cases.png`` + the summary's ``worst_cases`` (the ``worst_k`` lowest Dice). With ``seeds > 1`` the
     pipeline also runs with seeds ``seed + 1000 k`` (k = 1 .. seeds-1); the reported metrics stay those of ``seed``
     and the summary gains ``seed_stability`` (per-image Dice std across seeds, pixel disagreement rate).

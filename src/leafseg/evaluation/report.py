@@ -52,7 +52,7 @@ def report_markdown(summary: dict) -> str:
                if e["gt_empty_pred_not"] else "") + ".", ""]
     if summary.get("groups"):
         lines += [f"Subgroups (`{summary['groups_file']}`):", "",
-                  "| group | n | Dice [95% CI] | IoU | with an object: n, Dice | frames without an object given a mask |",
+                  "| group | n | Dice [95% CI] | IoU | with an object: n, Dice | empty frames given a mask |",
                   "|---|---|---|---|---|---|"]
         for label, g in summary["groups"].items():
             w, ge = g.get("with_object"), g["empty"]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .. import data as D
 from ..data.store import RowFile, RowWriter
 from ..models import autoencoder as ae_ops
+from . import run_log
 
 
 @torch.no_grad()
@@ -39,7 +40,7 @@ def cache_rows(row_fn, read, n: int, batch: int, desc: str, passes: int, write) 
         bar.update(len(chunk) * passes)
         if len(timed) == 2 and n > i + len(chunk):
             estimate = sum(timed) + (n - i - len(chunk)) * timed[1] / len(chunk)
-            tqdm.write(f"{desc}: {n} images x {passes} pass(es) = {total} forward passes, about {estimate:.0f} s (at "
+            run_log.say(f"{desc}: {n} images x {passes} pass(es) = {total} forward passes, about {estimate:.0f} s (at "
                        f"the second batch's rate; the first took {timed[0]:.1f} s)")
     bar.close()
 
@@ -86,7 +87,7 @@ class TeacherFeatures(torch.nn.Module):
 def cache_backend(name: str, device, say=None) -> str:
     """The backend that will compute the caches: ``run.cache_backend`` validated, with ``onnx`` (ONNX Runtime,
     CPU only) falling back to ``torch`` - said through ``say`` - on another device or when onnxruntime is missing."""
-    say = say or tqdm.write
+    say = say or run_log.say
     if name not in CACHE_BACKENDS:
         raise ValueError(f"run.cache_backend must be one of {CACHE_BACKENDS}, got {name!r}")
     if name == "onnx":
@@ -114,7 +115,7 @@ def frozen_function(module: torch.nn.Module, example: torch.Tensor, backend: str
         return OnnxFunction(module.eval(), example)
     except Exception as error:  # any exporter or runtime failure only costs speed
         name = type(getattr(module, "teacher", None) or getattr(module, "autoencoder", module)).__name__
-        tqdm.write(f"run.cache_backend=onnx: could not export {name} ({type(error).__name__}: "
+        run_log.say(f"run.cache_backend=onnx: could not export {name} ({type(error).__name__}: "
                    f"{str(error).splitlines()[0] if str(error) else ''}); computing it with torch")
         return module
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from ..config import flatten, read_yaml, to_container
 from ..files import atomic_dir, replace_dir, write_json, write_text
 from ..models.weights import assert_finite
+from .run_log import say
 
 CHECKPOINT = "checkpoint-last"
 BEST, LAST = "model-best", "model-last"
@@ -68,7 +69,7 @@ def recover_checkpoint(run_dir: Path) -> None:
         for candidate in (tmp, old):
             if (candidate / "trainer_state.json").is_file():
                 candidate.rename(final)
-                print(f"recovered {final} from an interrupted checkpoint swap ({candidate.name})", flush=True)
+                say(f"recovered {final} from an interrupted checkpoint swap ({candidate.name})")
                 break
     recover_models(run_dir)
 
@@ -81,7 +82,7 @@ def recover_models(run_dir: Path) -> None:
         final, old = run_dir / name, run_dir / f"{name}.old"
         if not final.exists() and (old / "model_index.json").is_file():
             old.rename(final)
-            print(f"recovered {final} from an interrupted swap ({old.name})", flush=True)
+            say(f"recovered {final} from an interrupted swap ({old.name})")
         for stale in run_dir.glob(f".{name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -194,8 +195,8 @@ def _check_random_states(path: Path) -> None:
     from accelerate.utils import load as accelerate_load  # torch.load(weights_only=True) + numpy's state types
 
     if not path.exists():
-        print(f"{path} is missing: resuming without the saved random state (dropout, if any, will draw other masks "
-              "than an uninterrupted run would)", flush=True)
+        say(f"{path} is missing: resuming without the saved random state (dropout, if any, will draw other masks "
+              "than an uninterrupted run would)")
         return
     try:
         accelerate_load(path)

@@ -44,6 +44,7 @@ from .checkpoints import (BEST, CHECKPOINT, ScheduleAndEMA, check_resume_config,
 from .curves import plot_training_curves
 from .model_card import model_card
 from .run_data import RunData, cache_dir, load_run_data
+from .run_log import run_log, say
 
 
 # ------------------------------------------------------------------------------------------------ randomness
@@ -135,8 +136,10 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
         release_run_dir(run_dir)
         raise
     if accelerator.is_main_process:
-        for note in notes:
-            print(note, flush=True)
+        if notes:  # what the resumed run changed, said before the run's own log opens
+            with run_log(run_dir):
+                for note in notes:
+                    say(note)
         save_run_config(run_dir, cfg)
     accelerator.wait_for_everyone()
     return accelerator, run_dir
@@ -341,7 +344,7 @@ class StepBookkeeping:
         total, step_s, validation_s = self._budget_count(step)
         self._set_budget_steps(total)
         fits = "all of them fit" if total == int(self.tc.max_steps) else f"{total} of them fit"
-        tqdm.write(f"time budget {self.tc.time_budget_min} min: {self._elapsed() / 60:.1f} min spent, a step takes "
+        say(f"time budget {self.tc.time_budget_min} min: {self._elapsed() / 60:.1f} min spent, a step takes "
                    f"{step_s:.3f} s and a validation {validation_s:.1f} s; of train.max_steps {self.tc.max_steps} "
                    f"steps {fits}, the LR schedule ends at step {total}")
         return validated
@@ -353,7 +356,7 @@ class StepBookkeeping:
             return
         total, step_s, _ = self._budget_count(step)
         if worth_revising(self.max_steps, total):
-            tqdm.write(f"time budget revised at step {step}: a step takes {step_s:.3f} s (median of "
+            say(f"time budget revised at step {step}: a step takes {step_s:.3f} s (median of "
                        f"{len(self.step_times)}); the LR schedule now ends at step {total} instead of {self.max_steps}")
             self._set_budget_steps(total)
 
@@ -378,7 +381,7 @@ class StepBookkeeping:
                 with self.clock.phase("checkpoints"):
                     self.export(self.run_dir / BEST)
             each = f" ({', '.join(f'{k} {v:.4f}' for k, v in per_source.items())})" if by_source else ""
-            tqdm.write(f"step {step}: val Dice {val_dice:.4f}{each} (best {state['best_val_dice']:.4f} "
+            say(f"step {step}: val Dice {val_dice:.4f}{each} (best {state['best_val_dice']:.4f} "
                        f"at step {state['best_step']})")
         accelerator.wait_for_everyone()
 
@@ -432,7 +435,7 @@ class StepBookkeeping:
             segment = self.clock.summary((self.first_step, int(state["step"])))
             timings = combine_timings(self.earlier_timings + [segment])
             write_json(timings, self.run_dir / "logs" / "timings.json")
-            tqdm.write(_timing_line(timings))
+            say(_timing_line(timings))
         accelerator.end_training()
         return TrainResult(self.run_dir, int(state["step"]), state["best_val_dice"], state["best_step"],
                            state["history"])
@@ -520,7 +523,8 @@ def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False) 
     folder is locked for the duration."""
     accelerator, run_dir = start_run(cfg, resume)
     try:
-        return _train(method, cfg, resume, accelerator, run_dir)
+        with run_log(run_dir, accelerator.is_main_process):
+            return _train(method, cfg, resume, accelerator, run_dir)
     finally:
         if accelerator.is_main_process:
             release_run_dir(run_dir)
@@ -647,18 +651,18 @@ def _announce(method: TrainingMethod, trainer: Trainer) -> None:
     tc, n_val = cfg.train, 0 if data.val is None else len(data.val)
     workers = int(cfg.data.get("num_workers", 0))
     on_disk = data.train.bytes() + (data.val.bytes() if data.val is not None else 0)
-    print(f"{method.description}: {len(data.train)} train / {n_val} val samples at "
+    say(f"{method.description}: {len(data.train)} train / {n_val} val samples at "
           f"{cfg.data.resolution}x{cfg.data.resolution}, steps {_steps(tc)} (batch {tc.batch_size} x "
           f"{accelerator.num_processes} process(es)) on {_where(accelerator)}, {_augmentations(trainer)}, "
-          f"validation every {tc.val_every}, into {trainer.run_dir}", flush=True)
-    print(f"data: samples read from {trainer.cache_dir} ({on_disk / 2**20:.1f} MiB on disk, {data.first_pass_s:.1f} s "
+          f"validation every {tc.val_every}, into {trainer.run_dir}")
+    say(f"data: samples read from {trainer.cache_dir} ({on_disk / 2**20:.1f} MiB on disk, {data.first_pass_s:.1f} s "
           f"to decode or open), {'in the training process' if not workers else f'{workers} loader worker(s)'}; "
-          "frozen targets are computed first (each says how long it will take)", flush=True)
+          "frozen targets are computed first (each says how long it will take)")
     empty = sum(1 for f in data.train.foreground if not f)
     val_empty = 0 if data.val is None else sum(1 for f in data.val.foreground if not f)
-    print(f"masks: {empty} of {len(data.train)} train and {val_empty} of {n_val} val samples are empty at "
+    say(f"masks: {empty} of {len(data.train)} train and {val_empty} of {n_val} val samples are empty at "
           f"{cfg.data.resolution}x{cfg.data.resolution} (frames without an object: they teach the model to leave such "
-          f"frames empty)", flush=True)
+          f"frames empty)")
 
 
 def _steps(tc: DictConfig) -> str:

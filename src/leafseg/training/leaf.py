@@ -10,7 +10,6 @@ engine (``leafseg.training.engine``) does the rest.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +34,14 @@ from .caches import (MaskLatents, TeacherFeatures, cache_backend, cache_rows, ca
                      frozen_function, mirror_tokens, target_cache_key)
 from .engine import Trainer
 from .run_data import volume_config
+from .run_log import say
 
 
 def autoencoder_path(ac: DictConfig) -> Path | None:
     """The mask autoencoder's folder (:func:`~leafseg.models.autoencoder.autoencoder_folder`), saying which."""
     path = ae_ops.autoencoder_folder(ac.kind, ac.path)
     if path is not None:
-        print(f"autoencoder: {ac.kind} from {path}", flush=True)
+        say(f"autoencoder: {ac.kind} from {path}")
     return path
 
 

@@ -14,6 +14,7 @@ from .. import data as D
 from ..config import to_container
 from ..data.store import SampleStore, build_sample_store, store_key
 from ..files import write_json
+from .run_log import say
 
 
 @dataclass
@@ -117,7 +118,7 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
     def store(name: str, pairs: list) -> SampleStore:
         path = folder / f"samples-{name}-{store_key(pairs, res, volumes)}"
         if accelerator.is_main_process:
-            build_sample_store(pairs, res, path, f"decoding {name}", say=print, **volumes)
+            build_sample_store(pairs, res, path, f"decoding {name}", say=say, **volumes)
         accelerator.wait_for_everyone()
         return SampleStore(path)
 
