@@ -252,3 +252,65 @@ def test_evaluate_reports_lesion_only_metrics_subgroups_and_distance_cis(tmp_pat
     assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output",
                  str(tmp_path / "ev2"), "--groups", str(groups)]) == 2
     assert "groups.csv: 1 name(s) are not evaluated images, e.g. ['7']" in capsys.readouterr().err
+
+
+def test_score_gives_evaluates_numbers_for_the_same_masks(tmp_path, model_and_data, capsys):
+    """predict + score = evaluate: the per-image metrics of leafseg predict's masks scored against the ground
+    truth equal those evaluate computes itself (one scoring rule); names are matched with predict's _mask suffix,
+    a missing prediction is named, and frames without an object are counted."""
+    import shutil
+
+    model, data = model_and_data
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "test", "--output",
+                 str(tmp_path / "ev")]) == 0
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    test_images = tmp_path / "test-images"
+    test_images.mkdir()
+    for stem in ("2", "3"):
+        shutil.copy(data / "masks" / f"{stem}.png", gt / f"{stem}.png")
+        shutil.copy(data / "images" / f"{stem}.png", test_images / f"{stem}.png")
+    assert main(["predict", "--model", str(model), "--input", str(test_images), "--output",
+                 str(tmp_path / "pred")]) == 0
+    capsys.readouterr()
+    assert main(["score", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--images", str(test_images),
+                 "--output", str(tmp_path / "sc")]) == 0
+    assert "2 images: Dice" in capsys.readouterr().out
+    ev = {r["name"]: r for r in csv.DictReader(open(tmp_path / "ev" / "per_image.csv"))}
+    sc = {r["name"]: r for r in csv.DictReader(open(tmp_path / "sc" / "per_image.csv"))}
+    assert sorted(sc) == ["2", "3"]
+    for name in sc:
+        for key in ("dice", "iou", "hd95", "tp", "fp", "fn"):
+            assert sc[name][key] == ev[name][key], (name, key)
+    s = json.loads((tmp_path / "sc" / "summary.json").read_text())
+    e = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert s["metrics"]["dice"] == e["metrics"]["dice"] and s["kind"] == "score"
+    assert (tmp_path / "sc" / "grid.png").exists()
+    assert "# Scores: 2 cases" in (tmp_path / "sc" / "report.md").read_text()
+    # a ground truth without a prediction is named (or scored empty when asked); an empty ground truth is counted
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(gt / "9.png")
+    assert main(["score", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--output", str(tmp_path / "s2")]) == 2
+    assert "no prediction for 1 of 3 ground-truth mask(s), e.g. 9" in capsys.readouterr().err
+    assert main(["score", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--output", str(tmp_path / "s2"),
+                 "--missing-as-empty"]) == 0
+    s2 = json.loads((tmp_path / "s2" / "summary.json").read_text())
+    assert s2["missing_predictions_scored_empty"] == ["9"] and s2["metrics"]["empty"]["both_empty"] == 1
+
+
+def test_score_volumes_in_their_voxel_spacing(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from leafseg.evaluation.score import score
+
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    gt = np.zeros((10, 10, 4), np.uint8)
+    gt[2:6, 2:6, 1:3] = 1
+    pred = np.zeros_like(gt)
+    pred[2:6, 3:7, 1:3] = 1
+    for folder, arr, name in (("gt", gt, "case.nii.gz"), ("pred", pred, "case_mask.nii.gz")):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(arr, affine), str(tmp_path / folder / name))
+    result = score(tmp_path / "pred", tmp_path / "gt", tmp_path / "out")
+    row = next(csv.DictReader(open(tmp_path / "out" / "per_image.csv")))
+    assert row["name"] == "case" and float(row["dice"]) == pytest.approx(2 * 24 / 64)
+    assert float(row["hd95"]) == pytest.approx(0.5)  # one voxel along x, in mm
+    assert result["summary"]["n_images"] == 1

@@ -109,6 +109,7 @@ def test_polyp_recipe_raises_val_dice_on_both_datasets(tmp_path, cvc_dir, kvasir
     assert vals[0]["step"] == 0
     for key in ("val_dice_cvc-clinicdb", "val_dice_kvasir"):
         start, best = vals[0][key], max(h[key] for h in vals[1:])
-        assert best > 0.45 and best > start + 0.35, key
+        # P1's full run stood at 0.69 / 0.70 at step 500; a model that does not learn one dataset stays near 0
+        assert best > 0.4 and best > start + 0.3, key
     sources = json.loads((result.run_dir / "sources.json").read_text())
     assert [s["name"] for s in sources] == ["cvc-clinicdb", "kvasir"]

@@ -1,4 +1,4 @@
-"""``leafseg`` command line: train, predict, evaluate, split, demo, export, convert-ldm.
+"""``leafseg`` command line: train, predict, evaluate, score, split, demo, export, convert-ldm.
 
 Argument parsing only: each command calls one function of the package, imported when the command runs, so that
 ``leafseg --help`` starts without torch. ``leafseg train`` runs the same on one CPU, one GPU or several processes:
@@ -44,26 +44,20 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate
-
-    result = evaluate(args.model, args.data, args.split, args.split_file, args.output, args.steps, args.ensemble,
-                      args.seed, args.batch_size, args.device, layout=args.layout, seeds=args.seeds,
-                      worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None,
-                      overwrite=args.overwrite, backend=args.backend,
-                      allow_training_data=args.include_training_data, groups=args.groups,
-                      precision=args.precision)
+def _print_scores(result: dict) -> None:
+    """What evaluate and score print: the headline metrics with CIs, subgroups, frames without an object, files."""
     summary = result["summary"]
     m = summary["metrics"]
     print(f"{summary['n_images']} images: Dice {m['dice']['mean']:.4f} [95% CI {m['dice']['ci_low']:.4f}, "
           f"{m['dice']['ci_high']:.4f}], IoU {m['iou']['mean']:.4f}, HD95 {m['hd95']['mean']:.2f} "
           f"(per-image foreground means at each image's size; {m['units']})")
-    pc = m["paper_compatible"]
-    print(f"paper-compatible (as the LEAF paper's Table 1: {'x'.join(map(str, pc['resolution']))} processing "
-          f"resolution, both-empty = 0): Dice {pc['dice']:.4f}, mIoU {pc['miou_batch_mean']:.4f} (per-image mean "
-          f"{pc['miou_image_mean']:.4f})")
-    if pc["batch_order_warning"]:
-        print(f"warning: {pc['batch_order_warning']}")
+    pc = m.get("paper_compatible")
+    if pc:
+        print(f"paper-compatible (as the LEAF paper's Table 1: {'x'.join(map(str, pc['resolution']))} processing "
+              f"resolution, both-empty = 0): Dice {pc['dice']:.4f}, mIoU {pc['miou_batch_mean']:.4f} (per-image "
+              f"mean {pc['miou_image_mean']:.4f})")
+        if pc["batch_order_warning"]:
+            print(f"warning: {pc['batch_order_warning']}")
     if m.get("with_object", {}).get("n_images"):
         w = m["with_object"]
         print(f"images with an object: {w['n_images']}, Dice {w['dice']['mean']:.4f} [95% CI "
@@ -77,11 +71,33 @@ def cmd_evaluate(args) -> int:
               f"{e['gt_empty_pred_not']} (false-positive rate {e['false_positive_rate']:.1%})")
     if "seed_stability" in summary:
         st = summary["seed_stability"]
-        print(f"seed stability over {args.seeds} seeds: per-image Dice std mean {st['dice_std_mean']:.4f}, "
+        print(f"seed stability over {len(st['seeds'])} seeds: per-image Dice std mean {st['dice_std_mean']:.4f}, "
               f"pixel disagreement mean {st['disagreement_mean']:.4%}")
     figures = [f.split(":")[0] for k, f in summary["figures"].items() if f and k != "overlays"]
-    files = ", ".join(["report.md", "per_image.csv", "summary.json", *figures, "overlays/"])
+    files = ", ".join(["report.md", "per_image.csv", "summary.json", *figures,
+                       *(["overlays/"] if summary["figures"].get("overlays") else [])])
     print(f"results in {result['output']} ({files})")
+
+
+def cmd_score(args) -> int:
+    from .evaluation.score import score
+
+    result = score(args.pred, args.gt, args.output, args.images, tuple(args.spacing) if args.spacing else None,
+                   args.groups, args.worst, args.missing_as_empty, args.overwrite)
+    _print_scores(result)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate
+
+    result = evaluate(args.model, args.data, args.split, args.split_file, args.output, args.steps, args.ensemble,
+                      args.seed, args.batch_size, args.device, layout=args.layout, seeds=args.seeds,
+                      worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None,
+                      overwrite=args.overwrite, backend=args.backend,
+                      allow_training_data=args.include_training_data, groups=args.groups,
+                      precision=args.precision)
+    _print_scores(result)
     return 0
 
 
@@ -209,6 +225,22 @@ def _add_evaluate(sub) -> None:
     _add_inference_args(p)
 
 
+def _add_score(sub) -> None:
+    p = _command(sub, "score", cmd_score, "score a folder of predicted masks (any tool) against ground-truth masks",
+                 "leafseg score --pred predictions/ --gt my-data/masks --images my-data/images --output scores/")
+    p.add_argument("--pred", required=True, help="predicted masks: <name>.png / .nii.gz, or leafseg's <name>_mask.*")
+    p.add_argument("--gt", required=True, help="ground-truth masks, named <name>.*")
+    p.add_argument("--output", default=None, help="default: score-NAME beside the prediction folder NAME")
+    p.add_argument("--images", default=None, help="the images, by the same names: overlays and figures")
+    p.add_argument("--spacing", type=float, nargs=2, metavar=("SY", "SX"), default=None,
+                   help="pixel spacing (e.g. mm) for HD95/ASSD of 2D masks (volumes: their headers')")
+    p.add_argument("--groups", default=None, metavar="CSV", help="subgroups to report apart: rows 'name,group'")
+    p.add_argument("--worst", type=int, default=8, help="how many worst cases to list and draw")
+    p.add_argument("--missing-as-empty", action="store_true",
+                   help="score a ground truth without a prediction as an empty mask (default: an error)")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder leafseg wrote first")
+
+
 def _add_split(sub) -> None:
     p = _command(sub, "split", cmd_split, "write (or show) a deterministic train/val/test split file for a dataset",
                  "leafseg split --data CVC-ClinicDB --layout cvc-clinicdb --train 0.6 --val 0.2 --test 0.2 "
@@ -269,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leafseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"leafseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_predict, _add_evaluate, _add_split, _add_demo, _add_export, _add_convert_ldm):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_score, _add_split, _add_demo, _add_export,
+                _add_convert_ldm):
         add(sub)
     return parser
 

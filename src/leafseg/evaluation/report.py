@@ -9,8 +9,24 @@ def _num(x, pct: bool = False, digits: int = 4) -> str:
     return f"{100 * x:.1f}" if pct else f"{x:.{digits}g}" if abs(x) >= 10 else f"{x:.{digits}f}"
 
 
+def _header(summary: dict) -> list[str]:
+    """Title and provenance: of a model evaluated on a split (``leafseg evaluate``), or of a folder of predicted
+    masks scored against ground truth (``leafseg score``)."""
+    if summary.get("kind") == "score":
+        return [f"# Scores: {summary['n_images']} cases", "",
+                f"Predictions `{summary['pred']}` against ground truth `{summary['gt']}` (matched by name; "
+                f"{summary['n_extra_predictions']} prediction(s) without ground truth left out); leafseg "
+                f"{summary['leafseg']}.", ""]
+    inf = summary["inference"]
+    return [f"# Evaluation: {summary['split']} split, {summary['n_images']} images", "",
+            f"Model `{summary['model']}` (sha256 `{summary['checkpoint_sha256'][:16]}`), data `{summary['data']}` "
+            f"(layout `{summary['layout']}`), split file sha256 `{(summary['split_file_sha256'] or 'n/a')[:16]}`; "
+            f"{inf['pipeline']}, {inf['steps']} step(s), ensemble {inf['ensemble']}, seed {inf['seed']}, "
+            f"on {inf['device']} ({inf.get('precision', 'fp32')}); leafseg {summary['leafseg']}.", ""]
+
+
 def report_markdown(summary: dict) -> str:
-    m, inf = summary["metrics"], summary["inference"]
+    m, inf = summary["metrics"], summary.get("inference") or {}
     rows = []
     for key, label in (("dice", "Dice"), ("iou", "IoU"), ("precision", "precision"), ("recall", "recall"),
                        ("specificity", "specificity"), ("hd95", f"HD95 ({m['units']})"),
@@ -24,22 +40,23 @@ def report_markdown(summary: dict) -> str:
         for key, label in (("dice", "Dice, images with an object"), ("iou", "IoU, images with an object")):
             rows.append(f"| {label} | {_num(w[key]['mean'])} | [{_num(w[key]['ci_low'])}, {_num(w[key]['ci_high'])}] "
                         f"| | | {w['n_images']} | |")
-    pc, e = m["paper_compatible"], m["empty"]
-    res = "x".join(map(str, pc["resolution"] or []))
+    e = m["empty"]
     worst = ", ".join(f"{w['name']} ({w['dice']:.3f})" for w in summary["worst_cases"])
     lines = [
-        f"# Evaluation: {summary['split']} split, {summary['n_images']} images", "",
-        f"Model `{summary['model']}` (sha256 `{summary['checkpoint_sha256'][:16]}`), data `{summary['data']}` "
-        f"(layout `{summary['layout']}`), split file sha256 `{(summary['split_file_sha256'] or 'n/a')[:16]}`; "
-        f"{inf['pipeline']}, {inf['steps']} step(s), ensemble {inf['ensemble']}, seed {inf['seed']}, "
-        f"on {inf['device']} ({inf.get('precision', 'fp32')}); leafseg {summary['leafseg']}.", "",
+        *_header(summary),
         "Per-image foreground metrics at each image's original size; 95% CI: percentile bootstrap over images.", "",
         "| metric | mean | 95% CI | median | std | n | n undefined |", "|---|---|---|---|---|---|---|", *rows, "",
-        f"**Paper-compatible** (to put beside the LEAF paper's Table 1; per-image foreground Dice / IoU at the {res} "
-        f"processing resolution, both-empty images scored 0): Dice {_num(pc['dice'])}, mIoU "
-        f"{_num(pc['miou_batch_mean'])} (mean over batches of {pc['batch_size']}; per-image mean "
-        f"{_num(pc.get('miou_image_mean'))})."
-        + (f" **Warning:** {pc['batch_order_warning']}." if pc.get("batch_order_warning") else ""), "",
+    ]
+    pc = m.get("paper_compatible")
+    if pc:
+        res = "x".join(map(str, pc["resolution"] or []))
+        lines += [
+            f"**Paper-compatible** (to put beside the LEAF paper's Table 1; per-image foreground Dice / IoU at the "
+            f"{res} processing resolution, both-empty images scored 0): Dice {_num(pc['dice'])}, mIoU "
+            f"{_num(pc['miou_batch_mean'])} (mean over batches of {pc['batch_size']}; per-image mean "
+            f"{_num(pc.get('miou_image_mean'))})."
+            + (f" **Warning:** {pc['batch_order_warning']}." if pc.get("batch_order_warning") else ""), ""]
+    lines += [
         f"Empty masks: {e['gt_empty']} empty ground truths, {e['pred_empty']} empty predictions, {e['both_empty']} "
         f"both (scored {e['empty_score']:g} here). Pooled (dataset-level) Dice {_num(m['pooled']['dice'])}.", "",
         f"Lowest Dice: {worst or 'n/a'}.", "",
@@ -71,7 +88,11 @@ def report_markdown(summary: dict) -> str:
                      ("false_positives", "frames without an object given a mask")):
         if figures.get(key):
             lines += [f"![{alt}]({figures[key].split(':')[0]})", ""]
-    lines.append("Panels: image | ground truth (green) | prediction (orange)"
-                 + (" | uncertainty (std over seeds/ensemble, 0-0.5)" if inf["ensemble"] > 1 or inf["seeds"] > 1
-                    else "") + "; every image's panel is in `overlays/`, every number in `per_image.csv`.")
+    if figures.get("overlays"):
+        lines.append("Panels: image | ground truth (green) | prediction (orange)"
+                     + (" | uncertainty (std over seeds/ensemble, 0-0.5)"
+                        if inf.get("ensemble", 1) > 1 or inf.get("seeds", 1) > 1 else "")
+                     + "; every image's panel is in `overlays/`, every number in `per_image.csv`.")
+    else:
+        lines.append("Every number is in `per_image.csv`.")
     return "\n".join(lines) + "\n"

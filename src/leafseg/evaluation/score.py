@@ -1,0 +1,118 @@
+"""``leafseg score``: any folder of predicted masks against a folder of ground-truth masks, with the metrics, empty
+rules, confidence intervals, subgroups, report and figures of ``leafseg evaluate`` (what nnU-Net's
+``compute_metrics_on_folder`` is for nnU-Net), so that masks from any tool are scored by one rule.
+
+Predictions are matched to ground truth by name: ``<stem>.*`` or leafseg predict's ``<stem>_mask.*``; 2D masks (PNG,
+JPG, TIFF ...) are read by the same encoding rules as training masks, NIfTI/DICOM volumes are scored as 3D cases in
+the ground truth's voxel spacing (mm).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .. import data as D
+from ..files import prepare_output, write_csv, write_json, write_text
+from ..metrics import SegmentationMetrics, dice
+from .evaluate import _write_figures, read_groups
+from .figures import panel_row, save_png
+from .report import report_markdown
+
+#: outputs of ``leafseg predict`` beside its masks, never predictions themselves
+PREDICT_EXTRAS = ("_overlay", "_uncertainty", "_probability")
+
+
+def match_predictions(pred_dir: Path, gt_dir: Path, missing_as_empty: bool = False
+                      ) -> tuple[list[tuple[str, Path | None, Path]], list[str]]:
+    """``(name, prediction or None, ground truth)`` for every ground-truth mask in natural name order, and the
+    names of predictions without ground truth. A missing prediction is an error naming them, unless
+    ``missing_as_empty`` (then it is scored as an empty mask)."""
+    truths = {D.file_stem(p): p for p in D.list_images(gt_dir)}
+    if not truths:
+        raise ValueError(f"{gt_dir}: no ground-truth masks ({', '.join(D.IMAGE_EXTENSIONS)}, NIfTI, DICOM)")
+    preds: dict[str, Path] = {}
+    for p in D.list_images(pred_dir):
+        stem = D.file_stem(p)
+        if stem.endswith(PREDICT_EXTRAS) and stem not in truths:
+            continue
+        name = stem[:-len("_mask")] if stem.endswith("_mask") and stem not in truths else stem
+        if name in preds:
+            raise ValueError(f"{p}: a second prediction for {name!r} (also {preds[name]}); keep one per case")
+        preds[name] = p
+    missing = sorted(set(truths) - set(preds), key=D.sort_key)
+    if missing and not missing_as_empty:
+        raise FileNotFoundError(
+            f"{pred_dir}: no prediction for {len(missing)} of {len(truths)} ground-truth mask(s), e.g. "
+            f"{', '.join(missing[:5])} (expected <name>.png or <name>_mask.png, ...); pass --missing-as-empty to "
+            "score them as empty masks")
+    extra = sorted(set(preds) - set(truths), key=D.sort_key)
+    return [(name, preds.get(name), truths[name]) for name in sorted(truths, key=D.sort_key)], extra
+
+
+def read_case_mask(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """A bool mask (2D, or 3D for a volume) and, for a volume, its voxel spacing."""
+    if D.is_volume(path):
+        volume = D.read_volume(path)
+        return np.stack([D.mask_from_array(s, path) for s in volume.slices(2)], axis=2), tuple(volume.spacing)
+    return D.load_mask(path), None
+
+
+def score(pred_dir: str | Path, gt_dir: str | Path, output: str | Path | None = None,
+          images_dir: str | Path | None = None, spacing: tuple[float, float] | None = None,
+          groups: str | None = None, worst_k: int = 8, missing_as_empty: bool = False,
+          overwrite: bool = False) -> dict:
+    """Score ``pred_dir`` against ``gt_dir`` into ``output`` (default ``score-<pred folder name>`` beside it):
+    ``per_image.csv``, ``summary.json``, ``report.md``; with ``images_dir`` (the images, by the same names) also
+    ``overlays/`` and the figures of ``leafseg evaluate``. ``spacing`` gives 2D distances in its unit (volumes use
+    their headers'). Returns ``{"summary", "output"}``."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    cases, extra = match_predictions(pred_dir, gt_dir, missing_as_empty)
+    images = {D.file_stem(p): p for p in D.list_images(images_dir)} if images_dir else {}
+    out = prepare_output(Path(output) if output else pred_dir.parent / f"score-{pred_dir.name}", overwrite,
+                         inputs=[pred_dir, gt_dir, *([images_dir] if images_dir else [])])
+    started = time.time()
+    metrics = SegmentationMetrics(spacing=spacing)
+    for name, pred_path, gt_path in cases:
+        gt, volume_spacing = read_case_mask(gt_path)
+        pred = read_case_mask(pred_path)[0] if pred_path is not None else np.zeros_like(gt)
+        if pred.shape != gt.shape:
+            raise ValueError(f"{pred_path}: mask is {'x'.join(map(str, pred.shape[::-1]))} but its ground truth "
+                             f"{gt_path} is {'x'.join(map(str, gt.shape[::-1]))}")
+        if volume_spacing is not None:
+            metrics.add(pred, gt, name, volume_spacing)
+        else:
+            metrics.update(pred, gt, name=name, spacing=spacing)
+        if name in images and gt.ndim == 2:
+            image = D.load_image(images[name])
+            title = (f"{name}   Dice {dice(pred, gt):.3f}" if gt.any() else
+                     f"{name}   no object; predicted {pred.mean():.1%} of the frame")
+            save_png(panel_row(image, gt, pred, None, title), out / "overlays" / f"{name}.png")
+    rows = metrics.rows()
+    write_csv(rows, out / "per_image.csv")
+    cases_shown = _write_figures(out, rows, worst_k, False) if images else {"grid": [], "false_positives": [],
+                                                                             "worst": []}
+    worst = sorted((r for r in rows if not r["gt_empty"]), key=lambda r: r["dice"])[:worst_k]
+    summary = {
+        "kind": "score", "pred": str(pred_dir.resolve()), "gt": str(gt_dir.resolve()),
+        "images": str(Path(images_dir).resolve()) if images_dir else None, "n_images": len(rows),
+        "missing_predictions_scored_empty": [n for n, p, _ in cases if p is None],
+        "n_extra_predictions": len(extra), "extra_predictions": extra[:50],
+        "leafseg": __version__, "wall_s": round(time.time() - started, 1),
+        "metrics": metrics.summary(),
+        "worst_cases": [{"name": r["name"], "dice": r["dice"], "iou": r["iou"]} for r in worst],
+        "figures": {"overlays": "overlays/<name>.png: image | ground truth | prediction" if images else None,
+                    "grid": "grid.png" if cases_shown["grid"] else None,
+                    "worst_cases": "worst_cases.png" if cases_shown["worst"] else None,
+                    "false_positives": "false_positives.png" if cases_shown["false_positives"] else None},
+    }
+    if groups is not None:
+        summary["groups_file"] = str(Path(groups).resolve())
+        summary["groups"] = {label: metrics.subset(names).summary()
+                             for label, names in sorted(read_groups(groups, [r["name"] for r in rows]).items())}
+    write_json(summary, out / "summary.json")
+    write_text(report_markdown(summary), out / "report.md")
+    return {"summary": summary, "output": out}
