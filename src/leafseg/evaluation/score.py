@@ -18,7 +18,7 @@ from .. import __version__
 from .. import data as D
 from ..files import prepare_output, write_csv, write_json, write_text
 from ..metrics import SegmentationMetrics, dice
-from .evaluate import _write_figures, read_groups
+from .evaluate import _write_figures, figure_cases, read_groups
 from .figures import panel_row, save_png
 from .report import report_markdown
 
@@ -95,7 +95,7 @@ def score(pred_dir: str | Path, gt_dir: str | Path, output: str | Path | None = 
     write_csv(rows, out / "per_image.csv")
     cases_shown = _write_figures(out, rows, worst_k, False) if images else {"grid": [], "false_positives": [],
                                                                              "worst": []}
-    worst = sorted((r for r in rows if not r["gt_empty"]), key=lambda r: r["dice"])[:worst_k]
+    worst = figure_cases(rows, worst_k=worst_k)["worst"]  # evaluate's rule: ties by object size, not by name
     summary = {
         "kind": "score", "pred": str(pred_dir.resolve()), "gt": str(gt_dir.resolve()),
         "images": str(Path(images_dir).resolve()) if images_dir else None, "n_images": len(rows),

@@ -636,11 +636,9 @@ SAMPLING = ("image", "dataset")
 
 def sampling_weights(cfg: DictConfig, data: RunData) -> torch.Tensor | None:
     """``data.sampling``: ``image`` (every training sample equally often, epoch by epoch; the authors') or
-    ``dataset`` (each of several datasets equally often, whatever its size: a small centre is not outvoted)."""
-    mode = cfg.data.get("sampling", "image")
-    if mode not in SAMPLING:
-        raise ValueError(f"data.sampling must be one of {SAMPLING}, got {mode!r}")
-    if mode == "image" or len(data.train_sources) < 2:
+    ``dataset`` (each of several datasets equally often, whatever its size: a small centre is not outvoted).
+    The value was checked by :func:`start_run`, before any data was read."""
+    if cfg.data.get("sampling", "image") == "image" or len(data.train_sources) < 2:
         return None
     return dataset_weights([n for _, n in data.train_sources])
 
