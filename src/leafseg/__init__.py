@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "LeafSegPipeline": "leafseg.pipelines",
     "SupervisedSegPipeline": "leafseg.pipelines",
+    "MonaiSegPipeline": "leafseg.pipelines",
     "SegmentationPipelineOutput": "leafseg.pipelines",
     "load_pipeline": "leafseg.pipelines",
     "load_config": "leafseg.config",

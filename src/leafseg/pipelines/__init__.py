@@ -1,6 +1,6 @@
 """Inference pipelines (diffusers ``DiffusionPipeline`` s): ``leaf`` (LeafSegPipeline: single step, DDIM,
-ensembles), ``supervised`` (the plain UNet baseline), their shared ``image_processor``, and :func:`load_pipeline`,
-which opens any saved leafseg model folder offline."""
+ensembles), ``supervised`` (the plain UNet baseline and the MONAI peers), their shared ``image_processor``, and
+:func:`load_pipeline`, which opens any saved leafseg model folder offline."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from ..models.weights import assert_finite, read_config
 from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
 from .leaf import LeafSegPipeline, LeafSegPipelineOutput
 from .precision import resolve_precision, set_precision
-from .supervised import SupervisedSegPipeline
+from .supervised import MonaiSegPipeline, SupervisedSegPipeline
 
-__all__ = ["LeafSegPipeline", "LeafSegPipelineOutput", "PIPELINES", "SegmentationImageProcessor",
+__all__ = ["LeafSegPipeline", "LeafSegPipelineOutput", "MonaiSegPipeline", "PIPELINES", "SegmentationImageProcessor",
            "SegmentationPipelineOutput", "SupervisedSegPipeline", "load_pipeline"]
 
-PIPELINES = {cls.__name__: cls for cls in (LeafSegPipeline, SupervisedSegPipeline)}
+PIPELINES = {cls.__name__: cls for cls in (LeafSegPipeline, SupervisedSegPipeline, MonaiSegPipeline)}
 #: component modules recorded in model folders saved by leafseg 0.1.0 (before the package was laid out by stage)
 LEGACY_MODULES = {"leafseg.convert": "leafseg.models.ldm_unet"}
 

@@ -3,10 +3,10 @@
 
 A LEAF model becomes two graphs, so that an ensemble encodes its image once: ``encode.onnx`` (image in [-1, 1] ->
 scaled image latent z^x) and ``denoise_decode.onnx`` ((z^x, z_T) -> soft mask: the UNet once at t = T - 1, x0_hat by
-the parameterisation, clamped when the scheduler clips, decoded, mean over channels). The supervised baseline is one
-graph, ``segment.onnx`` (image -> foreground probability). Only the inference networks are exported (no projector,
-no teacher). Single step only: multi-step DDIM stays with the PyTorch pipeline. The noise is drawn exactly as the
-PyTorch pipeline draws it, so both give the same masks up to float rounding.
+the parameterisation, clamped when the scheduler clips, decoded, mean over channels). A deterministic segmenter (the
+UNet baseline, a MONAI peer) is one graph, ``segment.onnx`` (image -> foreground probability). Only the inference
+networks are exported (no projector, no teacher). Single step only: multi-step DDIM stays with the PyTorch pipeline.
+The noise is drawn exactly as the PyTorch pipeline draws it, so both give the same masks up to float rounding.
 """
 
 from __future__ import annotations
@@ -69,13 +69,15 @@ class _DenoiseDecode(torch.nn.Module):
 
 
 class _Segment(torch.nn.Module):
+    """A deterministic segmenter (the UNet baseline, a MONAI peer): images -> foreground probabilities."""
+
     def __init__(self, pipe):
         super().__init__()
-        self.unet = pipe.unet
+        self.pipe = pipe
+        self.networks = torch.nn.ModuleList(m for m in pipe.components.values() if isinstance(m, torch.nn.Module))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        t = torch.zeros(images.shape[0], dtype=torch.long)
-        return torch.sigmoid(self.unet(images, t).sample[:, 0])
+        return self.pipe.foreground_probability(images)
 
 
 def _export(module: torch.nn.Module, inputs: tuple, names: list[str], path: Path | io.BytesIO, opset: int) -> None:

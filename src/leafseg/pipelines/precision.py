@@ -30,12 +30,12 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 
 def set_precision(pipe, precision: str) -> str:
-    """Cast a loaded pipeline's image encoder and UNet (those it has) to the resolved precision, in place; returns
-    it (``fp32`` or ``bf16``)."""
+    """Cast a loaded pipeline's image encoder and UNet, or a peer's network (those it has), to the resolved
+    precision, in place; returns it (``fp32`` or ``bf16``)."""
     resolved = resolve_precision(precision, pipe.device)
     dtype = torch.bfloat16 if resolved == "bf16" else torch.float32
     channels_last = resolved == "bf16" and pipe.device.type == "cpu"
-    for name in ("image_encoder", "unet"):
+    for name in ("image_encoder", "unet", "network"):
         module = getattr(pipe, name, None)
         if isinstance(module, torch.nn.Module):
             # torch's own .to: diffusers' ModelMixin.to warns about "modules to keep in float32" (it lists none)

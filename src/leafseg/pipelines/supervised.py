@@ -1,8 +1,10 @@
-"""The supervised UNet baseline's network and pipeline: image (3, R, R) -> one foreground logit per pixel.
+"""Supervised segmenters' pipelines: the UNet baseline (image (3, R, R) -> one foreground logit per pixel) and the
+MONAI peer networks (softmax over background / foreground).
 
-The network is a diffusers ``UNet2DModel`` (3 in, 1 out) called at a constant timestep 0: its time embedding is
-then a learned per-block bias, and the rest is an ordinary convolutional UNet with attention in the deep levels.
-Trained by ``leafseg.training.supervised`` (``method: supervised_unet``).
+The baseline network is a diffusers ``UNet2DModel`` (3 in, 1 out) called at a constant timestep 0: its time
+embedding is then a learned per-block bias, and the rest is an ordinary convolutional UNet with attention in the deep
+levels. Trained by ``leafseg.training.supervised`` (``method: supervised_unet``); the MONAI peers by
+``leafseg.training.peers`` (``method: dynunet`` or ``basicunet``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 
+from ..models.monai_nets import MonaiSegmenter
 from .image_processor import SegmentationImageProcessor
 
 
@@ -32,7 +35,34 @@ def unet_logits(unet: UNet2DModel, images: torch.Tensor) -> torch.Tensor:
     return unet(images, t).sample[:, 0]
 
 
-class SupervisedSegPipeline(DiffusionPipeline):
+class _SegmenterPipeline(DiffusionPipeline):
+    """The call every deterministic image -> probability pipeline shares (LeafSegPipeline's signature and output);
+    a subclass says how its network gives the foreground probability of a batch in [-1, 1]."""
+
+    @property
+    def resolution(self) -> int:
+        raise NotImplementedError
+
+    def foreground_probability(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) in [-1, 1], on the network's device and dtype -> (B, R, R) probabilities."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0,
+                 generator=None, threshold: float = 0.5, batch_size: int = 8, return_dict: bool = True):
+        if num_inference_steps != 1 or ensemble_size != 1:
+            raise ValueError(f"{type(self).__name__} is deterministic: num_inference_steps and ensemble_size must "
+                             "be 1")
+        processor = SegmentationImageProcessor(self.resolution)
+        images, sizes = processor.preprocess(image)
+        device, dtype = self.device, self.dtype
+        probs = [self.foreground_probability(images[i:i + batch_size].to(device, dtype)).float()
+                 for i in range(0, len(images), batch_size)]
+        output = processor.postprocess(torch.cat(probs), None, sizes, threshold)
+        return output if return_dict else (output.masks, output.probabilities, output.uncertainty)
+
+
+class SupervisedSegPipeline(_SegmenterPipeline):
     """Inference for the baseline, with LeafSegPipeline's call signature and output (deterministic: no seeds)."""
 
     def __init__(self, unet: UNet2DModel, intensity: dict | None = None, slice_axis: int = 2):
@@ -44,15 +74,22 @@ class SupervisedSegPipeline(DiffusionPipeline):
     def resolution(self) -> int:
         return int(self.unet.config.sample_size)
 
-    @torch.no_grad()
-    def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0,
-                 generator=None, threshold: float = 0.5, batch_size: int = 8, return_dict: bool = True):
-        if num_inference_steps != 1 or ensemble_size != 1:
-            raise ValueError("the supervised UNet is deterministic: num_inference_steps and ensemble_size must be 1")
-        processor = SegmentationImageProcessor(self.resolution)
-        images, sizes = processor.preprocess(image)
-        device, dtype = self.unet.device, self.unet.dtype
-        probs = [torch.sigmoid(unet_logits(self.unet, images[i:i + batch_size].to(device, dtype)).float())
-                 for i in range(0, len(images), batch_size)]
-        output = processor.postprocess(torch.cat(probs), None, sizes, threshold)
-        return output if return_dict else (output.masks, output.probabilities, output.uncertainty)
+    def foreground_probability(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(unet_logits(self.unet, images).float())
+
+
+class MonaiSegPipeline(_SegmenterPipeline):
+    """Inference for a MONAI peer network (:class:`leafseg.models.monai_nets.MonaiSegmenter`), with
+    LeafSegPipeline's call signature and output: softmax, the foreground class's probability."""
+
+    def __init__(self, network: MonaiSegmenter, intensity: dict | None = None, slice_axis: int = 2):
+        super().__init__()
+        self.register_modules(network=network)
+        self.register_to_config(intensity=intensity, slice_axis=slice_axis)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.network.config.sample_size)
+
+    def foreground_probability(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.foreground_probability(images)

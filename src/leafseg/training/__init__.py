@@ -1,6 +1,7 @@
 """Training: the shared ``engine`` (run folder, seeded batches, optimiser, EMA, accelerate, validation, atomic
-checkpoints, resume), one module per method (``leaf``: LEAF; ``supervised``: the plain UNet baseline), the
-``caches`` of frozen targets and the training ``curves`` figure. :func:`train` picks the method from the config."""
+checkpoints, resume), one module per method (``leaf``: LEAF; ``supervised``: the plain UNet baseline; ``peers``:
+MONAI networks trained as nnU-Net trains), the ``caches`` of frozen targets and the training ``curves`` figure.
+:func:`train` picks the method from the config."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ from omegaconf import DictConfig
 from .checkpoints import BEST, CHECKPOINT, LAST
 from .engine import TrainResult, run_training
 from .leaf import LeafMethod, LeafTrainingModel, build_alignment_teacher, build_components
+from .peers import MonaiPeerMethod
 from .supervised import SupervisedMethod
 
 __all__ = ["BEST", "CHECKPOINT", "LAST", "METHODS", "LeafTrainingModel", "TrainResult", "build_alignment_teacher",
            "build_components", "train"]
 
 #: ``method`` config value -> training method
-METHODS = {"leaf": LeafMethod, "supervised_unet": SupervisedMethod}
+METHODS = {"leaf": LeafMethod, "supervised_unet": SupervisedMethod,
+           "dynunet": lambda cfg: MonaiPeerMethod(cfg, "dynunet"),
+           "basicunet": lambda cfg: MonaiPeerMethod(cfg, "basicunet")}
 
 
 def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
-    """Train the configured method (``method: leaf`` or ``supervised_unet``)."""
+    """Train the configured method (``method``: ``leaf``, ``supervised_unet``, or a MONAI peer ``dynunet`` /
+    ``basicunet``)."""
     method = cfg.get("method", "leaf")
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")

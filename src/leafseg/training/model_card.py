@@ -23,6 +23,14 @@ LICENCES = {
 }
 
 
+#: what a model trained by a method other than LEAF is, for its card
+PEER_DESCRIPTIONS = {
+    "supervised_unet": "A supervised UNet (diffusers UNet2DModel at timestep 0; soft Dice + BCE)",
+    "dynunet": "MONAI DynUNet in nnU-Net v2's 2D topology (Dice + CE, deep supervision)",
+    "basicunet": "MONAI BasicUNet (Dice + CE)",
+}
+
+
 def _autoencoder_source(ac: DictConfig) -> str:
     try:
         folder = autoencoder_folder(ac.kind, ac.path)
@@ -40,7 +48,7 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
               f" (train.max_steps {tc.max_steps}; train.time_budget_min {tc.time_budget_min} decided "
               f"{state.get('budget_steps', 'not yet')})")
     lines = [
-        f"# leafseg model ({'LEAF' if method == 'leaf' else 'supervised UNet baseline'}, {kind})", "",
+        f"# leafseg model ({'LEAF' if method == 'leaf' else method + ' baseline'}, {kind})", "",
         "Load it with `leafseg.load_pipeline(folder)` or `leafseg.LeafSegPipeline.from_pretrained(folder)`; "
         "segment with `leafseg predict --model FOLDER --input IMAGES --output OUT`.", "",
         "## What it is", "",
@@ -53,7 +61,7 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
                   f"resolution "
                   f"{d.resolution}x{d.resolution}; the image is resized to it and the mask back to the image size."]
     else:
-        lines += [f"- A supervised UNet (soft Dice + BCE) at {d.resolution}x{d.resolution}."]
+        lines += [f"- {PEER_DESCRIPTIONS.get(method, method)} at {d.resolution}x{d.resolution}."]
     lines += ["", "## How it was trained", "",
               f"- Data: `{d.root}` (layout `{d.get('layout', 'folder')}`), split file sha256 `{split_sha256}`"
               + "".join(f"; with `{s.root}` (layout `{s.get('layout') or 'folder'}`)" for s in d.get("sources") or [])

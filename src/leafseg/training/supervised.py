@@ -64,9 +64,13 @@ class SupervisedMethod:
         for images, masks in self.trainer.data.val.batches(16):
             x = images.to(device).float() / 255 * 2 - 1
             with self.trainer.accelerator.autocast():
-                pred = unet_logits(model, x) > 0
+                pred = self._foreground(model, x)
             scores += [dice_score(p, g) for p, g in zip(pred.cpu().numpy(), masks.numpy())]
         return scores
+
+    def _foreground(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """(B, R, R) bool: the network's mask of images in [-1, 1] (probability > 0.5)."""
+        return unet_logits(model, images) > 0
 
     def pipeline(self, model: UNet2DModel) -> SupervisedSegPipeline:
         return SupervisedSegPipeline(unet=model, **volume_config(self.cfg))

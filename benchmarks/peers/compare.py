@@ -1,0 +1,158 @@
+"""LEAF against the networks users would otherwise train, at one wall-time budget on one machine, scored by one rule.
+
+Every method trains with `leafseg train` on the same engine, recipe (`cpu`: 128 px, batch 4, AdamW 2e-4 with
+warm-up and cosine schedule, EMA, flips), data (CVC-ClinicDB's committed train split, model chosen on its val
+split) and `train.time_budget_min`; only the network and its loss differ:
+
+    leaf        the `cpu` recipe (LEAF, TAEF2 mask autoencoder, LiteMedSAM teacher)
+    dynunet     MONAI DynUNet in nnU-Net v2's 2D topology, Dice + CE with deep supervision
+    basicunet   MONAI BasicUNet, Dice + CE
+    unet2d      the old baseline: diffusers UNet2DModel at timestep 0, soft Dice + BCE
+
+Each is judged once on CVC-ClinicDB test (122) and on all 1000 Kvasir-SEG frames (another centre, never seen),
+with paired bootstrap differences against LEAF over the same images. nnU-Net itself (its own trainer, native
+resolution, in its own environment) is `benchmarks/peers/nnunet.py`; its record joins the table when present.
+
+    .venv/bin/python benchmarks/peers/compare.py --budget-min 15       # every method not recorded yet
+    .venv/bin/python benchmarks/peers/compare.py --report-only
+
+Records: benchmarks/results/peers/<budget>min/<method>.json (committed as they come); report: docs/peers.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from ablation import _paired_bootstrap, commit, leafseg, machine, per_image_dice, relative, run_logged  # noqa: E402
+
+SHARED = REPO.parent / "shared"
+METHODS = {  # name: (label, overrides on the cpu recipe)
+    "leaf": ("LEAF (`cpu` recipe)", []),
+    "dynunet": ("MONAI DynUNet, nnU-Net 2D topology (Dice + CE, deep supervision)", ["method=dynunet"]),
+    "basicunet": ("MONAI BasicUNet (Dice + CE)", ["method=basicunet"]),
+    "unet2d": ("diffusers UNet2DModel baseline (Dice + BCE)", ["method=supervised_unet"]),
+}
+SETS = {  # name: (data, layout, split, split file or None)
+    "cvc_test": (SHARED / "data" / "cvc-clinicdb", "cvc-clinicdb", "test",
+                 REPO / "benchmarks" / "splits" / "cvc-clinicdb.json"),
+    "kvasir_all": (SHARED / "data" / "kvasir-seg", "kvasir-seg", "all", None),
+}
+
+
+def run_method(name: str, args, out: Path, records: Path) -> None:
+    run_dir = out / name
+    train_cmd = [leafseg(), "train", "--config", "cpu", "--output", str(run_dir),
+                 f"data.root={SETS['cvc_test'][0]}", "data.layout=cvc-clinicdb",
+                 f"data.split_file={SETS['cvc_test'][3]}", f"autoencoder.path={SHARED / 'weights' / 'taef2'}",
+                 f"train.time_budget_min={args.budget_min}", *METHODS[name][1]]
+    log = out / f"{name}.log"
+    timing = {"commit": commit(), "train_cmd": shlex.join(train_cmd)}
+    resume = ["--resume"] if (run_dir / "checkpoint-last").exists() else []
+    print(f"{name}: training{' (resumed)' if resume else ''}", flush=True)
+    timing["train_s"] = run_logged(train_cmd[:2] + resume + train_cmd[2:], log)
+    state = json.loads((run_dir / "checkpoint-last" / "trainer_state.json").read_text())
+    record = {"method": name, "label": METHODS[name][0], "budget_min": args.budget_min, "steps": state["step"],
+              "best_val_dice": state["best_val_dice"], "best_step": state["best_step"],
+              "train_s": round(timing["train_s"], 1), "train_cmd": relative(timing["train_cmd"]),
+              "commit": timing["commit"], "machine": machine(), "sets": {}}
+    for set_name, (data, layout, split, split_file) in SETS.items():
+        eval_dir = run_dir / f"eval-{set_name}"
+        cmd = [leafseg(), "evaluate", "--model", str(run_dir / "model-best"), "--data", str(data), "--layout",
+               layout, "--split", split, *(["--split-file", str(split_file)] if split_file else []),
+               "--output", str(eval_dir), "--overwrite"]
+        print(f"{name}: evaluating {set_name}", flush=True)
+        seconds = run_logged(cmd, log)
+        m = json.loads((eval_dir / "summary.json").read_text())["metrics"]
+        record["sets"][set_name] = {"dice": m["dice"], "iou": m["iou"], "hd95": m["hd95"],
+                                    "per_image_dice": per_image_dice(eval_dir / "per_image.csv"),
+                                    "eval_s": round(seconds, 1), "eval_cmd": relative(shlex.join(cmd))}
+    records.mkdir(parents=True, exist_ok=True)
+    (records / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{name}: " + ", ".join(f"{s} Dice {v['dice']['mean']:.4f}" for s, v in record["sets"].items()), flush=True)
+
+
+def _cell(s: dict | None) -> str:
+    if not s:
+        return "not run"
+    d = s["dice"]
+    return f"{d['mean']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+
+
+def _diff(rec: dict, leaf: dict | None, set_name: str) -> str:
+    if rec is leaf or not leaf or set_name not in rec.get("sets", {}) or set_name not in leaf["sets"]:
+        return ""
+    a, b = rec["sets"][set_name]["per_image_dice"], leaf["sets"][set_name]["per_image_dice"]
+    lo, hi = _paired_bootstrap(a, b)
+    mean = rec["sets"][set_name]["dice"]["mean"] - leaf["sets"][set_name]["dice"]["mean"]
+    return f" ({100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}])"
+
+
+def write_report(records: Path, report: Path, budget: float) -> None:
+    recs = {p.stem: json.loads(p.read_text()) for p in sorted(records.glob("*.json"))}
+    leaf = recs.get("leaf")
+    rows = []
+    for name in [*METHODS, "nnunet"]:
+        r = recs.get(name)
+        if r is None:
+            label = METHODS[name][0] if name in METHODS else "nnU-Net v2 2D (own trainer, budgeted)"
+            rows.append(f"| {label} | not run | | | |")
+            continue
+        rows.append(f"| {r['label']} | {r['steps']} | {r['best_val_dice']:.3f} | "
+                    f"{_cell(r['sets'].get('cvc_test'))}{_diff(r, leaf, 'cvc_test')} | "
+                    f"{_cell(r['sets'].get('kvasir_all'))}{_diff(r, leaf, 'kvasir_all')} |")
+    machines = sorted({r["machine"] for r in recs.values()})
+    text = f"""# leafseg against its peers at one wall-time budget
+
+*Rebuilt from the records in `{relative(str(records))}` by `benchmarks/peers/compare.py --budget-min {budget:g}
+--report-only`. Machine(s): {'; '.join(machines) or 'n/a'}.*
+
+Every method trained by `leafseg train --config cpu` with `train.time_budget_min={budget:g}` (caches included) on
+CVC-ClinicDB's committed train split (368 frames), model chosen on its val split (122), then judged once:
+CVC-ClinicDB test (122 frames) and all 1000 Kvasir-SEG frames (another centre, never seen in training). Per-image
+foreground Dice at the original size [95% bootstrap CI]; in brackets after it, the difference to LEAF in Dice points
+with its paired bootstrap 95% CI over the same images (positive: the peer is better).
+
+| method | steps in the budget | best val Dice | CVC-ClinicDB test (vs LEAF) | Kvasir-SEG all 1000 (vs LEAF) |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Commands (each record keeps its own, with the commit it trained at):
+
+```bash
+{chr(10).join(r['train_cmd'] + chr(10) + chr(10).join(s['eval_cmd'] for s in r['sets'].values())
+              for r in recs.values())}
+```
+"""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(text)
+    print(f"wrote {relative(str(report))}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget-min", type=float, default=15.0, help="train.time_budget_min of every method")
+    ap.add_argument("--only", nargs="*", choices=sorted(METHODS), default=None)
+    ap.add_argument("--out", default=None, help="run folders (default benchmarks/runs/peers-<budget>min)")
+    ap.add_argument("--report", default=str(REPO / "docs" / "peers.md"))
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    tag = f"{args.budget_min:g}min"
+    out = Path(args.out or REPO / "benchmarks" / "runs" / f"peers-{tag}")
+    records = REPO / "benchmarks" / "results" / "peers" / tag
+    out.mkdir(parents=True, exist_ok=True)
+    for name in [] if args.report_only else (args.only or list(METHODS)):
+        if (records / f"{name}.json").exists():
+            print(f"{name}: recorded already")
+            continue
+        run_method(name, args, out, records)
+    write_report(records, Path(args.report), args.budget_min)
+
+
+if __name__ == "__main__":
+    main()
