@@ -10,7 +10,10 @@ leafseg's layouts and mask rules, and scores with `leafseg score`) and calls nnU
         --split-file benchmarks/splits/cvc-clinicdb.json --id 501 --name CVCClinicDB --work benchmarks/runs/nnunet
     python benchmarks/peers/nnunet.py plan    --id 501 --work benchmarks/runs/nnunet
     python benchmarks/peers/nnunet.py train   --id 501 --work benchmarks/runs/nnunet --budget-min 57
-    python benchmarks/peers/nnunet.py predict --id 501 --work benchmarks/runs/nnunet     # test split, then scored
+    python benchmarks/peers/nnunet.py predict --id 501 --work benchmarks/runs/nnunet \\
+        --record benchmarks/results/peers/57min/nnunet.json                          # test split, then scored
+    python benchmarks/peers/nnunet.py predict --id 501 --work benchmarks/runs/nnunet --data ../shared/data/kvasir-seg \\
+        --layout kvasir-seg --set-name kvasir_all --record benchmarks/results/peers/57min/nnunet.json
     python benchmarks/peers/nnunet.py all ...                   # convert, plan, train, predict in a row
 
 Trainer: `nnUNetTrainerBudget` (nnunet_budget_trainer.py), nnU-Net's default `nnUNetTrainer` (its plan, data
@@ -28,6 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,17 +128,86 @@ def train(args) -> None:
                    check=True, env=env)
 
 
-def predict(args) -> None:
-    """The test split (imagesTs) with the fold-0 checkpoint, then `leafseg score` against labelsTs."""
+def _write_cases(pairs, images: Path, labels: Path) -> None:
+    """Images as nnU-Net inputs (``<stem>_0000.png``, RGB) and their masks as 0/1 PNG labels (leafseg's rules)."""
+    from leafseg import data as D
+
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for pair in pairs:
+        Image.fromarray(D.load_image(pair.image)).save(images / f"{pair.stem}_0000.png")
+        Image.fromarray(D.load_mask(pair.mask, pair.mask_rule).astype(np.uint8)).save(labels / f"{pair.stem}.png")
+
+
+def predict(args) -> dict:
+    """Predict a set with the fold-0 checkpoint and score it with `leafseg score`: the converted test split
+    (default), or ``--data`` (``--layout``, ``--split``, ``--split-file``) as the set ``--set-name``, e.g. another
+    centre's frames. With ``--record``, the scores join that JSON record (benchmarks/peers/compare.py's format)."""
+    sys.path.insert(0, str(HERE.parents[1] / "src"))
+    from leafseg import data as D
+
     work = Path(args.work)
     raw = next((work / "raw").glob(f"Dataset{args.id:03d}_*"))
-    out = work / "predictions" / raw.name
-    subprocess.run([_bin("nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(args.id),
-                    "-c", "2d", "-f", "0", "-tr", TRAINER, "-chk", args.checkpoint, "-device", args.device],
+    if getattr(args, "data", None):  # `all` predicts the converted test split
+        pairs = D.find_dataset(args.data, args.layout)
+        if args.split != "all":
+            pairs = D.select(pairs, D.read_split(args.split_file, [p.stem for p in pairs])[args.split])
+        images, labels = work / "inputs" / args.set_name / "images", work / "inputs" / args.set_name / "labels"
+        if not images.exists():
+            _write_cases(pairs, images, labels)
+    else:
+        images, labels = raw / "imagesTs", raw / "labelsTs"
+    out = work / "predictions" / raw.name / args.set_name
+    started = time.time()
+    subprocess.run([_bin("nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d", str(args.id), "-c", "2d",
+                    "-f", "0", "-tr", TRAINER, "-chk", args.checkpoint, "-device", args.device],
                    check=True, env=nnunet_env(work))
+    scores = work / "scores" / raw.name / args.set_name
     leafseg = Path(sys.executable).with_name("leafseg")
-    subprocess.run([str(leafseg), "score", "--pred", str(out), "--gt", str(raw / "labelsTs"), "--output",
-                    str(work / "scores" / raw.name)], check=True)
+    subprocess.run([str(leafseg), "score", "--pred", str(out), "--gt", str(labels), "--output", str(scores),
+                    "--overwrite"], check=True)
+    summary = json.loads((scores / "summary.json").read_text())
+    if args.record:
+        _add_to_record(Path(args.record), args, raw, scores, summary, time.time() - started)
+    return summary
+
+
+def _add_to_record(record_file: Path, args, raw: Path, scores: Path, summary: dict, seconds: float) -> None:
+    import csv
+
+    record = json.loads(record_file.read_text()) if record_file.exists() else {
+        "method": "nnunet", "label": "nnU-Net v2 2D (nnUNetTrainerBudget, native resolution, mirroring TTA)",
+        "sets": {}}
+    log = sorted((work_results(Path(args.work), raw) / "fold_0").glob("training_log_*.txt"))
+    text = log[-1].read_text() if log else ""
+    budget = [line for line in text.splitlines() if "budget:" in line]
+    record.update(steps=budget[-1].split("budget:")[-1].strip() if budget else "see nnU-Net's training log",
+                  best_val_dice=None, best_step=None, commit=_commit(), machine=_machine())
+    with open(scores / "per_image.csv", newline="") as f:
+        per_image = {row["name"]: (None if row["dice"] in ("", "nan") else round(float(row["dice"]), 6))
+                     for row in csv.DictReader(f)}
+    m = summary["metrics"]
+    record["sets"][args.set_name] = {"dice": m["dice"], "iou": m["iou"], "hd95": m["hd95"],
+                                     "per_image_dice": per_image, "eval_s": round(seconds, 1),
+                                     "eval_cmd": " ".join(sys.argv)}
+    record_file.parent.mkdir(parents=True, exist_ok=True)
+    record_file.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def work_results(work: Path, raw: Path) -> Path:
+    return work / "results" / raw.name / f"{TRAINER}__nnUNetPlans__2d"
+
+
+def _commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    return head.stdout.strip() or "unknown"
+
+
+def _machine() -> str:
+    sys.path.insert(0, str(HERE.parent))
+    from ablation import machine
+
+    return machine()
 
 
 def main(argv=None) -> None:
@@ -159,6 +232,13 @@ def main(argv=None) -> None:
         if name in ("predict", "all"):
             p.add_argument("--checkpoint", default="checkpoint_best.pth",
                            help="nnU-Net's best-on-val (pseudo Dice) or checkpoint_final.pth")
+            p.add_argument("--set-name", default="cvc_test", help="name of the predicted set in the record")
+            p.add_argument("--record", default=None, help="JSON record the scores join (compare.py's format)")
+        if name == "predict":
+            p.add_argument("--data", default=None, help="another dataset to predict (default: the test split)")
+            p.add_argument("--layout", default="folder")
+            p.add_argument("--split", default="all", choices=("train", "val", "test", "all"))
+            p.add_argument("--split-file", default=None)
     args = ap.parse_args(argv)
     if args.command == "all":
         for step in ("convert", "plan", "train", "predict"):
