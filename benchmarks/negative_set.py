@@ -7,7 +7,8 @@ this folder counts how many frames come out empty.
     python benchmarks/negative_set.py --out /tmp/polyp-negatives
     leafseg evaluate --model RUN/model-best --data /tmp/polyp-negatives --split all --output RUN/eval-negatives
 
-Only test-split images are used (never train or val), so the set measures, it does not select.
+By default only test-split images are used (never train or val), so the set measures, it does not select;
+`--split val` builds the same kind of set from the val splits, on which recipes may be compared and chosen.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--min-side", type=float, default=0.35, help="of the image's shorter side")
+    ap.add_argument("--split", default="test", choices=("val", "test"),
+                    help="val: a set to choose a recipe on; test: the set that measures it, once")
     args = ap.parse_args(argv)
     from leafseg import data as D
 
@@ -52,7 +55,7 @@ def main(argv=None) -> dict:
     (out / "masks").mkdir(exist_ok=True)
     made = {}
     for name, (root, layout, split_file) in DATASETS.items():
-        pairs = D.select(D.find_dataset(root, layout), json.loads(split_file.read_text())["test"])
+        pairs = D.select(D.find_dataset(root, layout), json.loads(split_file.read_text())[args.split])
         made[name] = 0
         for pair in pairs:
             image, mask = D.load_image(pair.image), D.load_mask(pair.mask)
@@ -65,7 +68,7 @@ def main(argv=None) -> dict:
             Image.fromarray(crop).save(out / "images" / f"{stem}.png")
             Image.fromarray(np.zeros((side, side), np.uint8)).save(out / "masks" / f"{stem}.png")
             made[name] += 1
-    print(f"{sum(made.values())} frames without a polyp in {out} ({made}, from the test splits)")
+    print(f"{sum(made.values())} frames without a polyp in {out} ({made}, from the {args.split} splits)")
     return made
 
 
