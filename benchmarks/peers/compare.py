@@ -29,7 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from ablation import _paired_bootstrap, commit, leafseg, machine, per_image_dice, relative, run_logged  # noqa: E402
+from ablation import (MARKER, _manual, _paired_bootstrap, commit, leafseg, machine, per_image_dice,  # noqa: E402
+                      relative, run_logged)
 
 SHARED = REPO.parent / "shared"
 METHODS = {  # name: (label, overrides on the cpu recipe)
@@ -130,7 +131,7 @@ Commands (each record keeps its own, with the commit it trained at):
 ```
 """
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(text)
+    report.write_text(text + "\n" + MARKER + "\n\n" + _manual(report) + "\n")
     print(f"wrote {relative(str(report))}")
 
 

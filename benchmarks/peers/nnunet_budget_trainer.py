@@ -5,7 +5,8 @@ Everything is nnUNetTrainer's (plan, augmentation, SGD + poly learning rate, Dic
 iterations and 50 validation iterations an epoch, best checkpoint on the EMA pseudo Dice of fold 0's val cases),
 except the number of epochs: after the first epoch the trainer measures it and trains as many epochs as fit in
 LEAFSEG_NNUNET_BUDGET_MIN minutes of epochs (at least one, at most nnU-Net's 1000), with the poly schedule stretched
-to that count, as `leafseg train` does with `train.time_budget_min`.
+to that count, as `leafseg train` does with `train.time_budget_min`. A run continued with nnU-Net's `--c` trains to
+nnU-Net's 1000 epochs: budgeted runs are meant to run once, uninterrupted.
 """
 
 import os
@@ -17,9 +18,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainerBudget(nnUNetTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, unpack_dataset: bool = True,
-                 device: torch.device = torch.device("cuda"), **kwargs):  # noqa: B008 (nnU-Net's signature)
-        super().__init__(plans, configuration, fold, dataset_json, unpack_dataset, device, **kwargs)
+    # nnU-Net 2.8.1's signature, exactly: it records its init arguments by inspecting it (checkpoints restore them)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.budget_s = float(os.environ.get("LEAFSEG_NNUNET_BUDGET_MIN", "57")) * 60
         self._epochs_started_at = None
 
