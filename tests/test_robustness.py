@@ -549,3 +549,35 @@ def test_a_model_index_naming_a_foreign_or_missing_module_is_one_error(tmp_path)
         (model / "model_index.json").write_text(json.dumps(index))
         with pytest.raises(ValueError, match=re.escape(message)):
             load_pipeline(model, "cpu")
+
+
+@pytest.mark.parametrize("part", ["teacher", "unet", "autoencoder"])
+def test_a_crafted_weight_file_is_one_line_naming_it(tmp_path, synthetic, capsys, part):
+    """Garbage where the teacher checkpoint, a pretrained UNet folder's or a diffusers autoencoder folder's weights
+    should be: `leafseg train` stops with one line naming the file, no traceback, before any run folder exists."""
+    from diffusers import AutoencoderKL
+    from omegaconf import OmegaConf
+
+    from leafseg.models.denoiser import build_unet
+    from tiny import TINY_AE, TINY_UNET
+
+    garbage = b"PK\x03\x04" + bytes(range(256)) * 4  # starts like a zip (torch.save's format), then nonsense
+    if part == "teacher":
+        bad = tmp_path / "lite_medsam.pth"
+        bad.write_bytes(garbage)
+        extra = [f"align.teacher_checkpoint={bad}"]
+    elif part == "unet":
+        build_unet(latent_channels=4, sample_size=4, **TINY_UNET).save_pretrained(tmp_path / "unet")
+        bad = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+        bad.write_bytes(garbage)
+        extra = [f"unet.pretrained={tmp_path / 'unet'}"]
+    else:
+        AutoencoderKL(**TINY_AE).save_pretrained(tmp_path / "ae")
+        bad = tmp_path / "ae" / "diffusion_pytorch_model.safetensors"
+        bad.write_bytes(garbage)
+        extra = ["autoencoder.kind=diffusers", f"autoencoder.path={tmp_path / 'ae'}"]
+    config = tmp_path / "config.yaml"
+    OmegaConf.save(tiny_config(tmp_path / "run", synthetic, *extra), config)
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad.parent) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
