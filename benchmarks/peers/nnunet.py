@@ -182,7 +182,8 @@ def _add_to_record(record_file: Path, args, raw: Path, scores: Path, summary: di
     text = log[-1].read_text() if log else ""
     budget = [line for line in text.splitlines() if "budget:" in line]
     record.update(steps=budget[-1].split("budget:")[-1].strip() if budget else "see nnU-Net's training log",
-                  best_val_dice=None, best_step=None, commit=_commit(), machine=_machine())
+                  best_val_dice=None, best_step=None)
+    record["commit"], record["machine"] = _commit_and_machine()
     with open(scores / "per_image.csv", newline="") as f:
         per_image = {row["name"]: (None if row["dice"] in ("", "nan") else round(float(row["dice"]), 6))
                      for row in csv.DictReader(f)}
@@ -198,16 +199,12 @@ def work_results(work: Path, raw: Path) -> Path:
     return work / "results" / raw.name / f"{TRAINER}__nnUNetPlans__2d"
 
 
-def _commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-    return head.stdout.strip() or "unknown"
-
-
-def _machine() -> str:
+def _commit_and_machine() -> tuple[str, str]:
+    """The repository's commit (+changes) and the machine, as every benchmark record names them."""
     sys.path.insert(0, str(HERE.parent))
-    from ablation import machine
+    from ablation import commit, machine
 
-    return machine()
+    return commit(), machine()
 
 
 def main(argv=None) -> None:
