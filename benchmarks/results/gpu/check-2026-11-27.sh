@@ -1,4 +1,4 @@
-# As run on the lent H100 (2026-11-27), from the repository root: .gpu/whl held the carried wheels (no registry
+# As run on an H100 machine (2026-11-27), from the repository root: .gpu/whl held the carried wheels (no registry
 # there), and an earlier call had parked CVC-ClinicDB and TAEF2 in /tmp/shared (one call carries at most 64 MiB).
 # call B: leafseg's test suite with CUDA visible (real data included), then the cpu recipe trained on CUDA on
 # CVC-ClinicDB with a 3-minute time budget, evaluated once on test.

@@ -57,7 +57,7 @@ def flip_codes(hflip: bool, vflip: bool) -> list[tuple[bool, bool]]:
 
 def use_cuda(device: str) -> bool:
     """Whether training runs on CUDA, per ``run.device``: auto (CUDA when visible), cpu (even on a GPU machine), or
-    cuda (an error when no GPU is visible, instead of a silent CPU run)."""
+    cuda (an error when no GPU is visible, instead of quietly running on the CPU)."""
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"run.device must be auto, cpu or cuda, got {device!r} (a GPU index is chosen with "
                          "CUDA_VISIBLE_DEVICES or, for several, accelerate launch)")
