@@ -6,7 +6,7 @@ test split. x0 and x0 + alignment (the paper's central claim) run with 3 trainin
 the seeded pairs run first, seed by seed (x0 + alignment, then x0), so that a partial ablation already pairs them.
 
 Each finished run leaves a small record, `benchmarks/results/<recipe>-ablation/<run>.json` (commands, wall times,
-val curve, test metrics, the run's wall-time split), which is meant to be committed as it comes: a later session
+val curve, test metrics, the run's wall-time split), which is meant to be committed as it comes: a later invocation
 skips every run that has a record, and an interrupted run resumes from its checkpoint (`--resume`) while its run
 folder exists. The report, docs/results.md, is rebuilt from the records alone. (Two earlier ablations are kept beside
 it: at the recipe of experiment E1 -- teacher at 128 px, 3000 steps, torch caches -- in docs/results-e1.md with its
@@ -103,10 +103,11 @@ def relative(text: str) -> str:
 
 
 def per_image_dice(csv_file: Path) -> dict[str, float | None]:
-    """Each test image's Dice (kept in the record: two runs' differences can then be paired image by image)."""
+    """Each test image's Dice (kept in the record: two runs' differences can then be paired image by image); None
+    where it is undefined (an empty cell or nan, as `leafseg score` and `leafseg evaluate` write it)."""
     with open(csv_file, newline="") as f:
-        return {row["name"]: (None if math.isnan(float(row["dice"])) else round(float(row["dice"]), 6))
-                for row in csv.DictReader(f)}
+        cells = {row["name"]: float(row["dice"] or "nan") for row in csv.DictReader(f)}
+    return {name: None if math.isnan(value) else round(value, 6) for name, value in cells.items()}
 
 
 def run_one(name: str, args, out: Path, records: Path) -> None:

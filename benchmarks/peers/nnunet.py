@@ -124,6 +124,7 @@ def train(args) -> None:
     """nnUNetTrainerBudget, 2D, fold 0 (leafseg's train / val), on ``--device``."""
     env = nnunet_env(Path(args.work))
     env["LEAFSEG_NNUNET_BUDGET_MIN"] = str(args.budget_min)
+    env["LEAFSEG_NNUNET_ITERATIONS"] = str(args.iterations)
     subprocess.run([_bin("nnUNetv2_train"), str(args.id), "2d", "0", "-tr", TRAINER, "-device", args.device],
                    check=True, env=env)
 
@@ -173,7 +174,8 @@ def predict(args) -> dict:
 
 
 def _add_to_record(record_file: Path, args, raw: Path, scores: Path, summary: dict, seconds: float) -> None:
-    import csv
+    sys.path.insert(0, str(HERE.parent))
+    from ablation import per_image_dice
 
     record = json.loads(record_file.read_text()) if record_file.exists() else {
         "method": "nnunet", "label": "nnU-Net v2 2D (nnUNetTrainerBudget, native resolution, mirroring TTA)",
@@ -184,12 +186,10 @@ def _add_to_record(record_file: Path, args, raw: Path, scores: Path, summary: di
     record.update(steps=budget[-1].split("budget:")[-1].strip() if budget else "see nnU-Net's training log",
                   best_val_dice=None, best_step=None)
     record["commit"], record["machine"] = _commit_and_machine()
-    with open(scores / "per_image.csv", newline="") as f:
-        per_image = {row["name"]: (None if row["dice"] in ("", "nan") else round(float(row["dice"]), 6))
-                     for row in csv.DictReader(f)}
     m = summary["metrics"]
     record["sets"][args.set_name] = {"dice": m["dice"], "iou": m["iou"], "hd95": m["hd95"],
-                                     "per_image_dice": per_image, "eval_s": round(seconds, 1),
+                                     "per_image_dice": per_image_dice(scores / "per_image.csv"),
+                                     "eval_s": round(seconds, 1),
                                      "eval_cmd": " ".join(sys.argv)}
     record_file.parent.mkdir(parents=True, exist_ok=True)
     record_file.write_text(json.dumps(record, indent=2) + "\n")
@@ -226,6 +226,9 @@ def main(argv=None) -> None:
             p.add_argument("--device", default="cpu")
         if name in ("train", "all"):
             p.add_argument("--budget-min", type=float, default=57.0, help="wall minutes for the training epochs")
+            p.add_argument("--iterations", type=int, default=250,
+                           help="iterations an epoch (nnU-Net's 250; fewer on a CPU, where one epoch of 250 can "
+                                "outlast the budget)")
         if name in ("predict", "all"):
             p.add_argument("--checkpoint", default="checkpoint_best.pth",
                            help="nnU-Net's best-on-val (pseudo Dice) or checkpoint_final.pth")

@@ -7,6 +7,11 @@ except the number of epochs: after the first epoch the trainer measures it and t
 LEAFSEG_NNUNET_BUDGET_MIN minutes of epochs (at least one, at most nnU-Net's 1000), with the poly schedule stretched
 to that count, as `leafseg train` does with `train.time_budget_min`. A run continued with nnU-Net's `--c` trains to
 nnU-Net's 1000 epochs: budgeted runs are meant to run once, uninterrupted.
+
+On a CPU one of nnU-Net's 250-iteration epochs can take longer than the whole budget, so
+LEAFSEG_NNUNET_ITERATIONS (default 250) shortens the epoch (validation iterations shrink in proportion, at least 1):
+an epoch is only nnU-Net's unit of logging, checkpoint choice and learning-rate steps, its batches are drawn at
+random either way.
 """
 
 import os
@@ -23,6 +28,10 @@ class nnUNetTrainerBudget(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):  # noqa: B008
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.budget_s = float(os.environ.get("LEAFSEG_NNUNET_BUDGET_MIN", "57")) * 60
+        iterations = int(os.environ.get("LEAFSEG_NNUNET_ITERATIONS", self.num_iterations_per_epoch))
+        self.num_val_iterations_per_epoch = max(1, self.num_val_iterations_per_epoch * iterations
+                                                // self.num_iterations_per_epoch)
+        self.num_iterations_per_epoch = iterations
         self._epochs_started_at = None
 
     def on_epoch_end(self):
