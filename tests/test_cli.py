@@ -314,3 +314,28 @@ def test_score_volumes_in_their_voxel_spacing(tmp_path):
     assert row["name"] == "case" and float(row["dice"]) == pytest.approx(2 * 24 / 64)
     assert float(row["hd95"]) == pytest.approx(0.5)  # one voxel along x, in mm
     assert result["summary"]["n_images"] == 1
+
+
+def test_smaller_overlays_change_the_pictures_not_the_numbers(tmp_path, model_and_data):
+    """--overlay-size draws large frames smaller (40x30 frames at 16 px here) and leaves every number as it was;
+    the command's default is the library's."""
+    from leafseg.cli import build_parser
+    from leafseg.evaluation.figures import OVERLAY_SIZE, fit_panels
+
+    model, data = model_and_data
+    for name, size in (("full", "0"), ("small", "16")):
+        assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output",
+                     str(tmp_path / name), "--overlay-size", size, "--ensemble", "2"]) == 0
+    assert (tmp_path / "full" / "per_image.csv").read_text() == (tmp_path / "small" / "per_image.csv").read_text()
+    full, small = (json.loads((tmp_path / n / "summary.json").read_text())["metrics"] for n in ("full", "small"))
+    assert full == small
+    assert Image.open(tmp_path / "full" / "overlays" / "0.png").size == (4 * 30 + 28, 40 + 20)
+    assert Image.open(tmp_path / "small" / "overlays" / "0.png").size[1] < 40
+    parsed = build_parser().parse_args(["evaluate", "--model", "m", "--data", "d"])
+    assert parsed.overlay_size == OVERLAY_SIZE
+    image, gt = np.zeros((1080, 1920, 3), np.uint8), np.zeros((1080, 1920), bool)
+    gt[500:600, 900:1100] = True
+    small = fit_panels(image, gt, gt, np.ones((1080, 1920), np.float32) * 0.25, 512)
+    assert [a.shape[:2] for a in small] == [(288, 512)] * 4 and small[1].dtype == bool and small[1].any()
+    assert np.allclose(small[3], 0.25)
+    assert fit_panels(image[:8, :8], gt[:8, :8], gt[:8, :8], None, 512)[0].shape == (8, 8, 3)  # small: unchanged

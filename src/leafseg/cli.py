@@ -83,7 +83,7 @@ def cmd_score(args) -> int:
     from .evaluation.score import score
 
     result = score(args.pred, args.gt, args.output, args.images, tuple(args.spacing) if args.spacing else None,
-                   args.groups, args.worst, args.missing_as_empty, args.overwrite)
+                   args.groups, args.worst, args.missing_as_empty, args.overwrite, args.overlay_size)
     _print_scores(result)
     return 0
 
@@ -96,7 +96,7 @@ def cmd_evaluate(args) -> int:
                       worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None,
                       overwrite=args.overwrite, backend=args.backend,
                       allow_training_data=args.include_training_data, groups=args.groups,
-                      precision=args.precision)
+                      precision=args.precision, overlay_size=args.overlay_size)
     _print_scores(result)
     return 0
 
@@ -222,7 +222,14 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--spacing", type=float, nargs=2, metavar=("SY", "SX"), default=None,
                    help="pixel spacing (e.g. mm) for HD95/ASSD (default: pixels)")
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder first")
+    _add_overlay_size(p)
     _add_inference_args(p)
+
+
+def _add_overlay_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overlay-size", type=int, default=512,
+                   help="longest side of each overlay panel in pixels (larger images are drawn smaller, which keeps "
+                        "large frames fast; 0: full size); metrics are computed at full size either way")
 
 
 def _add_score(sub) -> None:
@@ -239,6 +246,7 @@ def _add_score(sub) -> None:
     p.add_argument("--missing-as-empty", action="store_true",
                    help="score a ground truth without a prediction as an empty mask (default: an error)")
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder leafseg wrote first")
+    _add_overlay_size(p)
 
 
 def _add_split(sub) -> None:

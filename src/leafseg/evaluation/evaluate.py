@@ -17,7 +17,7 @@ from ..files import folder_digest, prepare_output, write_csv, write_json, write_
 from ..metrics import PaperMetrics, SegmentationMetrics, dice
 from ..models.weights import read_config
 from ..pipelines import load_pipeline
-from .figures import figure, panel_row, read_own_png, save_png
+from .figures import OVERLAY_SIZE, figure, fit_panels, panel_row, read_own_png, save_png
 from .report import report_markdown
 
 
@@ -224,7 +224,8 @@ def _write_figures(out: Path, rows: list[dict], worst_k: int, with_uncertainty: 
 
 
 def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetrics, paper: PaperMetrics, split: str,
-                       steps: int, ensemble: int, seed: int, seeds: int, batch_size: int, spacing) -> tuple:
+                       steps: int, ensemble: int, seed: int, seeds: int, batch_size: int, spacing,
+                       overlay_size: int | None) -> tuple:
     """Segment every sample of ``chosen`` (2D images, volumes' slices), score it, write its overlay; returns the
     seed-stability rows and the volumes' slices (for 3D metrics)."""
     from tqdm.auto import tqdm
@@ -251,7 +252,8 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
                 continue  # a volume's empty slices get no figure
             title = (f"{c.name}   Dice {dice(pred, c.gt):.3f}" if c.gt.any() else
                      f"{c.name}   no object; predicted {pred.mean():.1%} of the frame")
-            save_png(panel_row(c.image, c.gt, pred, unc, title), out / "overlays" / f"{c.name.replace('/', '_')}.png")
+            save_png(panel_row(*fit_panels(c.image, c.gt, pred, unc, overlay_size), title),
+                     out / "overlays" / f"{c.name.replace('/', '_')}.png", compress_level=1)
     bar.close()
     return stability, volumes
 
@@ -267,7 +269,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
              layout: str | None = None, images_dir: str = "images", masks_dir: str = "masks", seeds: int = 1,
              worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False,
              backend: str = "auto", allow_training_data: bool = False, groups: str | None = None,
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", overlay_size: int | None = OVERLAY_SIZE) -> dict:
     """Metrics on one split at each image's original size, into ``output``, which must be empty or absent
     (``overwrite``: emptied first). The default, ``eval-<model folder name>-SPLIT`` beside the model folder, is
     outside it: a run that goes on training replaces its model-best folder whole, and would take the results along.
@@ -281,6 +283,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     Run inside its run folder, the model knows the datasets it trained on (``RUN/sources.json``): on one of them,
     the split file and layout default to the run's, and ``split="all"`` is refused unless ``allow_training_data``.
     ``groups``: a CSV of ``name,group`` (:func:`read_groups`); the summary and report gain a row per group.
+
     """
     if seeds < 1 or worst_k < 0:
         raise ValueError("seeds must be >= 1 and worst_k >= 0")
@@ -300,7 +303,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     (out / "overlays").mkdir()
     started = time.time()
     stability, volumes = _predict_and_score(pipe, chosen, out, metrics, paper, split, steps, ensemble, seed,
-                                                    seeds, batch_size, spacing)
+                                            seeds, batch_size, spacing, overlay_size)
     volume_rows = _volume_metrics(volumes)
     rows = metrics.rows()
     write_csv(rows, out / "per_image.csv")

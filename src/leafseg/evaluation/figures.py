@@ -25,8 +25,33 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     return binary_erosion(mask, iterations=1, border_value=0)
 
 
-def save_png(array: np.ndarray, path: Path) -> None:
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+def save_png(array: np.ndarray, path: Path, compress_level: int = 6) -> None:
+    """PNG, atomically. ``compress_level`` 1 writes large figures several times faster for slightly larger files
+    (the pixels are the same: PNG is lossless)."""
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", compress_level=compress_level))
+
+
+#: the longest side of an overlay's panels by default: large frames (e.g. 1920x1080) are drawn smaller, the numbers
+#: are computed at full size either way
+OVERLAY_SIZE = 512
+
+
+def fit_panels(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, uncertainty: np.ndarray | None,
+               max_side: int | None = OVERLAY_SIZE) -> tuple:
+    """``image, gt, pred, uncertainty`` at most ``max_side`` pixels on their longer side (None or 0: unchanged):
+    image and uncertainty bilinear, masks nearest, so that an overlay of a large frame is quick to draw and write."""
+    height, width = gt.shape
+    if not max_side or max(height, width) <= max_side:
+        return image, gt, pred, uncertainty
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+
+    def resized(array: np.ndarray, resample) -> np.ndarray:
+        return np.asarray(Image.fromarray(array).resize(size, resample))
+
+    masks = [resized(m.astype(np.uint8), Image.NEAREST).astype(bool) for m in (gt, pred)]
+    small_uncertainty = None if uncertainty is None else resized(uncertainty.astype(np.float32), Image.BILINEAR)
+    return resized(image, Image.BILINEAR), *masks, small_uncertainty
 
 
 def heatmap(values: np.ndarray, vmax: float) -> np.ndarray:

@@ -19,7 +19,7 @@ from .. import data as D
 from ..files import prepare_output, write_csv, write_json, write_text
 from ..metrics import SegmentationMetrics, dice
 from .evaluate import _write_figures, figure_cases, read_groups
-from .figures import panel_row, save_png
+from .figures import OVERLAY_SIZE, fit_panels, panel_row, save_png
 from .report import report_markdown
 
 #: outputs of ``leafseg predict`` beside its masks, never predictions themselves
@@ -64,11 +64,12 @@ def read_case_mask(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
 def score(pred_dir: str | Path, gt_dir: str | Path, output: str | Path | None = None,
           images_dir: str | Path | None = None, spacing: tuple[float, float] | None = None,
           groups: str | None = None, worst_k: int = 8, missing_as_empty: bool = False,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, overlay_size: int | None = OVERLAY_SIZE) -> dict:
     """Score ``pred_dir`` against ``gt_dir`` into ``output`` (default ``score-<pred folder name>`` beside it):
     ``per_image.csv``, ``summary.json``, ``report.md``; with ``images_dir`` (the images, by the same names) also
     ``overlays/`` and the figures of ``leafseg evaluate``. ``spacing`` gives 2D distances in its unit (volumes use
-    their headers'). Returns ``{"summary", "output"}``."""
+    their headers'). Returns ``{"summary", "output"}``.
+    """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     cases, extra = match_predictions(pred_dir, gt_dir, missing_as_empty)
     images = {D.file_stem(p): p for p in D.list_images(images_dir)} if images_dir else {}
@@ -90,7 +91,8 @@ def score(pred_dir: str | Path, gt_dir: str | Path, output: str | Path | None = 
             image = D.load_image(images[name])
             title = (f"{name}   Dice {dice(pred, gt):.3f}" if gt.any() else
                      f"{name}   no object; predicted {pred.mean():.1%} of the frame")
-            save_png(panel_row(image, gt, pred, None, title), out / "overlays" / f"{name}.png")
+            save_png(panel_row(*fit_panels(image, gt, pred, None, overlay_size), title),
+                     out / "overlays" / f"{name}.png", compress_level=1)
     rows = metrics.rows()
     write_csv(rows, out / "per_image.csv")
     cases_shown = _write_figures(out, rows, worst_k, False) if images else {"grid": [], "false_positives": [],
