@@ -36,6 +36,20 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str
     ``precision`` (``fp32``, ``bf16``, ``auto``: bf16 where the device computes it natively): the image encoder and
     UNet's dtype (:mod:`leafseg.pipelines.precision`); the pipeline's ``precision`` attribute says what was chosen.
     An ONNX export runs in float32 (``bf16`` is refused there, ``auto`` gives fp32).
+
+    Args:
+        model_dir: a folder written by training (``RUN/model-best``), ``save_pretrained`` or ``leafseg export``.
+        device: ``cpu``, ``cuda``, ``cuda:1`` ...; default CUDA when available.
+        backend: ``auto`` (by the folder), ``torch`` or ``onnx``.
+        precision: ``fp32``, ``bf16`` or ``auto``.
+
+    Returns:
+        A pipeline (``LeafSegPipeline``, ``SupervisedSegPipeline``, ``MonaiSegPipeline`` or ``OnnxSegPipeline``):
+        called on images it returns a :class:`SegmentationPipelineOutput`.
+
+    Raises:
+        FileNotFoundError: not a model folder. ValueError: a corrupt or foreign folder, non-finite weights, a wrong
+            backend or precision (each message names the folder or file).
     """
     resolve_precision(precision, "cpu")  # a wrong name is refused before anything is loaded
     folder = Path(model_dir)

@@ -26,7 +26,15 @@ LeafSegPipelineOutput = SegmentationPipelineOutput  # the output of both segment
 
 
 class LeafSegPipeline(DiffusionPipeline):
+    """LEAF inference: the trainable image encoder maps the image to a latent condition, the UNet predicts the clean
+    mask latent from noise and that condition in one reverse step (or DDIM steps), and the frozen mask autoencoder
+    decodes it; ensembles average seeds. Load a saved one with :func:`leafseg.load_pipeline` or ``from_pretrained``;
+    the folder holds only the inference networks (no projector, no teacher)."""
+
     model_cpu_offload_seq = "image_encoder->unet->autoencoder"
+    #: what every leafseg pipeline states: multi-step DDIM (num_inference_steps > 1) and seed ensembles
+    supports_multistep = True
+    supports_ensembles = True
 
     def __init__(self, autoencoder, image_encoder: ImageEncoder, unet: UNet2DModel, scheduler: DDIMScheduler,
                  intensity: dict | None = None, slice_axis: int = 2):
@@ -94,8 +102,25 @@ class LeafSegPipeline(DiffusionPipeline):
                  return_dict: bool = True):
         """Segment one image or a list of images (PIL, numpy HxWx3, or (3, H, W) / (B, 3, H, W) tensors in [0, 1]).
 
-        Returns a :class:`SegmentationPipelineOutput` with masks, probabilities and (for ensembles) uncertainty at each
-        input's own size.
+        Args:
+            image: one image or a list (PIL; numpy (H, W), (H, W, 3) or (H, W, 4), uint8 or float in [0, 1];
+                torch (3, H, W) or (B, 3, H, W)); any size, resized to the model's resolution and back.
+            num_inference_steps: 1 is LEAF's single step (x0 from t = 999); more runs DDIM.
+            ensemble_size: seeds ``seed .. seed + ensemble_size - 1`` averaged into the probability; >= 2 also
+                gives the per-pixel standard deviation.
+            seed: the noise seed (one draw per member, shared by the batch: an image's result does not depend on
+                its batch).
+            generator: a torch generator instead of ``seed`` (single member).
+            threshold: probability above which a pixel is foreground.
+            batch_size: images per forward pass.
+            return_dict: False returns the tuple ``(masks, probabilities, uncertainty)``.
+
+        Returns:
+            A :class:`SegmentationPipelineOutput` with masks, probabilities and (for ensembles) uncertainty at each
+            input's own size.
+
+        Raises:
+            ValueError, TypeError: an input of another shape, range or type (the message says what is accepted).
         """
         if num_inference_steps < 1 or ensemble_size < 1:
             raise ValueError("num_inference_steps and ensemble_size must be >= 1")

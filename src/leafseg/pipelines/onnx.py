@@ -165,6 +165,8 @@ class OnnxSegPipeline:
         self.resolution = int(self.manifest["resolution"])
         self.config = {"intensity": self.manifest.get("intensity"), "slice_axis": self.manifest.get("slice_axis", 2)}
         self.device = "cpu (onnxruntime)"
+        self.supports_multistep = False  # the exported graphs hold LEAF's single step
+        self.supports_ensembles = self.manifest["kind"] == "leaf"
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         names = ["encode", "denoise_decode"] if self.manifest["kind"] == "leaf" else ["segment"]

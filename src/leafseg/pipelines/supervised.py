@@ -39,6 +39,9 @@ class _SegmenterPipeline(DiffusionPipeline):
     """The call every deterministic image -> probability pipeline shares (LeafSegPipeline's signature and output);
     a subclass says how its network gives the foreground probability of a batch in [-1, 1]."""
 
+    supports_multistep = False  # deterministic: one forward pass, no seeds
+    supports_ensembles = False
+
     @property
     def resolution(self) -> int:
         raise NotImplementedError
@@ -50,6 +53,24 @@ class _SegmenterPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0,
                  generator=None, threshold: float = 0.5, batch_size: int = 8, return_dict: bool = True):
+        """Segment one image or a list of images, as :meth:`LeafSegPipeline.__call__` does.
+
+        Args:
+            image: one image or a list (PIL, numpy arrays, torch tensors; see ``LeafSegPipeline.__call__``).
+            num_inference_steps: must be 1 (one forward pass).
+            ensemble_size: must be 1 (deterministic: nothing to average).
+            seed: accepted and unused, so that every pipeline takes the same call.
+            generator: accepted and unused.
+            threshold: probability above which a pixel is foreground.
+            batch_size: images per forward pass.
+            return_dict: False returns the tuple ``(masks, probabilities, uncertainty)``.
+
+        Returns:
+            A :class:`SegmentationPipelineOutput` (``uncertainty`` None) at each input's own size.
+
+        Raises:
+            ValueError: ``num_inference_steps`` or ``ensemble_size`` other than 1, or a bad input.
+        """
         if num_inference_steps != 1 or ensemble_size != 1:
             raise ValueError(f"{type(self).__name__} is deterministic: num_inference_steps and ensemble_size must "
                              "be 1")
