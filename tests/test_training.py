@@ -318,3 +318,23 @@ def test_a_run_writes_its_log_file_and_a_resume_appends(tmp_path, synthetic, cap
                           "train.max_steps=40", "train.val_every=100"))
     stopped = (tmp_path / "nan" / "logs" / "train.log").read_text()
     assert "stopped: FloatingPointError: non-finite training loss" in stopped
+
+
+def test_model_card_carries_hub_metadata(tmp_path):
+    """The card opens with YAML that huggingface_hub reads back: licence, library, tags, datasets, and the val Dice
+    as the model-index result (split val, never test); a peer's card does not offer LeafSegPipeline."""
+    from huggingface_hub import ModelCard
+
+    from leafseg.training.model_card import model_card
+
+    cfg = tiny_config(tmp_path / "run", tmp_path / "cvc-data")
+    card = ModelCard(model_card(cfg, {"step": 3, "best_val_dice": 0.61234, "best_step": 3}, "ab12", "best"))
+    data = card.data.to_dict()
+    assert data["library_name"] == "leafseg" and data["license"] == "other" and data["datasets"] == ["cvc-data"]
+    assert {"image-segmentation", "leaf"} <= set(data["tags"])
+    result = card.data.eval_results[0]
+    assert (result.metric_type, result.metric_value, result.dataset_split) == ("dice", 0.6123, "val")
+    assert card.text.startswith("\n# leafseg model (LEAF, best)") and "LeafSegPipeline.from_pretrained" in card.text
+    peer = ModelCard(model_card(tiny_config(tmp_path / "run", tmp_path / "d", "method=basicunet"), {"step": 3},
+                                None, "last"))
+    assert "LeafSegPipeline" not in peer.text and peer.data.eval_results is None and "basicunet" in peer.data.tags

@@ -1,6 +1,8 @@
 """The model card (``README.md``) written into every saved model folder, as diffusers / Hub models carry one:
 what the model is, how it was trained (config, data, split hash, the command), how it scored on val, and the
-licences of the pretrained parts it contains or was trained with."""
+licences of the pretrained parts it contains or was trained with. Written through huggingface_hub's ``ModelCard``,
+so that the card opens with the YAML metadata the Hub and its tools read (licence, library, tags, datasets, the val
+score as model-index)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import datetime
 import shlex
 import sys
 
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from omegaconf import DictConfig
 
 from .. import __version__
@@ -39,8 +44,29 @@ def _autoencoder_source(ac: DictConfig) -> str:
     return "built by leafseg" if folder is None else f"`{folder}`"
 
 
+def card_metadata(cfg: DictConfig, state: dict) -> ModelCardData:
+    """The card's YAML header. The weights inherit the terms of their training data and pretrained parts (listed
+    in the card), hence licence ``other``; the val Dice is the model-index result (never a test score)."""
+    method = cfg.get("method", "leaf")
+    datasets = [Path(str(root)).name for root in
+                [cfg.data.root, *(s.root for s in cfg.data.get("sources") or [])] if root]
+    best = state.get("best_val_dice")
+    results = None
+    if best is not None and datasets:
+        results = [EvalResult(task_type="image-segmentation", dataset_type=datasets[0], dataset_name=datasets[0],
+                              dataset_split="val", metric_type="dice", metric_name="per-image foreground Dice",
+                              metric_value=round(float(best), 4))]
+    return ModelCardData(
+        license="other", license_name="training-data-and-parts",
+        library_name="leafseg", pipeline_tag="image-segmentation",
+        tags=["image-segmentation", "medical-imaging", "leafseg",
+              *(["latent-diffusion", "leaf"] if method == "leaf" else [method])],
+        datasets=datasets or None, metrics=["dice"], model_name=f"leafseg-{method}", eval_results=results)
+
+
 def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str) -> str:
-    """Markdown for a model exported at ``state['step']`` (``kind``: "best" or "last")."""
+    """The card (YAML metadata, then Markdown) of a model exported at ``state['step']`` (``kind``: "best" or
+    "last")."""
     d, tc = cfg.data, cfg.train
     method = cfg.get("method", "leaf")
     best = state.get("best_val_dice")
@@ -49,8 +75,10 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
               f"{state.get('budget_steps', 'not yet')})")
     lines = [
         f"# leafseg model ({'LEAF' if method == 'leaf' else method + ' baseline'}, {kind})", "",
-        "Load it with `leafseg.load_pipeline(folder)` or `leafseg.LeafSegPipeline.from_pretrained(folder)`; "
-        "segment with `leafseg predict --model FOLDER --input IMAGES --output OUT`.", "",
+        "Load it with `leafseg.load_pipeline(folder)`"
+        + (" or `leafseg.LeafSegPipeline.from_pretrained(folder)`" if method == "leaf" else "")
+        + "; segment with `leafseg predict --model FOLDER --input IMAGES --output OUT`, or try it in the browser "
+        "with `leafseg serve --model FOLDER`.", "",
         "## What it is", "",
     ]
     if method == "leaf":
@@ -81,4 +109,6 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
     lines += [f"- {LICENCES.get(p, p)}" for p in parts]
     if cfg.unet.get("pretrained"):
         lines.append(f"- UNet initialised from `{cfg.unet.pretrained}` (the paper's: CompVis LDM LSUN-Churches-256)")
-    return "\n".join(lines) + "\n"
+    lines += ["- The weights inherit the terms of the data they were trained on (the datasets above)."]
+    header = card_metadata(cfg, state).to_yaml()
+    return str(ModelCard(f"---\n{header}\n---\n\n" + "\n".join(lines) + "\n"))
