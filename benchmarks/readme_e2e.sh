@@ -1,7 +1,8 @@
 #!/bin/bash
 # The README's quick start, literally, on a fresh clone and a folder dataset with empty masks: 200 Kvasir-SEG frames
 # (JPEG images and JPEG masks) and 40 polyp-free crops of the val splits (PNG, empty masks) as my-data/, 5 other
-# Kvasir-SEG frames as new-images/. Needs ../shared (or $LEAFSEG_SHARED); about 15 min of training on 2 cores.
+# Kvasir-SEG frames as new-images/, and the app (step 6) in chromium. Needs ../shared (or $LEAFSEG_SHARED) and
+# /usr/bin/chromium; about 15 min of training on 2 cores.
 #   bash benchmarks/readme_e2e.sh [WORK_FOLDER]        # default /tmp/leafseg-readme-check
 set -ex
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -9,8 +10,10 @@ SHARED=${LEAFSEG_SHARED:-$REPO/../shared}
 WORK=${1:-/tmp/leafseg-readme-check}
 KVASIR=$SHARED/data/kvasir-seg
 T0=$(date +%s)
+at() { echo "README check at $(( $(date +%s) - T0 )) s: $*"; }
 rm -rf "$WORK" && mkdir -p "$WORK" && git clone -q "$REPO" "$WORK/leafseg" && cd "$WORK/leafseg"
 make install
+at "installed"
 source .venv/bin/activate
 python benchmarks/negative_set.py --split val --out "$WORK/negatives"
 mkdir -p my-data/images my-data/masks new-images new-masks
@@ -29,9 +32,13 @@ autoencoder:
 run:
   output_dir: runs/my-run
 YAML
+at "data ready"
 leafseg train --config my-config.yaml train.time_budget_min=15 # key=value overrides any config key
+at "trained"
 leafseg evaluate --model runs/my-run/model-best --data my-data --split test
+at "evaluated"
 leafseg predict --model runs/my-run/model-best --input new-images/ --output predictions/ --ensemble 5 --uncertainty
+at "first masks of new images written"
 python - <<'PY'
 import glob
 
@@ -46,4 +53,9 @@ assert out.masks[0].shape == image.size[::-1] and out.masks[0].dtype == bool
 print("python API: mask", out.masks[0].shape, out.masks[0].dtype)
 PY
 leafseg score --pred predictions/ --gt new-masks --images new-images
+# step 6, the app: the README's install line, then the page driven in chromium (needs /usr/bin/chromium)
+pip install -q -e '.[app]'
+python benchmarks/app_screenshot.py --model runs/my-run/model-best --image "new-images/$(ls new-images | head -1)" \
+  --out "$WORK/app.png"
+at "app screenshot $WORK/app.png"
 echo "README end-to-end: rc 0 in $(( $(date +%s) - T0 )) s"

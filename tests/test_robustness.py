@@ -472,7 +472,7 @@ def test_written_files_and_folders_follow_the_umask(tmp_path):
 
 def test_output_names_never_meet_even_across_case_and_suffix_tricks(tmp_path):
     from leafseg.data import list_images
-    from leafseg.predict import output_names
+    from leafseg.prediction import output_names
 
     files = [tmp_path / n for n in ("1.png", "1.jpg", "1_png.png", "x.png", "x.PNG", "y.png")]
     names = output_names(files)

@@ -16,6 +16,7 @@ import importlib
 
 __version__ = "0.1.0"
 
+# ``predict`` lives in ``leafseg.prediction``: a submodule named ``predict`` would shadow the function once imported
 _LAZY = {
     "LeafSegPipeline": "leafseg.pipelines",
     "SupervisedSegPipeline": "leafseg.pipelines",
@@ -25,7 +26,9 @@ _LAZY = {
     "load_config": "leafseg.config",
     "train": "leafseg.training",
     "evaluate": "leafseg.evaluation",
-    "predict": "leafseg.predict",
+    "predict": "leafseg.prediction",
+    "segment_file": "leafseg.prediction",
+    "score": "leafseg.evaluation.score",
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -1,4 +1,4 @@
-"""``leafseg`` command line: train, predict, evaluate, score, split, demo, export, convert-ldm.
+"""``leafseg`` command line: train, predict, evaluate, score, serve, split, demo, export, convert-ldm.
 
 Argument parsing only: each command calls one function of the package, imported when the command runs, so that
 ``leafseg --help`` starts without torch. ``leafseg train`` runs the same on one CPU, one GPU or several processes:
@@ -30,7 +30,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict
+    from .prediction import predict
 
     report = predict(args.model, args.input, args.output, args.steps, args.ensemble, args.seed, args.batch_size,
                      args.device, args.uncertainty, args.threshold, args.save_probabilities, args.strict,
@@ -98,6 +98,13 @@ def cmd_evaluate(args) -> int:
                       allow_training_data=args.include_training_data, groups=args.groups,
                       precision=args.precision, overlay_size=args.overlay_size)
     _print_scores(result)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .app import serve
+
+    serve(args.model, args.host, args.port, args.device, args.precision)
     return 0
 
 
@@ -249,6 +256,19 @@ def _add_score(sub) -> None:
     _add_overlay_size(p)
 
 
+def _add_serve(sub) -> None:
+    p = _command(sub, "serve", cmd_serve, "a local web page to segment your own image with a saved model "
+                 "(needs the app extra: pip install 'leafseg[app]')",
+                 "leafseg serve --model runs/cvc/model-best --port 7860")
+    p.add_argument("--model", required=True, help="saved pipeline folder (e.g. RUN/model-best)")
+    p.add_argument("--port", type=int, default=7860, help="port of the page")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: reachable from other machines of your network)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
+                   help="image encoder and UNet in bf16 (auto: where the CPU/GPU has bf16 units)")
+
+
 def _add_split(sub) -> None:
     p = _command(sub, "split", cmd_split, "write (or show) a deterministic train/val/test split file for a dataset",
                  "leafseg split --data CVC-ClinicDB --layout cvc-clinicdb --train 0.6 --val 0.2 --test 0.2 "
@@ -309,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leafseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"leafseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_predict, _add_evaluate, _add_score, _add_split, _add_demo, _add_export,
+    for add in (_add_train, _add_predict, _add_evaluate, _add_score, _add_serve, _add_split, _add_demo, _add_export,
                 _add_convert_ldm):
         add(sub)
     return parser

@@ -60,7 +60,22 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
     ``uncertainty`` (an ensemble) ``<name>_uncertainty.png`` (per-pixel std scaled from [0, 0.5] to [0, 255]); with
     ``save_probabilities`` ``<name>_probability.npy`` (float32, the soft mask at the image's size). An unreadable
     file is skipped and reported (``strict``: the first one stops the run). ``precision``: see
-    :func:`leafseg.pipelines.load_pipeline`."""
+    :func:`leafseg.pipelines.load_pipeline`.
+
+    Args:
+        model: a saved or exported model folder.
+        source: an image, a NIfTI/DICOM volume or series folder, or a folder of them.
+        output: the folder to write into (created; a non-empty one is refused unless ``overwrite``).
+        steps, ensemble, seed, threshold: the pipeline call's options (see ``LeafSegPipeline.__call__``).
+        batch_size: images per forward pass. device, backend, precision: see :func:`load_pipeline`.
+        uncertainty: write the ensemble's uncertainty maps (needs ``ensemble >= 2``).
+        save_probabilities: also write the soft masks as ``.npy``.
+        strict: stop at the first unreadable file instead of skipping it.
+        overwrite: empty a non-empty output folder first.
+
+    Returns:
+        A ``PredictReport``: the files written, and the files skipped with the reason.
+    """
     from tqdm.auto import tqdm
 
     from .pipelines import load_pipeline
@@ -120,25 +135,76 @@ def _is_2d_volume(path: Path) -> bool:
         return False  # unreadable: reported when it is read as a volume
 
 
-def _predict_volume(pipe, path: Path, out: Path, name: str, batch_size: int, options: dict,
-                    save_probabilities: bool) -> None:
-    """Segment a NIfTI/DICOM volume slice by slice (scaled to 8 bit as in training) and write
-    ``<name>_mask.nii.gz`` with the input's affine (and NIfTI header), ``<name>_overlay.png`` of the slice with the
-    largest predicted area, and with ``save_probabilities`` ``<name>_probability.npy`` (X, Y, Z)."""
+@dataclass
+class Segmentation:
+    """One input file segmented plane by plane: ``images``, the 8-bit RGB planes the model saw (one for a 2D image,
+    one per slice along ``axis`` for a volume), and per plane the mask, the probability and (ensembles) the
+    uncertainty at the plane's size. ``volume`` is the NIfTI/DICOM volume the planes came from (None for a 2D
+    image), whose space the written mask keeps."""
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    probabilities: list[np.ndarray]
+    uncertainty: list[np.ndarray] | None
+    volume: D.Volume | None = None
+    axis: int = 2
+
+    def write_mask(self, stem: Path) -> Path:
+        """``<stem>.png`` (0/255) for a 2D image, ``<stem>.nii.gz`` (0/1, the input's affine and header) for a
+        volume; the path written."""
+        if self.volume is None:
+            path = stem.with_name(stem.name + ".png")
+            save_png(self.masks[0].astype(np.uint8) * 255, path)
+            return path
+        return D.write_mask_volume(np.stack(self.masks, axis=self.axis), self.volume,
+                                   stem.with_name(stem.name + ".nii.gz"))
+
+
+def segment_file(pipe, path: str | Path, options: dict, batch_size: int = 8) -> Segmentation:
+    """Segment one input as ``leafseg predict`` does: a 2D image (PNG/JPG, a one-slice NIfTI or a DICOM file), or a
+    NIfTI/DICOM volume (a file or a series folder) slice by slice, scaled to 8 bit as in training.
+
+    Args:
+        pipe: a loaded pipeline (:func:`leafseg.load_pipeline`).
+        path: the input file or DICOM series folder.
+        options: the pipeline's call options (``num_inference_steps``, ``ensemble_size``, ``seed``,
+            ``threshold``).
+        batch_size: slices per forward pass.
+
+    Returns:
+        A :class:`Segmentation`: the planes, masks, probabilities and uncertainty, and the volume for its space.
+
+    Raises:
+        ValueError, OSError: unreadable input (the message names the file).
+    """
     from tqdm.auto import tqdm
 
+    path = Path(path)
+    volume = D.read_volume(path) if D.is_volume(path) else None
+    if volume is None or volume.array.shape[2] == 1:  # a one-slice volume is a 2D image
+        image = D.load_image(path, pipe.config.get("intensity"))
+        result = pipe([image], **options)
+        return Segmentation([image], result.masks, result.probabilities, result.uncertainty)
     axis = int(pipe.config.get("slice_axis", 2))
-    volume = D.read_volume(path)
     scaled = D.to_uint8(volume.array, pipe.config.get("intensity"))
     slices = [np.repeat(plane[..., None], 3, axis=-1) for plane in D.slices_along(scaled, axis)]
-    masks, probabilities = [], []
+    masks, probabilities, uncertainty = [], [], []
     for i in tqdm(range(0, len(slices), batch_size), desc=f"{path.name}", unit="batch", leave=False):
         result = pipe(slices[i:i + batch_size], **options)
         masks += result.masks
         probabilities += result.probabilities
-    mask = np.stack(masks, axis=axis)
-    D.write_mask_volume(mask, volume, out / f"{name}_mask.nii.gz")
-    k = int(np.argmax([m.sum() for m in masks]))
-    save_png(overlay(slices[k], masks[k]), out / f"{name}_overlay.png")
+        uncertainty += result.uncertainty or []
+    return Segmentation(slices, masks, probabilities, uncertainty or None, volume, axis)
+
+
+def _predict_volume(pipe, path: Path, out: Path, name: str, batch_size: int, options: dict,
+                    save_probabilities: bool) -> None:
+    """Segment a NIfTI/DICOM volume slice by slice and write ``<name>_mask.nii.gz`` with the input's affine (and
+    NIfTI header), ``<name>_overlay.png`` of the slice with the largest predicted area, and with
+    ``save_probabilities`` ``<name>_probability.npy`` (X, Y, Z)."""
+    seg = segment_file(pipe, path, options, batch_size)
+    seg.write_mask(out / f"{name}_mask")
+    k = int(np.argmax([m.sum() for m in seg.masks]))
+    save_png(overlay(seg.images[k], seg.masks[k]), out / f"{name}_overlay.png")
     if save_probabilities:
-        np.save(out / f"{name}_probability.npy", np.stack(probabilities, axis=axis).astype(np.float32))
+        np.save(out / f"{name}_probability.npy", np.stack(seg.probabilities, axis=seg.axis).astype(np.float32))
