@@ -53,7 +53,19 @@ def _read_layered(source: str | Path, seen: tuple[str, ...] = ()) -> DictConfig:
 
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Defaults, then ``source`` (file or packaged name, on top of the config its ``base:`` names, if any), then
-    dotlist ``overrides``; unknown keys are errors."""
+    dotlist ``overrides``; unknown keys are errors.
+
+    Args:
+        source: a YAML file, a packaged recipe name (``cpu``, ``cpu-polyp``, ``cpu-small``, ``paper``), or None for
+            the defaults (``configs/default.yaml``, which lists every key).
+        overrides: ``key=value`` strings, e.g. ``["data.root=my-data", "train.time_budget_min=15"]``.
+
+    Returns:
+        The merged OmegaConf ``DictConfig`` (struct mode: reading or setting an unknown key fails).
+
+    Raises:
+        ValueError: an unknown key, a malformed file or override, or a circle of ``base:`` files.
+    """
     cfg = _read("default")
     OmegaConf.set_struct(cfg, True)
     try:

@@ -284,6 +284,26 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     the split file and layout default to the run's, and ``split="all"`` is refused unless ``allow_training_data``.
     ``groups``: a CSV of ``name,group`` (:func:`read_groups`); the summary and report gain a row per group.
 
+    Args:
+        model_dir: a saved or exported model folder. data_root: the dataset folder.
+        split: ``train``, ``val``, ``test`` or ``all``. split_file: default the run's (see above).
+        output: the results folder (default beside the model folder).
+        steps, ensemble, seed, batch_size, device, backend, precision: as for :func:`leafseg.predict`.
+        layout, images_dir, masks_dir: how the dataset is laid out (default the run's layout).
+        seeds: >= 2 adds the seed-stability study. worst_k: worst cases listed and drawn.
+        spacing: pixel spacing of 2D images for HD95/ASSD (volumes use their headers').
+        overwrite: empty a non-empty output folder first.
+        allow_training_data: allow ``split="all"`` on a dataset the model trained on.
+        groups: a ``name,group`` CSV of subgroups.
+        overlay_size: the longest side of each overlay panel (larger images are drawn smaller; None or 0: full
+            size); metrics are computed at full size either way.
+
+    Returns:
+        ``{"summary": dict, "output": Path}``: the summary written to ``summary.json`` (metrics with 95% CIs, the
+        paper-compatible numbers, empty-frame counts, hashes, versions) and the results folder.
+
+    Raises:
+        ValueError, FileNotFoundError: a wrong split, dataset, model or output folder (the message names it).
     """
     if seeds < 1 or worst_k < 0:
         raise ValueError("seeds must be >= 1 and worst_k >= 0")

@@ -68,7 +68,26 @@ def score(pred_dir: str | Path, gt_dir: str | Path, output: str | Path | None = 
     """Score ``pred_dir`` against ``gt_dir`` into ``output`` (default ``score-<pred folder name>`` beside it):
     ``per_image.csv``, ``summary.json``, ``report.md``; with ``images_dir`` (the images, by the same names) also
     ``overlays/`` and the figures of ``leafseg evaluate``. ``spacing`` gives 2D distances in its unit (volumes use
-    their headers'). Returns ``{"summary", "output"}``.
+    their headers').
+
+    Args:
+        pred_dir: predicted masks, ``<name>.*`` or ``<name>_mask.*``, from any tool.
+        gt_dir: ground-truth masks, ``<name>.*``.
+        output: the results folder (default ``score-<pred folder>`` beside it).
+        images_dir: the images, for overlays and figures (optional).
+        spacing: pixel spacing of 2D masks for HD95/ASSD.
+        groups: a ``name,group`` CSV of subgroups.
+        worst_k: worst cases listed and drawn.
+        missing_as_empty: score a ground truth without a prediction as an empty mask (default: an error).
+        overwrite: empty a non-empty output folder leafseg wrote first.
+        overlay_size: the longest side of each overlay panel (None or 0: full size).
+
+    Returns:
+        ``{"summary": dict, "output": Path}``, as :func:`leafseg.evaluate` returns.
+
+    Raises:
+        FileNotFoundError: predictions missing (named). ValueError: a mask of another size than its ground truth,
+            two predictions for one case, an unreadable mask (each names the file).
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     cases, extra = match_predictions(pred_dir, gt_dir, missing_as_empty)

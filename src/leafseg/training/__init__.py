@@ -24,7 +24,21 @@ METHODS = {"leaf": LeafMethod, "supervised_unet": SupervisedMethod,
 
 def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
     """Train the configured method (``method``: ``leaf``, ``supervised_unet``, or a MONAI peer ``dynunet`` /
-    ``basicunet``)."""
+    ``basicunet``) into ``cfg.run.output_dir``.
+
+    Args:
+        cfg: a configuration from :func:`leafseg.load_config` (defaults, a recipe or file, ``key=value`` overrides).
+        resume: continue the run in ``cfg.run.output_dir`` from its last checkpoint (bit for bit on the CPU); a
+            changed key that decides what is learned is refused.
+
+    Returns:
+        A ``TrainResult``: the run folder, the last step, the best val Dice and its step (None without a val split),
+        and the logged history. The run folder holds ``model-best/``, ``model-last/``, ``checkpoint-last/``,
+        ``config.yaml`` and ``logs/``.
+
+    Raises:
+        ValueError: a wrong method, configuration value or dataset (the message names the key or file).
+    """
     method = cfg.get("method", "leaf")
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
