@@ -6,7 +6,8 @@
 #   bash benchmarks/readme_e2e.sh [WORK_FOLDER]        # default /tmp/leafseg-readme-check
 set -ex
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${LEAFSEG_SHARED:-$REPO/../shared}
+export LEAFSEG_SHARED=${LEAFSEG_SHARED:-$REPO/../shared}  # the clone lives elsewhere: its scripts find the data here
+SHARED=$LEAFSEG_SHARED
 WORK=${1:-/tmp/leafseg-readme-check}
 KVASIR=$SHARED/data/kvasir-seg
 T0=$(date +%s)
