@@ -149,7 +149,7 @@ def predict(args) -> dict:
 
     work = Path(args.work)
     raw = next((work / "raw").glob(f"Dataset{args.id:03d}_*"))
-    if getattr(args, "data", None):  # `all` predicts the converted test split
+    if args.command == "predict" and args.data:  # `all` predicts the converted test split (its --data is convert's)
         pairs = D.find_dataset(args.data, args.layout)
         if args.split != "all":
             pairs = D.select(pairs, D.read_split(args.split_file, [p.stem for p in pairs])[args.split])

@@ -11,7 +11,7 @@ nnU-Net's 1000 epochs: budgeted runs are meant to run once, uninterrupted.
 On a CPU one of nnU-Net's 250-iteration epochs can take longer than the whole budget, so
 LEAFSEG_NNUNET_ITERATIONS (default 250) shortens the epoch (validation iterations shrink in proportion, at least 1):
 an epoch is only nnU-Net's unit of logging, checkpoint choice and learning-rate steps, its batches are drawn at
-random either way.
+random either way. The closing validation of fold 0's val cases is skipped (see perform_actual_validation).
 """
 
 import os
@@ -43,6 +43,13 @@ class nnUNetTrainerBudget(nnUNetTrainer):
                                    f"{self.budget_s / 60:g} min (poly schedule over {fit})", also_print_to_console=True)
             self.num_epochs = fit
             self.lr_scheduler.max_steps = fit
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # nnU-Net's closing sliding-window validation of fold 0's val cases takes longer than a CPU budget's training;
+        # the test split is predicted and scored by `leafseg score` instead, and the checkpoint is chosen on nnU-Net's
+        # per-epoch pseudo Dice of the same val cases, as always
+        self.print_to_log_file("final validation skipped (nnUNetTrainerBudget): the test split is scored apart",
+                               also_print_to_console=True)
 
     def run_training(self):
         # nnUNetTrainer.run_training with the epoch count read on every pass (it may shrink after the first epoch)
