@@ -104,7 +104,8 @@ def write_report(records: Path, report: Path, budget: float) -> None:
             label = METHODS[name][0] if name in METHODS else "nnU-Net v2 2D (own trainer, budgeted)"
             rows.append(f"| {label} | not run | | | |")
             continue
-        rows.append(f"| {r['label']} | {r['steps']} | {r['best_val_dice']:.3f} | "
+        best = "n/a" if r.get("best_val_dice") is None else f"{r['best_val_dice']:.3f}"
+        rows.append(f"| {r['label']} | {r['steps']} | {best} | "
                     f"{_cell(r['sets'].get('cvc_test'))}{_diff(r, leaf, 'cvc_test')} | "
                     f"{_cell(r['sets'].get('kvasir_all'))}{_diff(r, leaf, 'kvasir_all')} |")
     machines = sorted({r["machine"] for r in recs.values()})

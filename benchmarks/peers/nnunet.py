@@ -125,6 +125,7 @@ def train(args) -> None:
     env = nnunet_env(Path(args.work))
     env["LEAFSEG_NNUNET_BUDGET_MIN"] = str(args.budget_min)
     env["LEAFSEG_NNUNET_ITERATIONS"] = str(args.iterations)
+    (Path(args.work) / "train_cmd.txt").write_text(" ".join(["python", *sys.argv]) + "\n")  # for the record
     subprocess.run([_bin("nnUNetv2_train"), str(args.id), "2d", "0", "-tr", TRAINER, "-device", args.device],
                    check=True, env=env)
 
@@ -186,6 +187,8 @@ def _add_to_record(record_file: Path, args, raw: Path, scores: Path, summary: di
     record.update(steps=budget[-1].split("budget:")[-1].strip() if budget else "see nnU-Net's training log",
                   best_val_dice=None, best_step=None)
     record["commit"], record["machine"] = _commit_and_machine()
+    train_cmd = Path(args.work) / "train_cmd.txt"
+    record["train_cmd"] = train_cmd.read_text().strip() if train_cmd.exists() else "see nnU-Net's training log"
     m = summary["metrics"]
     record["sets"][args.set_name] = {"dice": m["dice"], "iou": m["iou"], "hd95": m["hd95"],
                                      "per_image_dice": per_image_dice(scores / "per_image.csv"),
