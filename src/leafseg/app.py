@@ -9,6 +9,7 @@ page, scripts and fonts come from the installed package, so the app works offlin
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -98,7 +99,8 @@ def build_app(model: str | Path, device: str | None = None, precision: str = "fp
 
     pipe = load_pipeline(model, device, precision=precision)
     kind = type(pipe).__name__
-    workroot = Path(tempfile.mkdtemp(prefix="leafseg-serve-"))
+    workroot = Path(tempfile.mkdtemp(prefix="leafseg-serve-"))  # uploads assembled as series, masks to download
+    atexit.register(shutil.rmtree, workroot, ignore_errors=True)
 
     def run(files, steps, ensemble, seed, threshold):
         upload_dirs = {str(Path(f).parent) for f in files or []}
@@ -117,10 +119,10 @@ def build_app(model: str | Path, device: str | None = None, precision: str = "fp
             raise gr.Error(message, duration=None) from None
         name = Path(files[0]).name if len(files) == 1 else f"DICOM series ({len(files)} files)"
         mask_file = seg.write_mask(workdir / f"{D.file_stem(path)}_mask")
-        middle = int(np.argmax([m.sum() for m in seg.masks])) if seg.volume is not None else 0
-        picture, probability, uncertainty = views(seg, middle)
+        shown = int(np.argmax([m.sum() for m in seg.masks])) if seg.volume is not None else 0  # largest mask
+        picture, probability, uncertainty = views(seg, shown)
         slider = gr.update(visible=seg.volume is not None, minimum=0, maximum=max(len(seg.masks) - 1, 1),
-                           value=middle)
+                           value=shown)
         return (seg, picture, probability, gr.update(value=uncertainty, visible=uncertainty is not None), slider,
                 str(mask_file), summary(seg, name, seconds, pipe))
 
