@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import shlex
 import sys
-
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
