@@ -17,7 +17,7 @@ from ..files import folder_digest, prepare_output, write_csv, write_json, write_
 from ..metrics import PaperMetrics, SegmentationMetrics, dice
 from ..models.weights import read_config
 from ..pipelines import load_pipeline
-from .figures import OVERLAY_SIZE, figure, fit_panels, panel_row, read_own_png, save_png
+from .figures import OVERLAY_SIZE, figure, read_own_png, save_overlay, save_png
 from .report import report_markdown
 
 
@@ -250,10 +250,8 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
                     unc = np.stack([r.probabilities[j] for r in runs]).std(0)
             if c.volume is not None and not (pred.any() or c.gt.any()):
                 continue  # a volume's empty slices get no figure
-            title = (f"{c.name}   Dice {dice(pred, c.gt):.3f}" if c.gt.any() else
-                     f"{c.name}   no object; predicted {pred.mean():.1%} of the frame")
-            save_png(panel_row(*fit_panels(c.image, c.gt, pred, unc, overlay_size), title),
-                     out / "overlays" / f"{c.name.replace('/', '_')}.png", compress_level=1)
+            save_overlay(out / "overlays" / f"{c.name.replace('/', '_')}.png", c.name, c.image, c.gt, pred, unc,
+                         overlay_size)
     bar.close()
     return stability, volumes
 

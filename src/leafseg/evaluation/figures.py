@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import atomic_write
+from ..metrics import dice
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 0), alpha: float = 0.45) -> np.ndarray:
@@ -111,6 +112,16 @@ def panel_row(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, uncertainty: 
     size = max(12, row.shape[1] // 55)  # readable once a grid shrinks the row to its width
     return np.concatenate([_label(row.shape[1], title, height=size + 8, size=size), row], axis=0)
 
+
+
+def save_overlay(path: Path, name: str, image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
+                 uncertainty: np.ndarray | None, max_side: int | None = OVERLAY_SIZE) -> None:
+    """One case's overlay row (:func:`panel_row`) titled with its Dice, or for a frame without an object the share
+    of it given a mask; drawn at most ``max_side`` pixels a side (:func:`fit_panels`; the title's numbers are the
+    full-size ones) and written with fast PNG compression."""
+    title = (f"{name}   Dice {dice(pred, gt):.3f}" if gt.any() else
+             f"{name}   no object; predicted {pred.mean():.1%} of the frame")
+    save_png(panel_row(*fit_panels(image, gt, pred, uncertainty, max_side), title), path, compress_level=1)
 
 def figure(rows: list[np.ndarray], with_uncertainty: bool, panel_width: int = FIGURE_PANEL) -> np.ndarray:
     """Rows of panels (from :func:`panel_row`) resized to a common panel width, under a header naming the columns."""

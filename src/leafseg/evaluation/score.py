@@ -17,9 +17,9 @@ import numpy as np
 from .. import __version__
 from .. import data as D
 from ..files import prepare_output, write_csv, write_json, write_text
-from ..metrics import SegmentationMetrics, dice
+from ..metrics import SegmentationMetrics
 from .evaluate import _write_figures, figure_cases, read_groups
-from .figures import OVERLAY_SIZE, fit_panels, panel_row, save_png
+from .figures import OVERLAY_SIZE, save_overlay
 from .report import report_markdown
 
 #: outputs of ``leafseg predict`` beside its masks, never predictions themselves
@@ -108,10 +108,7 @@ def score(pred_dir: str | Path, gt_dir: str | Path, output: str | Path | None = 
             metrics.update(pred, gt, name=name, spacing=spacing)
         if name in images and gt.ndim == 2:
             image = D.load_image(images[name])
-            title = (f"{name}   Dice {dice(pred, gt):.3f}" if gt.any() else
-                     f"{name}   no object; predicted {pred.mean():.1%} of the frame")
-            save_png(panel_row(*fit_panels(image, gt, pred, None, overlay_size), title),
-                     out / "overlays" / f"{name}.png", compress_level=1)
+            save_overlay(out / "overlays" / f"{name}.png", name, image, gt, pred, None, overlay_size)
     rows = metrics.rows()
     write_csv(rows, out / "per_image.csv")
     cases_shown = _write_figures(out, rows, worst_k, False) if images else {"grid": [], "false_positives": [],
