@@ -176,9 +176,14 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", type=int, default=1, help="seeds averaged into a probability map")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (ensemble member k uses seed + k)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                    help="auto: by the model folder (a saved model: PyTorch; a `leafseg export` folder: ONNX Runtime)")
+    _add_device_args(p)
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    """Where and in what arithmetic a loaded model runs (predict, evaluate, serve)."""
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
                    help="image encoder and UNet in bf16 (auto: where the CPU/GPU has bf16 units); the mask decoder "
                         "stays fp32")
@@ -264,9 +269,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=7860, help="port of the page")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0: reachable from other machines of your network)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
-                   help="image encoder and UNet in bf16 (auto: where the CPU/GPU has bf16 units)")
+    _add_device_args(p)
 
 
 def _add_split(sub) -> None:
