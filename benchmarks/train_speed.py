@@ -88,7 +88,8 @@ def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int
     from leafseg.models import autoencoder as ae_ops
     from leafseg.models.alignment import Projector
     from leafseg.models.denoiser import down_block_grids
-    from leafseg.training.engine import fresh_accelerator_state, make_ema, make_lr_scheduler, optimisation_step
+    from leafseg.training.optimisation import make_ema, make_lr_scheduler, optimisation_step
+    from leafseg.training.run_setup import fresh_accelerator_state
     from leafseg.training.leaf import LeafTrainingModel
 
     cfg, encoder, unet, scheduler, ae = build(arch, overrides)

@@ -22,8 +22,12 @@ def _documented(name: str):
 
 @pytest.mark.parametrize("name", [n for n in leafseg.__all__ if n not in ("__version__", "SegmentationPipelineOutput")])
 def test_the_public_api_says_its_arguments_and_returns(name):
-    doc = _documented(name).__doc__ or ""
-    assert "Args:" in doc and "Returns:" in doc, f"leafseg.{name}: no Args/Returns docstring"
+    obj = _documented(name)
+    doc = obj.__doc__ or ""
+    if isinstance(obj, type):  # a class to build or subclass: its arguments, or its fields
+        assert "Args:" in doc or "Attributes:" in doc, f"leafseg.{name}: no Args/Attributes docstring"
+    else:
+        assert "Args:" in doc and "Returns:" in doc, f"leafseg.{name}: no Args/Returns docstring"
 
 
 def test_the_committed_api_page_is_current(tmp_path):

@@ -217,7 +217,7 @@ def test_figures_show_a_spread_of_results_not_the_first_names():
 
 def test_uncertainty_colour_bar_stays_legible_in_a_figure():
     """A wide image's colour bar grows with it, so that the figure (192-px panels) shows it 28 px wide."""
-    from leafseg.evaluation.figures import figure, panel_row
+    from leafseg.figures import figure, panel_row
 
     rng = np.random.default_rng(0)
     image = (rng.random((300, 576, 3)) * 255).astype(np.uint8)
@@ -320,7 +320,7 @@ def test_smaller_overlays_change_the_pictures_not_the_numbers(tmp_path, model_an
     """--overlay-size draws large frames smaller (40x30 frames at 16 px here) and leaves every number as it was;
     the command's default is the library's."""
     from leafseg.cli import build_parser
-    from leafseg.evaluation.figures import OVERLAY_SIZE, fit_panels
+    from leafseg.figures import OVERLAY_SIZE, fit_panels
 
     model, data = model_and_data
     for name, size in (("full", "0"), ("small", "16")):

@@ -16,7 +16,7 @@ from leafseg.diffusion import make_scheduler
 from leafseg.metrics import PaperMetrics, dice, iou, paper_dice, paper_iou
 from leafseg.models.denoiser import build_unet, set_unet_dropout
 from leafseg.training import LeafTrainingModel, build_components
-from leafseg.training.engine import make_ema
+from leafseg.training.optimisation import make_ema
 from tiny import TINY_AE, TINY_UNET, tiny_pipeline
 
 

@@ -189,16 +189,17 @@ def test_workers_change_no_number(tmp_path, synthetic):
 def test_on_the_fly_mask_latents_are_the_cached_ones(tmp_path, synthetic):
     """With geometric augmentation the mask latents come from the frozen autoencoder per batch: the same function
     the cache was built with, so an unaugmented mask gets its cached latent."""
-    from leafseg.training.engine import Trainer, load_run_data, start_run
-    from leafseg.training.leaf import LeafMethod
-
     from leafseg.training.checkpoints import release_run_dir
+    from leafseg.training.engine import Trainer
+    from leafseg.training.leaf import LeafMethod
+    from leafseg.training.run_setup import start_run
 
     cfg = tiny_config(tmp_path / "run", synthetic, BITWISE)
     accelerator, run_dir = start_run(cfg, resume=False)
     release_run_dir(run_dir)
-    trainer = Trainer(cfg, accelerator, run_dir, load_run_data(cfg, run_dir, accelerator))
     method = LeafMethod(cfg)
+    trainer = Trainer(method, cfg, accelerator, run_dir)
+    trainer.load_data()
     method.build(trainer)
     store = trainer.data.train
     masks = torch.from_numpy(store.masks.read_range(0, 5)).bool()
@@ -324,7 +325,7 @@ def test_two_datasets_train_together_and_validate_per_dataset(tmp_path, syntheti
         assert h["val_dice"] == pytest.approx((h[first_name] + h["val_dice_second"]) / 2)
     out = capsys.readouterr().out
     assert f"{len(first['train']) + len(second['train'])} train / {len(first['val']) + len(second['val'])} val" in out
-    with pytest.raises(ValueError, match=r"data.sources\[0\]: give root"):
+    with pytest.raises(ValueError, match=r"config value\(s\) not set: data.sources\[0\].root"):
         train(tiny_config(tmp_path / "bad", synthetic, "data.sources=[{layout: folder}]"))
     with pytest.raises(ValueError, match="used twice"):  # the same folder name as data.root's
         train(tiny_config(tmp_path / "twice", synthetic, f"data.sources=[{{root: {synthetic}}}]"))
@@ -398,6 +399,6 @@ def test_dataset_sampling_in_a_run_and_its_config_error(tmp_path, synthetic, cap
     seen = json.loads((result.run_dir / "logs" / "samples-rank0.json").read_text())
     share = sum(i >= n_first for i in seen) / len(seen)
     assert 0.35 < share < 0.65  # per image: 4 of 16 training images, 0.25
-    with pytest.raises(ValueError, match="data.sampling must be one of"):
+    with pytest.raises(ValueError, match=r"data.sampling: Invalid value 'balanced', expected one of \[image, dataset"):
         train(tiny_config(tmp_path / "bad", synthetic, "data.sampling=balanced"))
     assert not (tmp_path / "bad").exists()

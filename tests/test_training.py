@@ -15,7 +15,7 @@ from leafseg.training import train
 from leafseg.training.caches import mirror_tokens
 from leafseg.data import RowFile
 from leafseg.data.loader import batch_indices
-from leafseg.training.engine import combine_timings
+from leafseg.training.clock import combine_timings
 from tiny import BITWISE, tiny_config
 
 
@@ -83,6 +83,36 @@ def test_resume_continues_exactly(tmp_path, synthetic):
     assert first["steps"] == {"from": 0, "to": 2} and second["steps"] == {"from": 2, "to": 4}
     assert timings["steps"] == {"from": 0, "to": 4} and timings["validations"] == 2  # tiny: val every 2 steps
     assert timings["total_s"] == pytest.approx(first["total_s"] + second["total_s"], abs=0.11)
+
+
+def test_a_trainer_subclass_overrides_hooks_and_keeps_the_numbers(tmp_path, synthetic):
+    """The loop's steps are methods a subclass replaces (nnU-Net's trainer hooks): one that only watches gets the
+    weights of the plain trainer, bit for bit, and is called where the bookkeeping says."""
+    from leafseg.training import Trainer
+
+    calls = []
+
+    class Watching(Trainer):
+        def train_step(self, batch, generator):
+            calls.append(("step", self.state["step"]))
+            return super().train_step(batch, generator)
+
+        def validate(self):
+            calls.append(("validate", self.state["step"]))
+            return super().validate()
+
+        def on_train_end(self, book, seen):
+            calls.append(("end", self.state["step"]))
+            return super().on_train_end(book, seen)
+
+    plain = train(tiny_config(tmp_path / "a", synthetic, BITWISE))
+    watched = train(tiny_config(tmp_path / "b", synthetic, BITWISE), trainer_class=Watching)
+    assert calls == [("step", 0), ("step", 1), ("validate", 2), ("step", 2), ("step", 3), ("validate", 4),
+                     ("end", 4)]
+    a = load_file(str(plain.run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(watched.run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
 def test_combined_timings_sum_the_processes_of_a_resumed_run():
@@ -235,7 +265,7 @@ def test_cache_estimate_leaves_out_the_first_batchs_warm_up(monkeypatch, capsys)
 def test_run_device_choice(monkeypatch):
     """run.device: cpu trains on the CPU even where a GPU is visible (and then auto precision is fp32), cuda refuses
     to fall back silently, anything else is named in the error."""
-    from leafseg.training.engine import resolve_mixed_precision, use_cuda
+    from leafseg.training.run_setup import resolve_mixed_precision, use_cuda
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

@@ -1,7 +1,7 @@
 """leafseg: LEAF latent-diffusion segmentation (single reverse step, encoder feature distillation).
 
 Packages by stage: ``data`` (reading, layouts, splits), ``models`` (networks; imports nothing above it),
-``pipelines`` (inference), ``training`` (engine + methods), ``evaluation`` (metrics, evaluate, figures),
+``pipelines`` (inference), ``training`` (engine + methods), ``evaluation`` (evaluate, score),
 ``conversion`` (CompVis LDM checkpoints -> diffusers). The names below load lazily, so ``import leafseg`` (and the
 CLI's start-up) does not pay for torch and diffusers until they are used::
 
@@ -24,7 +24,9 @@ _LAZY = {
     "SegmentationPipelineOutput": "leafseg.pipelines",
     "load_pipeline": "leafseg.pipelines",
     "load_config": "leafseg.config",
+    "LeafSegConfig": "leafseg.config_schema",
     "train": "leafseg.training",
+    "Trainer": "leafseg.training",
     "evaluate": "leafseg.evaluation",
     "predict": "leafseg.prediction",
     "segment_file": "leafseg.prediction",

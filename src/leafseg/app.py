@@ -10,6 +10,7 @@ page, scripts and fonts come from the installed package, so the app works offlin
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -19,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
-from .evaluation.figures import overlay
+from .figures import overlay
 from .prediction import Segmentation, segment_file
+
+logger = logging.getLogger(__name__)
 
 STEPS_MAX, ENSEMBLE_MAX = 50, 16
 
@@ -172,5 +175,5 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, device: 
           precision: str = "fp32") -> None:
     """Serve the page for ``model`` on ``host:port`` until interrupted."""
     page = build_app(model, device, precision)
-    print(f"leafseg serve: {model} on http://{host}:{port} (Ctrl+C stops)", flush=True)
+    logger.info(f"leafseg serve: {model} on http://{host}:{port} (Ctrl+C stops)")
     page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, quiet=True)

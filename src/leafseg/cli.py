@@ -13,6 +13,7 @@ import pickle
 import sys
 
 from . import __version__
+from .console import configure_console
 from .data.layouts import LAYOUTS  # numpy and PIL only: reading files does not need torch
 
 
@@ -351,6 +352,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
+    configure_console()  # what the library logs (leafseg.*) appears on stdout, above progress bars
     try:
         return int(args.func(args) or 0)
     except (OSError, ValueError, FloatingPointError, pickle.UnpicklingError) as err:

@@ -1,13 +1,17 @@
 """Configuration as data: OmegaConf YAML = packaged defaults <- base config(s) <- user file <- ``key=value``
-overrides. A config file builds on another with ``base: NAME`` (a packaged config such as ``cpu``, or a path)."""
+overrides, typed by the structured config of :mod:`leafseg.config_schema`. A config file builds on another with
+``base: NAME`` (a packaged config such as ``cpu``, or a path)."""
 
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from .config_schema import LeafSegConfig, SourceConfig, check_values
 
 
 def packaged_configs() -> list[str]:
@@ -61,25 +65,47 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
         overrides: ``key=value`` strings, e.g. ``["data.root=my-data", "train.time_budget_min=15"]``.
 
     Returns:
-        The merged OmegaConf ``DictConfig`` (struct mode: reading or setting an unknown key fails).
+        The merged OmegaConf ``DictConfig``, typed by :class:`leafseg.config_schema.LeafSegConfig`: reading or
+        setting an unknown key fails, and so does a value of the wrong type or outside a field's choices.
 
     Raises:
-        ValueError: an unknown key, a malformed file or override, or a circle of ``base:`` files.
+        ValueError: an unknown key, a value of the wrong type or out of range (the message names the key, the value
+            and what is allowed), a malformed file or override, or a circle of ``base:`` files.
     """
-    cfg = _read("default")
-    OmegaConf.set_struct(cfg, True)
+    where = f" in {source}" if source is not None else ""
     try:
+        cfg = OmegaConf.merge(OmegaConf.structured(LeafSegConfig), _read("default"))
         if source is not None:
-            cfg = OmegaConf.merge(cfg, _read_layered(source))
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            cfg = OmegaConf.merge(cfg, _yaml_no(_read_layered(source)))
+        cfg = OmegaConf.merge(cfg, _yaml_no(OmegaConf.from_dotlist(list(overrides))))
     except OmegaConfBaseException as err:
-        where = f" in {source}" if source is not None else ""
-        raise ValueError(f"invalid configuration{where}: {err}") from None
+        raise ValueError(f"invalid configuration{where}: {_describe(err)}") from None
+    check_values(cfg)
     return cfg
 
 
+def _yaml_no(layer: DictConfig) -> DictConfig:
+    """YAML reads an unquoted ``no`` as false: ``train.mixed_precision: no`` means the choice "no"."""
+    if OmegaConf.select(layer, "train.mixed_precision", default=None) is False:
+        layer.train.mixed_precision = "no"
+    return layer
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    """OmegaConf's error as one line that starts with the key: ``train.lr: Value 'abc' ... could not be converted
+    to Float``, ``train.lr_schedule: Invalid value 'x', expected one of [...]``, ``train.foo: no such key (...)``."""
+    message = str(getattr(err, "msg", None) or err).strip().splitlines()[0]
+    key, section = getattr(err, "full_key", None), getattr(err, "object_type", None)
+    if section is SourceConfig and key and not key.startswith("data."):  # OmegaConf drops the path of list items
+        key = f"data.sources[...].{key}"
+    if key and message.startswith("Key ") and is_dataclass(section):
+        return f"{key}: no such key (the keys here: {', '.join(f.name for f in fields(section))})"
+    return f"{key}: {message}" if key else message
+
+
 def to_container(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+    """Plain, resolved values (choices as their strings)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
 from . import data as D
+from .console import configure_console
+
+logger = logging.getLogger(__name__)
 
 DEMO_SIZE = 128
 DEMO_AUTOENCODER = {
@@ -151,36 +155,38 @@ def run_demo(output: str | Path = "leafseg-demo", minutes: float | None = None, 
     from .config import load_config
     from .training import BEST, train
 
+    configure_console()
     started = time.time()
     out = Path(output).resolve()
     data_root = make_synthetic_dataset(out / "data", n=n_images)
-    print(f"[1/4] synthetic dataset: {n_images} image/mask pairs in {data_root}")
+    logger.info(f"[1/4] synthetic dataset: {n_images} image/mask pairs in {data_root}")
 
     ae_dir = out / "mask-autoencoder"
     pairs = D.find_pairs(data_root)
     if not (ae_dir / "config.json").exists():
         _, masks = D.load_arrays(pairs, DEMO_SIZE)
         _, rt_dice = fit_mask_autoencoder(masks, ae_dir)
-        print(f"[2/4] mask autoencoder fitted: round-trip Dice {rt_dice:.4f} on 64 masks -> {ae_dir}")
+        logger.info(f"[2/4] mask autoencoder fitted: round-trip Dice {rt_dice:.4f} on 64 masks -> {ae_dir}")
     else:
-        print(f"[2/4] mask autoencoder reused from {ae_dir}")
+        logger.info(f"[2/4] mask autoencoder reused from {ae_dir}")
 
     steps = max_steps or (int(minutes * 60 / 0.6) if minutes else 600)
     run_dir = out / "run"
     cfg = load_config(None, demo_overrides(run_dir, data_root, ae_dir, steps))
     resume = (run_dir / "checkpoint-last").exists()
     result = train(cfg, resume=resume)
-    print(f"[3/4] LEAF trained {result.step} steps; best val Dice {result.best_val_dice:.4f} "
+    logger.info(f"[3/4] LEAF trained {result.step} steps; best val Dice {result.best_val_dice:.4f} "
           f"at step {result.best_step} -> {run_dir / BEST}")
 
     ev = evaluate(str(run_dir / BEST), str(data_root), "test", None, str(out / "test-eval"), overwrite=True)
     m = ev["summary"]["metrics"]
     wall = time.time() - started
-    print(f"[4/4] test split ({ev['summary']['n_images']} images): Dice {m['dice']['mean']:.4f}, "
+    logger.info(f"[4/4] test split ({ev['summary']['n_images']} images): Dice {m['dice']['mean']:.4f}, "
           f"IoU {m['iou']['mean']:.4f} (mean per-image foreground)")
-    print(f"figures:  {ev['output'] / 'grid.png'}, worst_cases.png, overlays/ "
+    logger.info(f"figures:  {ev['output'] / 'grid.png'}, worst_cases.png, overlays/ "
           "(image | ground truth | prediction | uncertainty)")
-    print(f"metrics:  {ev['output'] / 'summary.json'} and per_image.csv")
-    print(f"model:    {run_dir / BEST} (try: leafseg predict --model {run_dir / BEST} --input IMAGE --output DIR)")
-    print(f"demo wall time {wall / 60:.1f} min")
+    logger.info(f"metrics:  {ev['output'] / 'summary.json'} and per_image.csv")
+    logger.info(f"model:    {run_dir / BEST} (try: leafseg predict --model {run_dir / BEST} --input IMAGE "
+                "--output DIR)")
+    logger.info(f"demo wall time {wall / 60:.1f} min")
     return {"dice": m["dice"]["mean"], "iou": m["iou"]["mean"], "wall_s": wall, "output": out}

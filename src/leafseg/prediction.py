@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
-from .evaluation.figures import overlay, save_png
+from .figures import overlay, save_png
 from .files import prepare_output
 
 

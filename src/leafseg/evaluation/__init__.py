@@ -1,5 +1,5 @@
-"""Evaluation: per-image ``metrics`` (a pure function and a small class per metric, MONAI-style, plus the paper's
-numbers), the ``evaluate`` loop over a split, and the ``figures`` it draws."""
+"""Evaluation: the ``evaluate`` loop over a split, ``score`` for any folder of predicted masks, and the ``report``
+they write; the metrics live in :mod:`leafseg.metrics`, the drawings in :mod:`leafseg.figures`."""
 
 from .evaluate import evaluate
 

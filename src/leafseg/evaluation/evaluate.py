@@ -13,11 +13,11 @@ import numpy as np
 
 from .. import __version__
 from .. import data as D
+from ..figures import OVERLAY_SIZE, figure, read_own_png, save_overlay, save_png
 from ..files import folder_digest, prepare_output, write_csv, write_json, write_text
 from ..metrics import PaperMetrics, SegmentationMetrics, dice
 from ..models.weights import read_config
 from ..pipelines import load_pipeline
-from .figures import OVERLAY_SIZE, figure, read_own_png, save_overlay, save_png
 from .report import report_markdown
 
 

@@ -19,7 +19,7 @@ from .. import data as D
 from ..files import prepare_output, write_csv, write_json, write_text
 from ..metrics import SegmentationMetrics
 from .evaluate import _write_figures, figure_cases, read_groups
-from .figures import OVERLAY_SIZE, save_overlay
+from ..figures import OVERLAY_SIZE, save_overlay
 from .report import report_markdown
 
 #: outputs of ``leafseg predict`` beside its masks, never predictions themselves

@@ -1,5 +1,7 @@
-"""Training: the shared ``engine`` (run folder, seeded batches, optimiser, EMA, accelerate, validation, atomic
-checkpoints, resume), one module per method (``leaf``: LEAF; ``supervised``: the plain UNet baseline; ``peers``:
+"""Training: the shared ``engine`` (a :class:`Trainer` whose steps are overridable hooks) and its rooms
+(``run_setup``: device, precision, run folder; ``optimisation``: schedules, EMA; ``clock``: wall time;
+``bookkeeping``: validation, selection, checkpoints, time budget; ``checkpoints``: atomic saves, exact resume),
+one module per method (``leaf``: LEAF; ``supervised``: the plain UNet baseline; ``peers``:
 MONAI networks trained as nnU-Net trains), the ``caches`` of frozen targets and the training ``curves`` figure.
 :func:`train` picks the method from the config."""
 
@@ -8,13 +10,13 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from .checkpoints import BEST, CHECKPOINT, LAST
-from .engine import TrainResult, run_training
+from .engine import Trainer, TrainResult, run_training
 from .leaf import LeafMethod, LeafTrainingModel, build_alignment_teacher, build_components
 from .peers import MonaiPeerMethod
 from .supervised import SupervisedMethod
 
-__all__ = ["BEST", "CHECKPOINT", "LAST", "METHODS", "LeafTrainingModel", "TrainResult", "build_alignment_teacher",
-           "build_components", "train"]
+__all__ = ["BEST", "CHECKPOINT", "LAST", "METHODS", "LeafTrainingModel", "TrainResult", "Trainer",
+           "build_alignment_teacher", "build_components", "train"]
 
 #: ``method`` config value -> training method
 METHODS = {"leaf": LeafMethod, "supervised_unet": SupervisedMethod,
@@ -22,7 +24,7 @@ METHODS = {"leaf": LeafMethod, "supervised_unet": SupervisedMethod,
            "basicunet": lambda cfg: MonaiPeerMethod(cfg, "basicunet")}
 
 
-def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
+def train(cfg: DictConfig, resume: bool = False, trainer_class: type[Trainer] = Trainer) -> TrainResult:
     """Train the configured method (``method``: ``leaf``, ``supervised_unet``, or a MONAI peer ``dynunet`` /
     ``basicunet``) into ``cfg.run.output_dir``.
 
@@ -30,6 +32,8 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
         cfg: a configuration from :func:`leafseg.load_config` (defaults, a recipe or file, ``key=value`` overrides).
         resume: continue the run in ``cfg.run.output_dir`` from its last checkpoint (bit for bit on the CPU); a
             changed key that decides what is learned is refused.
+        trainer_class: :class:`Trainer`, or a subclass overriding some of its hooks (``on_train_start``,
+            ``train_step``, ``validate``, ``export``, ...).
 
     Returns:
         A ``TrainResult``: the run folder, the last step, the best val Dice and its step (None without a val split),
@@ -39,7 +43,4 @@ def train(cfg: DictConfig, resume: bool = False) -> TrainResult:
     Raises:
         ValueError: a wrong method, configuration value or dataset (the message names the key or file).
     """
-    method = cfg.get("method", "leaf")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    return run_training(METHODS[method](cfg), cfg, resume)
+    return run_training(METHODS[cfg.method](cfg), cfg, resume, trainer_class)

@@ -6,7 +6,7 @@ steps taken since half-way through the warm-up gives the time of a step (a media
 on the machine does not count), a validation run at that point gives the time of one validation, and the largest
 count (a multiple of 100, at most ``train.max_steps``) whose remaining steps and validations fit in what is left of
 the budget is kept. The LR schedule is then stretched to it, as if ``train.max_steps`` had been that count from the
-start (``leafseg.training.engine.retarget_lr_schedule``).
+start (``leafseg.training.optimisation.retarget_lr_schedule``).
 
 A warm-up is short (50 timed steps in the ``cpu`` recipe): another job running through it would make every step
 look slow and the run stop far too early. So the count is revised at each validation in the first half of the
@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import statistics
 
-from omegaconf import DictConfig
-
 GRANULARITY = 100  # decided counts are multiples of this: two runs on one machine rarely land a step apart
-MIN_WARMUP = 10    # steps to time before deciding
 # The warm-up's steps run faster than a run's average (the cpu recipe on a 2-core Zen 5: 0.298 s timed over steps
 # 50-100 in E9, 0.322 s averaged over E8's 8500 steps): the timed step is taken this much longer.
 STEP_SLACK = 1.10
@@ -64,38 +61,3 @@ def steps_in_budget(budget_s: float, elapsed_s: float, step: int, step_s: float,
     while n > step and cost(n) > left:  # a few iterations: validations only shorten the first guess a little
         n -= GRANULARITY
     return max(n, step)
-
-
-# train.* numbers that must be given, with their kind and smallest value: a wrong one is named before any work
-TRAIN_NUMBERS = {"max_steps": (int, 1), "batch_size": (int, 1), "val_every": (int, 1), "checkpoint_every": (int, 1),
-                 "log_every": (int, 1), "warmup_steps": (int, 0), "lr": (float, 0.0)}
-
-
-def check_train_numbers(tc: DictConfig) -> None:
-    """One clear error for a train.* count or rate that is not a number of the right kind and size (``lr=abc``,
-    ``batch_size=0``, ``val_every=0``, ``max_steps=0``), before anything is decoded, cached or written."""
-    for key, (kind, least) in TRAIN_NUMBERS.items():
-        value = tc.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and kind is int:
-            ok = float(value).is_integer()
-        if not ok or value < least or (kind is float and not value > least):
-            what = "a whole number" if kind is int else "a number"
-            bound = f">= {least}" if kind is int else f"> {least:g}"
-            raise ValueError(f"train.{key} must be {what} {bound}, got {value!r}")
-
-
-def check_budget_config(tc: DictConfig) -> None:
-    """A clear error for a budget the trainer cannot keep."""
-    budget = tc.get("time_budget_min")
-    if budget is None:
-        return
-    if not float(budget) > 0:
-        raise ValueError(f"train.time_budget_min must be a positive number of minutes or null, got {budget!r}")
-    if int(tc.warmup_steps) < MIN_WARMUP:
-        raise ValueError(f"train.time_budget_min needs train.warmup_steps >= {MIN_WARMUP} (the step count is decided "
-                         f"from the warm-up's step time, before the LR schedule depends on it), got "
-                         f"{tc.warmup_steps}")
-    if int(tc.max_steps) <= int(tc.warmup_steps):
-        raise ValueError(f"train.time_budget_min: train.max_steps ({tc.max_steps}) must exceed train.warmup_steps "
-                         f"({tc.warmup_steps}), where the step count is decided")

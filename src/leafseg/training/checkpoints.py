@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file, save_file
 
 from ..config import flatten, read_yaml, to_container
+from ..config_schema import resumable_keys
 from ..files import atomic_dir, replace_dir, write_json, write_text
 from ..models.weights import assert_finite
 from .run_log import say
@@ -87,17 +88,6 @@ def recover_models(run_dir: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-# What a resumed run may change: where things are and how the run is executed and reported. Everything else decides
-# what is learned: a resumed run that changed it would be neither the old run nor a new one (a changed train.lr,
-# for one, would be overwritten by the optimiser state of the checkpoint).
-RESUMABLE_KEYS = frozenset({
-    "run.output_dir", "run.cache_dir", "run.cache_backend", "run.device", "data.root", "data.split_file",
-    "data.num_workers",
-    "autoencoder.path", "unet.pretrained", "align.teacher_checkpoint", "train.max_steps", "train.val_every",
-    "train.checkpoint_every", "train.log_every", "train.val_at_start", "train.log_samples", "train.num_threads",
-    "train.mixed_precision"})
-
-
 def _flat(cfg: DictConfig) -> dict:
     try:  # the saved config may name an environment variable that is not set now
         return flatten(to_container(cfg))
@@ -106,15 +96,16 @@ def _flat(cfg: DictConfig) -> dict:
 
 
 def check_resume_config(run_dir: Path, cfg: DictConfig) -> list[str]:
-    """Compare the config a run is resumed with to the run's ``config.yaml``: a changed key outside
-    :data:`RESUMABLE_KEYS` is an error naming it; the changes allowed come back as lines to print. Keys the saved
-    config does not have (options newer than the run) are not compared."""
+    """Compare the config a run is resumed with to the run's ``config.yaml``: a changed key outside the fields
+    marked ``resumable`` (leafseg.config_schema) is an error naming it; the changes allowed come back as lines to
+    print. Keys the saved config does not have (options newer than the run) are not compared."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return []
     saved, given = _flat(read_yaml(path, "run configuration")), _flat(cfg)
     changed = sorted(k for k in saved.keys() & given.keys() if saved[k] != given[k])
-    refused = [k for k in changed if k not in RESUMABLE_KEYS]
+    resumable = resumable_keys()
+    refused = [k for k in changed if k not in resumable]
     if refused:
         listing = "; ".join(f"{k}: {saved[k]!r} in the run, {given[k]!r} now" for k in refused)
         raise ValueError(f"{path}: the run cannot be resumed with a different {', '.join(refused)} ({listing}). "

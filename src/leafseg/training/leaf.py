@@ -55,7 +55,7 @@ def build_components(cfg: DictConfig) -> dict:
     latent_size = cfg.data.resolution // factor
     channels = ae_ops.latent_channels(ae)
     image_encoder = ImageEncoder.from_autoencoder(ae, dropout=cfg.image_encoder.dropout)
-    image_encoder.freeze_leading_layers(int(cfg.image_encoder.get("frozen_layers", 0)))
+    image_encoder.freeze_leading_layers(cfg.image_encoder.frozen_layers)
     uc = to_container(cfg.unet)
     pretrained = uc.pop("pretrained")
     if pretrained:
@@ -120,8 +120,6 @@ class LeafMethod:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        if cfg.align.flip_tokens not in ("recompute", "mirror"):
-            raise ValueError(f"align.flip_tokens must be recompute or mirror, got {cfg.align.flip_tokens!r}")
 
     def build(self, trainer: Trainer) -> torch.nn.Module:
         cfg, ac, device = self.cfg, self.cfg.align, trainer.device
@@ -149,13 +147,10 @@ class LeafMethod:
         store, codes, device = trainer.data.train, trainer.codes, trainer.device
         self.mask_latents = MaskLatents(self.autoencoder, scale)
         self.z0_cache = self.tokens_cache = None
-        mode = str(cfg.run.get("frozen_targets", "cache"))
-        if mode not in ("cache", "on_the_fly"):
-            raise ValueError(f"run.frozen_targets must be cache or on_the_fly, got {mode!r}")
-        if mode == "on_the_fly":
+        if cfg.run.frozen_targets == "on_the_fly":
             return
         # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
-        backend = cache_backend(str(cfg.run.get("cache_backend", "torch")), device,
+        backend = cache_backend(str(cfg.run.cache_backend), device,
                                 say=None if trainer.accelerator.is_main_process else lambda _: None)  # said once
         key = target_cache_key(store.folder.name, codes, int(cfg.data.resolution), to_container(cfg.autoencoder),
                                scale, backend=backend, device=device)

@@ -46,9 +46,8 @@ def _autoencoder_source(ac: DictConfig) -> str:
 def card_metadata(cfg: DictConfig, state: dict) -> ModelCardData:
     """The card's YAML header. The weights inherit the terms of their training data and pretrained parts (listed
     in the card), hence licence ``other``; the val Dice is the model-index result (never a test score)."""
-    method = cfg.get("method", "leaf")
-    datasets = [Path(str(root)).name for root in
-                [cfg.data.root, *(s.root for s in cfg.data.get("sources") or [])] if root]
+    method = str(cfg.method)  # a plain string for the YAML writer
+    datasets = [Path(str(root)).name for root in [cfg.data.root, *(s.root for s in cfg.data.sources)] if root]
     best = state.get("best_val_dice")
     results = None
     if best is not None and datasets:
@@ -67,10 +66,10 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
     """The card (YAML metadata, then Markdown) of a model exported at ``state['step']`` (``kind``: "best" or
     "last")."""
     d, tc = cfg.data, cfg.train
-    method = cfg.get("method", "leaf")
+    method = cfg.method
     best = state.get("best_val_dice")
-    budget = ("" if tc.get("time_budget_min") is None else
-              f" (train.max_steps {tc.max_steps}; train.time_budget_min {tc.time_budget_min} decided "
+    budget = ("" if tc.time_budget_min is None else
+              f" (train.max_steps {tc.max_steps}; train.time_budget_min {tc.time_budget_min:g} decided "
               f"{state.get('budget_steps', 'not yet')})")
     lines = [
         f"# leafseg model ({'LEAF' if method == 'leaf' else method + ' baseline'}, {kind})", "",
@@ -90,8 +89,8 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
     else:
         lines += [f"- {PEER_DESCRIPTIONS.get(method, method)} at {d.resolution}x{d.resolution}."]
     lines += ["", "## How it was trained", "",
-              f"- Data: `{d.root}` (layout `{d.get('layout', 'folder')}`), split file sha256 `{split_sha256}`"
-              + "".join(f"; with `{s.root}` (layout `{s.get('layout') or 'folder'}`)" for s in d.get("sources") or [])
+              f"- Data: `{d.root}` (layout `{d.layout}`), split file sha256 `{split_sha256}`"
+              + "".join(f"; with `{s.root}` (layout `{s.get('layout') or 'folder'}`)" for s in d.sources)
               + ".",
               f"- {state.get('step')} of {state.get('budget_steps') or tc.max_steps} steps{budget}, batch "
               f"{tc.batch_size}, lr {tc.lr} "
@@ -106,7 +105,7 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
               "", "## Licences of the pretrained parts", ""]
     parts = [cfg.autoencoder.kind] + ([cfg.align.teacher] if method == "leaf" and cfg.align.enabled else [])
     lines += [f"- {LICENCES.get(p, p)}" for p in parts]
-    if cfg.unet.get("pretrained"):
+    if cfg.unet.pretrained:
         lines.append(f"- UNet initialised from `{cfg.unet.pretrained}` (the paper's: CompVis LDM LSUN-Churches-256)")
     lines += ["- The weights inherit the terms of the data they were trained on (the datasets above)."]
     header = card_metadata(cfg, state).to_yaml()

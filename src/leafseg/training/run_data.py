@@ -63,7 +63,7 @@ def volume_config(cfg: DictConfig) -> dict:
 
 def cache_dir(cfg: DictConfig, run_dir: Path) -> Path:
     """``run.cache_dir``, or the run folder's ``cache``: decoded samples and frozen training targets."""
-    return Path(cfg.run.get("cache_dir") or run_dir / "cache")
+    return Path(cfg.run.cache_dir or run_dir / "cache")
 
 
 def data_sources(cfg: DictConfig, run_dir: Path) -> list[DataSource]:
@@ -71,20 +71,14 @@ def data_sources(cfg: DictConfig, run_dir: Path) -> list[DataSource]:
     ``data.sources`` entry (``{name, root, layout, split_file, images, masks}``; name default: its folder's; split
     file default ``RUN/split-NAME.json``)."""
     d = cfg.data
-    sources = [DataSource(Path(str(d.root)).resolve().name or "data", str(d.root), d.get("layout", "folder"),
+    sources = [DataSource(Path(str(d.root)).resolve().name or "data", str(d.root), str(d.layout),
                           Path(d.split_file or run_dir / "split.json"), d.images, d.masks)]
-    for i, entry in enumerate(d.get("sources") or []):
-        entry = dict(to_container(entry))
-        unknown = set(entry) - {"name", "root", "layout", "split_file", "images", "masks"}
-        if unknown or not entry.get("root"):
-            raise ValueError(f"data.sources[{i}]: give root (and optionally name, layout, split_file, images, masks); "
-                             f"got {entry}")
-        name = str(entry.get("name") or Path(entry["root"]).name)
+    for i, entry in enumerate(d.sources):  # typed entries (leafseg.config_schema.SourceConfig)
+        name = str(entry.name or Path(entry.root).name)
         if name in [s.name for s in sources]:
             raise ValueError(f"data.sources[{i}]: name {name!r} used twice (give each source its own name)")
-        sources.append(DataSource(name, str(entry["root"]), entry.get("layout") or "folder",
-                                  Path(entry.get("split_file") or run_dir / f"split-{name}.json"),
-                                  entry.get("images") or "images", entry.get("masks") or "masks"))
+        sources.append(DataSource(name, str(entry.root), str(entry.layout),
+                                  Path(entry.split_file or run_dir / f"split-{name}.json"), entry.images, entry.masks))
     return sources
 
 

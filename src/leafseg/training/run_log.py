@@ -13,32 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..console import configure_console
 
-logger = logging.getLogger("leafseg.training")
+logger = logging.getLogger(__package__)  # leafseg.training: every training module says through it
 LOG_FILE = "train.log"
-
-
-class _Console(logging.Handler):
-    """Messages on stdout, written above a running tqdm bar instead of through it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=sys.stdout)
-        except Exception:  # noqa: BLE001 - logging's own contract: a handler never raises
-            self.handleError(record)
-
-
-def _console() -> None:
-    if not any(isinstance(h, _Console) for h in logger.handlers):
-        logger.addHandler(_Console())
-        logger.setLevel(logging.INFO)
-        logger.propagate = False  # said once, whatever the application configured on the root logger
 
 
 def say(message: str) -> None:
     """One line for the user (and the run's log file, when one is open)."""
-    _console()
+    configure_console()
     logger.info(message)
 
 
@@ -57,7 +40,7 @@ def run_log(run_dir: Path, enabled: bool = True) -> Iterator[Path | None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} leafseg {__version__}, python "
                          f"{sys.version.split()[0]}: {shlex.join(sys.argv)}\n")
-    _console()
+    configure_console()
     logger.addHandler(handler)
     try:
         yield path

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..files import atomic_write
-from ..metrics import dice
+from .files import atomic_write
+from .metrics import dice
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 0), alpha: float = 0.45) -> np.ndarray:

@@ -1,0 +1,108 @@
+"""Setting a run up, before any data is read: the device (``run.device``), the arithmetic
+(``train.mixed_precision``), a clean accelerate state, the run folder (locked, resumable or refused) and its
+``config.yaml``. Everything here refuses a wrong value before minutes of work are spent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+
+from ..config_schema import check_values
+from .checkpoints import (CHECKPOINT, check_resume_config, lock_run_dir, recover_checkpoint, release_run_dir,
+                          save_run_config)
+from .run_log import run_log, say
+
+
+def use_cuda(device: str) -> bool:
+    """Whether training runs on CUDA, per ``run.device``: auto (CUDA when visible), cpu (even on a GPU machine), or
+    cuda (an error when no GPU is visible, instead of quietly running on the CPU)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"run.device must be auto, cpu or cuda, got {device!r} (a GPU index is chosen with "
+                         "CUDA_VISIBLE_DEVICES or, for several, accelerate launch)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device=cuda but torch sees no CUDA device (CPU build of torch, or "
+                         "CUDA_VISIBLE_DEVICES empty); use run.device=auto or cpu")
+    return device != "cpu" and torch.cuda.is_available()
+
+
+def resolve_mixed_precision(value: str | bool, cuda: bool | None = None) -> str:
+    """``train.mixed_precision``; ``auto`` is bf16 when training on a CUDA GPU that supports it (``cuda`` None:
+    whenever one is visible), fp32 elsewhere."""
+    if value is False:  # YAML reads an unquoted `no` as false
+        value = "no"
+    value = str(value)  # a MixedPrecision member, or a plain string
+    if value == "auto":
+        cuda = torch.cuda.is_available() if cuda is None else cuda
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if value not in ("no", "bf16", "fp16"):
+        raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {value!r}")
+    return value
+
+
+def fresh_accelerator_state() -> None:
+    """accelerate keeps one device and precision per process: a second Accelerator asking for another precision
+    or for the CPU is refused, and one asking for CUDA after a CPU run silently stays on the CPU. A second training
+    in the same process (a notebook, the test suite, a sweep) starts from a clean state, unless ranks are launched
+    (torchrun/accelerate launch), whose process group that state holds. Private accelerate API, hence the guard."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    if hasattr(AcceleratorState, "_reset_state") and hasattr(GradientState, "_reset_state"):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
+    """Accelerator, run folder (locked for this run) and config.yaml. Refuses, before writing anything, a config
+    with unset keys, a folder another training holds, and a folder that holds a run unless resuming."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"config value(s) not set: {', '.join(missing)} (give them as key=value or in the config)")
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:  # e.g. paper.yaml's ${oc.env:LEAFSEG_PRETRAINED} with it unset
+        raise ValueError(f"config value {err.full_key} cannot be resolved: {str(err.msg).splitlines()[0]} (set "
+                         f"the environment variable it names, or give {err.full_key}=... as key=value)") from None
+    tc = cfg.train
+    check_values(cfg)  # again: a config may have been changed in Python since load_config
+    run_dir = Path(cfg.run.output_dir)
+    if tc.num_threads:
+        torch.set_num_threads(int(tc.num_threads))
+    cuda = use_cuda(str(cfg.run.device))
+    fresh_accelerator_state()
+    accelerator = Accelerator(
+        # cpu=True on machines without CUDA lets `accelerate launch --multi_gpu --num_processes N` (torchrun) run N
+        # CPU processes over gloo instead of silently falling back to N independent single-process runs.
+        cpu=not cuda,
+        mixed_precision=resolve_mixed_precision(tc.mixed_precision, cuda), log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(run_dir)
+        recover_checkpoint(run_dir)
+    accelerator.wait_for_everyone()
+    try:  # checked on every rank: no rank waits for one that stopped
+        if (run_dir / CHECKPOINT).exists() and not resume:
+            raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
+                                  "or choose another run.output_dir")
+        notes = check_resume_config(run_dir, cfg) if resume else []
+    except (FileExistsError, ValueError):
+        release_run_dir(run_dir)
+        raise
+    if accelerator.is_main_process:
+        if notes:  # what the resumed run changed, said before the run's own log opens
+            with run_log(run_dir):
+                for note in notes:
+                    say(note)
+        save_run_config(run_dir, cfg)
+    accelerator.wait_for_everyone()
+    return accelerator, run_dir
