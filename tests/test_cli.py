@@ -339,3 +339,26 @@ def test_smaller_overlays_change_the_pictures_not_the_numbers(tmp_path, model_an
     assert [a.shape[:2] for a in small] == [(288, 512)] * 4 and small[1].dtype == bool and small[1].any()
     assert np.allclose(small[3], 0.25)
     assert fit_panels(image[:8, :8], gt[:8, :8], gt[:8, :8], None, 512)[0].shape == (8, 8, 3)  # small: unchanged
+
+
+def test_evaluate_reading_ahead_and_scoring_behind_changes_no_number(tmp_path, model_and_data, monkeypatch):
+    """The reader and scorer threads beside the inference give the serial evaluation's rows, figures and summary,
+    in the same order (batch 1: several batches are in flight at once); a file that fails to read stops it with its
+    own message."""
+    import importlib
+
+    ev = importlib.import_module("leafseg.evaluation.evaluate")  # the module (the package exports the function)
+    model, data = model_and_data
+    outputs = {}
+    for overlap in (False, True):
+        monkeypatch.setattr(ev, "OVERLAP", overlap)
+        out = tmp_path / f"ev-{overlap}"
+        assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output", str(out),
+                     "--batch-size", "1", "--ensemble", "2"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        outputs[overlap] = ((out / "per_image.csv").read_text(), summary["metrics"],
+                            {p.name: p.read_bytes() for p in sorted((out / "overlays").iterdir())})
+    assert outputs[True] == outputs[False]
+    (data / "images" / "3.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="3.png"):
+        ev.evaluate(str(model), str(data), "all", None, str(tmp_path / "broken"), batch_size=1)

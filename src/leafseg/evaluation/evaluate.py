@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import queue
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,10 +236,8 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
     stability, volumes = [], {}
     samples = _samples(chosen, pipe.config.get("intensity"), int(pipe.config.get("slice_axis", 2)), volumes)
     bar = tqdm(total=len(chosen), desc=f"evaluating {split}", unit="case")
-    for chunk in _batches(samples, batch_size, bar):
-        images = [c.image for c in chunk]
-        runs = [pipe(images, num_inference_steps=steps, ensemble_size=ensemble, seed=seed + 1000 * k)
-                for k in range(seeds)]  # seed + 1000 k: ensemble members (seed .. seed+E-1) never overlap
+
+    def score(chunk: list, runs: list) -> None:
         result = runs[0]
         for j, (c, pred) in enumerate(zip(chunk, result.masks)):
             metrics.update(pred, c.gt, name=c.name, spacing=c.spacing or spacing)
@@ -252,8 +253,63 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
                 continue  # a volume's empty slices get no figure
             save_overlay(out / "overlays" / f"{c.name.replace('/', '_')}.png", c.name, c.image, c.gt, pred, unc,
                          overlay_size)
+
+    # Reading the next batch and scoring the last one (PNG decoding and encoding, surface distances) run on two
+    # threads beside the inference: one reader, one scorer, so rows keep their order and the numbers are the
+    # serial ones (tests compare them). PIL, zlib and torch release the GIL while they work.
+    batches = _batches(_read_ahead(samples) if OVERLAP else samples, batch_size, bar)
+    with ThreadPoolExecutor(max_workers=1) as scorer:
+        pending: Future | None = None
+        for chunk in batches:
+            images = [c.image for c in chunk]
+            runs = [pipe(images, num_inference_steps=steps, ensemble_size=ensemble, seed=seed + 1000 * k)
+                    for k in range(seeds)]  # seed + 1000 k: ensemble members (seed .. seed+E-1) never overlap
+            if pending is not None:
+                pending.result()  # at most one batch waits to be scored: memory stays bounded, errors surface
+                pending = None
+            if OVERLAP:
+                pending = scorer.submit(score, chunk, runs)
+            else:
+                score(chunk, runs)
+        if pending is not None:
+            pending.result()
     bar.close()
     return stability, volumes
+
+
+OVERLAP = True  # read ahead and score behind the inference on threads (False: one thread, for comparison)
+_DONE = object()
+
+
+def _read_ahead(samples, depth: int = 16):
+    """``samples`` read on a background thread, up to ``depth`` ahead; an error while reading is raised here."""
+    ahead: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for item in samples:
+                while not stop.is_set():
+                    try:
+                        ahead.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            ahead.put(err)
+
+    reader = threading.Thread(target=read, name="leafseg-evaluate-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := ahead.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def default_output(model_dir: str | Path, split: str) -> Path:
