@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import queue
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from ..files import folder_digest, prepare_output, write_csv, write_json, write_
 from ..metrics import PaperMetrics, SegmentationMetrics, dice
 from ..models.weights import read_config
 from ..pipelines import load_pipeline
+from .read_ahead import read_ahead
 from .report import report_markdown
 
 
@@ -257,7 +256,7 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
     # Reading the next batch and scoring the last one (PNG decoding and encoding, surface distances) run on two
     # threads beside the inference: one reader, one scorer, so rows keep their order and the numbers are the
     # serial ones (tests compare them). PIL, zlib and torch release the GIL while they work.
-    batches = _batches(_read_ahead(samples) if OVERLAP else samples, batch_size, bar)
+    batches = _batches(read_ahead(samples) if OVERLAP else samples, batch_size, bar)
     with ThreadPoolExecutor(max_workers=1) as scorer:
         pending: Future | None = None
         for chunk in batches:
@@ -278,38 +277,6 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
 
 
 OVERLAP = True  # read ahead and score behind the inference on threads (False: one thread, for comparison)
-_DONE = object()
-
-
-def _read_ahead(samples, depth: int = 16):
-    """``samples`` read on a background thread, up to ``depth`` ahead; an error while reading is raised here."""
-    ahead: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def read() -> None:
-        try:
-            for item in samples:
-                while not stop.is_set():
-                    try:
-                        ahead.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            ahead.put(_DONE)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
-            ahead.put(err)
-
-    reader = threading.Thread(target=read, name="leafseg-evaluate-reader", daemon=True)
-    reader.start()
-    try:
-        while (item := ahead.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 def default_output(model_dir: str | Path, split: str) -> Path:
