@@ -1,8 +1,9 @@
 """Inference precision on a trained model: speed of fp32 and bf16 (image encoder + UNet in bf16, channels-last on the
 CPU; mask decoder fp32), the masks' agreement with fp32's, and each one's per-image Dice against the ground truth.
+With --parts, also each network in bf16 alone (and the mask decoder too), to see which part moves the masks.
 
     python benchmarks/precision.py --model runs/cvc/model-best --data ../shared/data/cvc-clinicdb \
-        --layout cvc-clinicdb --split-file benchmarks/splits/cvc-clinicdb.json --split test
+        --layout cvc-clinicdb --split-file benchmarks/splits/cvc-clinicdb.json --split test [--parts]
 
 Prints a table and which precision `--precision auto` picks on this machine. Timings: wall time of the pipeline call
 over the whole split in batches of --batch (images already decoded), median of --repeats.
@@ -23,7 +24,7 @@ import torch
 from leafseg import data as D
 from leafseg.metrics import dice
 from leafseg.pipelines import load_pipeline
-from leafseg.pipelines.precision import bf16_is_fast, resolve_precision
+from leafseg.pipelines.precision import BF16_PARTS, bf16_is_fast, resolve_precision, set_precision
 
 
 def cpu_name() -> str:
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--parts", action="store_true", help="also bf16 per network: encoder, UNet, and all three")
     args = ap.parse_args(argv)
     pairs = D.find_dataset(args.data, args.layout)
     chosen = D.select(pairs, D.read_split(args.split_file, [p.stem for p in pairs])[args.split])
@@ -54,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; bf16 units: "
           f"{bf16_is_fast(args.device)}; --precision auto picks {resolve_precision('auto', args.device)}")
     print(f"{len(images)} images of {args.data} ({args.split}), batch {args.batch}")
+    variants = [("fp32", ()), ("bf16", BF16_PARTS)]
+    if args.parts:
+        variants += [("bf16 image encoder only", ("image_encoder",)), ("bf16 UNet only", ("unet",)),
+                     ("bf16 encoder + UNet + mask decoder", ("image_encoder", "unet", "autoencoder"))]
     rows, reference = [], None
-    for precision in ("fp32", "bf16"):
-        pipe = load_pipeline(args.model, args.device, precision=precision)
+    for name, parts in variants:
+        pipe = load_pipeline(args.model, args.device)  # afresh: a bf16 round trip would round the fp32 weights
+        set_precision(pipe, "bf16" if parts else "fp32", parts)
         pipe(images[: args.batch], batch_size=args.batch)  # warm-up (oneDNN kernels for the shapes)
         times, out = [], None
         for _ in range(args.repeats):
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = masks
         agreement = float(np.mean([dice(a, b) for a, b in zip(masks, reference)]))
         score = float(np.mean([dice(m, g) for m, g in zip(masks, truths)]))
-        rows.append((precision, statistics.median(times) / len(images), agreement, score))
+        rows.append((name, statistics.median(times) / len(images), agreement, score))
     print("| precision | s/image | masks Dice vs fp32 | Dice vs ground truth |")
     print("|---|---|---|---|")
     for precision, s, agreement, score in rows:

@@ -4,7 +4,10 @@ Two architectures, random weights (speed does not depend on them):
   * paper: the LEAF paper's networks -- LDM LSUN-Churches UNet (295 M parameters, 8 -> 4 channels after widening),
     CompVis kl-f8 autoencoder (its encoder copy as image encoder, its decoder for the mask), 256 x 256;
   * laptop: the `cpu` recipe -- TAEF2 autoencoder and the recipe's UNet, 128 x 128.
-Backends: fp32 eager PyTorch, channels-last PyTorch, ONNX Runtime (`leafseg export`). Each backend's masks are
+Backends: fp32 eager PyTorch, channels-last PyTorch, bf16 (`--precision bf16`: image encoder and UNet in bf16,
+channels-last, mask decoder fp32), bf16_all (the mask decoder in bf16 too), ONNX Runtime (`leafseg export`), and
+OpenVINO running the same ONNX files in f32 and bf16 (`openvino`, `openvino_bf16`; only where the `openvino` package
+can be imported: it is not one of leafseg's dependencies). Each backend's masks are
 compared (Dice) with fp32 eager's on real CVC-ClinicDB frames, so a faster path that changes the answer shows it.
 The floor: the FLOP count of each part and this machine's measured fp32 matmul rate.
 
@@ -17,6 +20,7 @@ Each configuration runs in its own process, so peak RSS is its own. Timings: med
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -29,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
-BACKENDS = ("fp32", "channels_last", "onnxruntime")
+BACKENDS = ("fp32", "channels_last", "bf16", "bf16_all", "onnxruntime", "openvino", "openvino_bf16")
 
 
 # ------------------------------------------------------------------------------------------------ the models
@@ -75,6 +79,23 @@ def cvc_images(n: int):
 
 # ------------------------------------------------------------------------------------------------ one config
 
+class _OpenVinoSession:
+    """ONNX Runtime's ``session.run`` over an OpenVINO compiled model of the same ONNX file, so the ONNX pipeline runs
+    on it unchanged (benchmark only)."""
+
+    def __init__(self, path: Path, bf16: bool):
+        import openvino as ov
+        import torch
+
+        self.model = ov.Core().compile_model(str(path), "CPU", {
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+
+    def run(self, _outputs, feeds: dict) -> list:
+        result = self.model(feeds)
+        return [result[out] for out in self.model.outputs]
+
+
 def _median_time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -98,7 +119,7 @@ def measure(arch: str, backend: str, repeats: int, batch: int, n_images: int, ou
     xb = torch.rand(batch, 3, r, r) * 2 - 1
     images = cvc_images(n_images)
     result = {"arch": arch, "backend": backend, "resolution": r, "threads": torch.get_num_threads()}
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino", "openvino_bf16"):
         from leafseg.pipelines.onnx import export_onnx
 
         folder = Path(tempfile.mkdtemp(prefix="leafseg-onnx-"))
@@ -106,6 +127,9 @@ def measure(arch: str, backend: str, repeats: int, batch: int, n_images: int, ou
         from leafseg.pipelines import load_pipeline
 
         runner = load_pipeline(folder)
+        if backend.startswith("openvino"):
+            runner.sessions = {name: _OpenVinoSession(folder / f"{name}.onnx", backend.endswith("bf16"))
+                               for name in runner.sessions}
         zx = runner.sessions["encode"].run(None, {"images": x1.numpy()})[0]
         noise = np.random.default_rng(0).standard_normal(zx.shape).astype(np.float32)
         result["encoder_s"] = _median_time(lambda: runner.sessions["encode"].run(None, {"images": x1.numpy()}),
@@ -117,16 +141,21 @@ def measure(arch: str, backend: str, repeats: int, batch: int, n_images: int, ou
         if backend == "channels_last":
             for m in (pipe.autoencoder, pipe.image_encoder, pipe.unet):
                 m.to(memory_format=torch.channels_last)
+        if backend in ("bf16", "bf16_all"):
+            from leafseg.pipelines.precision import BF16_PARTS, set_precision
+
+            set_precision(pipe, "bf16", BF16_PARTS + (("autoencoder",) if backend == "bf16_all" else ()))
         from leafseg.models import autoencoder as ae_ops
 
         with torch.inference_mode():
-            fmt = torch.channels_last if backend == "channels_last" else torch.contiguous_format
-            x = x1.contiguous(memory_format=fmt)
-            zx = pipe.image_encoder(x) * ae_ops.latent_scale(pipe.autoencoder)
+            fmt = torch.contiguous_format if backend == "fp32" else torch.channels_last
+            x = x1.contiguous(memory_format=fmt).to(pipe.image_encoder.dtype)
+            zx = (pipe.image_encoder(x) * ae_ops.latent_scale(pipe.autoencoder)).to(pipe.unet.dtype)
             z = torch.randn_like(zx)
+            z_dec = z.to(next(pipe.autoencoder.parameters()).dtype)
             result["encoder_s"] = _median_time(lambda: pipe.image_encoder(x), repeats)
             result["unet_s"] = _median_time(lambda: pipe.unet(torch.cat([zx, z], 1), 999), repeats)
-            result["decoder_s"] = _median_time(lambda: ae_ops.decode(pipe.autoencoder, z), repeats)
+            result["decoder_s"] = _median_time(lambda: ae_ops.decode(pipe.autoencoder, z_dec), repeats)
         call = pipe
     with torch.inference_mode():
         result["pipeline_b1_s"] = _median_time(lambda: call(list(x1 * 0.5 + 0.5)), repeats)
@@ -228,6 +257,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="leafseg-speed-"))
     print(f"machine: {machine()}; fp32 matmul {matmul_peak():.0f} GFLOP/s (3072^2, median of 7)")
     print(f"CPU vector units: {low_precision_units()}")
+    from leafseg.pipelines.precision import bf16_is_fast, resolve_precision
+
+    print(f"bf16 computed natively: {bf16_is_fast('cpu')}; `--precision auto` picks "
+          f"{resolve_precision('auto', 'cpu')} here")
     for arch in args.arch:
         flops = flops_per_part(arch)
         print(f"\n## {arch}: GFLOP per image -- encoder {flops['encoder']:.1f}, UNet {flops['unet']:.1f}, "
@@ -236,6 +269,9 @@ def main() -> None:
               f"{args.batch}) | GFLOP/s (b1) | peak RSS GiB | mask Dice vs fp32 |")
         print("|---|---|---|---|---|---|---|---|---|")
         for backend in args.backend:
+            if backend.startswith("openvino") and importlib.util.find_spec("openvino") is None:
+                print(f"| {backend} | not measured: the openvino package is not importable here |||||||")
+                continue
             stem = str(work / f"{arch}-{backend}")
             subprocess.run([sys.executable, __file__, "--one", arch, backend, "--out", stem, "--repeats",
                             str(args.repeats), "--batch", str(args.batch), "--images", str(args.images)], check=True)
@@ -243,9 +279,9 @@ def main() -> None:
             dice = dice_vs_reference(Path(str(work / f"{arch}-fp32") + ".npz"), Path(stem + ".npz")) \
                 if "fp32" in args.backend else float("nan")
             unet = r.get("unet_s")
-            parts = (f"{r['encoder_s']:.2f} | {unet:.2f} | {r['decoder_s']:.2f}" if unet is not None
-                     else f"{r['encoder_s']:.2f} | {r['unet_decoder_s']:.2f} (UNet + decoder) | ")
-            print(f"| {backend} | {parts} | {r['pipeline_b1_s']:.2f} | {r['pipeline_batch_img_per_s']:.2f} | "
+            parts = (f"{r['encoder_s']:.3f} | {unet:.3f} | {r['decoder_s']:.3f}" if unet is not None
+                     else f"{r['encoder_s']:.3f} | {r['unet_decoder_s']:.3f} (UNet + decoder) | ")
+            print(f"| {backend} | {parts} | {r['pipeline_b1_s']:.3f} | {r['pipeline_batch_img_per_s']:.2f} | "
                   f"{sum(flops.values()) / r['pipeline_b1_s']:.0f} | {r['peak_rss_gib']:.2f} | {dice:.4f} |",
                   flush=True)
 

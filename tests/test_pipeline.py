@@ -131,3 +131,23 @@ def test_precision_casts_encoder_and_unet_and_keeps_the_decoder_and_masks(tmp_pa
     assert load_pipeline(tmp_path / "model", "cpu", precision="auto").precision == resolve_precision("auto", "cpu")
     with pytest.raises(ValueError, match="precision must be one of"):
         load_pipeline(tmp_path / "model", "cpu", precision="fp16")
+
+
+def test_precision_parts_choose_which_networks_run_in_bf16():
+    """set_precision's parts: only the named networks go to bf16 (channels-last on the CPU), the rest to float32;
+    an unknown part is refused by name; fp32 puts every part back to float32."""
+    from leafseg.pipelines.precision import set_precision
+
+    pipe = tiny_pipeline()
+    assert set_precision(pipe, "bf16", ("unet",)) == "bf16"
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.image_encoder.dtype == torch.float32
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    set_precision(pipe, "bf16", ("image_encoder", "unet", "autoencoder"))
+    assert next(pipe.autoencoder.parameters()).dtype == pipe.image_encoder.dtype == torch.bfloat16
+    masks = pipe(images(2)).masks  # every part in bf16 still runs end to end
+    assert masks[0].dtype == bool
+    assert set_precision(pipe, "fp32", ("unet",)) == "fp32"
+    assert {next(m.parameters()).dtype for m in (pipe.unet, pipe.image_encoder, pipe.autoencoder)} == {torch.float32}
+    with pytest.raises(ValueError, match="decoder"):
+        set_precision(pipe, "bf16", ("decoder",))
+

@@ -1,6 +1,8 @@
 """Inference precision: float32 everywhere, or bf16 for the image encoder and the UNet where the hardware has bf16
 units (CPUs with AVX-512 BF16 / AMX, recent GPUs) and channels-last on the CPU. The mask decoder and the x0 step
 stay in float32 in both: the mask is decided there, and they are a small share of the work in the laptop recipe.
+Which parts go to bf16 is a parameter (``parts``), so `benchmarks/precision.py --parts` can measure each one's effect
+on the masks.
 """
 
 from __future__ import annotations
@@ -8,6 +10,9 @@ from __future__ import annotations
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# a pipeline's networks that may run in bf16; "network" is a peer method's single segmentation network
+CASTABLE_PARTS = ("image_encoder", "unet", "autoencoder", "network")
+BF16_PARTS = ("image_encoder", "unet", "network")
 
 
 def bf16_is_fast(device: str | torch.device) -> bool:
@@ -29,18 +34,28 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     return precision
 
 
-def set_precision(pipe, precision: str) -> str:
-    """Cast a loaded pipeline's image encoder and UNet, or a peer's network (those it has), to the resolved
-    precision, in place; returns it (``fp32`` or ``bf16``)."""
+def set_precision(pipe, precision: str, parts: tuple[str, ...] = BF16_PARTS) -> str:
+    """Cast the pipeline's ``parts`` (those it has) to the resolved precision, in place, channels-last on the CPU in
+    bf16; every other part is set to float32. Returns the resolved precision (``fp32`` or ``bf16``).
+
+    Args:
+        pipe: a loaded pipeline (LEAF or a peer's).
+        precision: ``auto``, ``fp32`` or ``bf16``.
+        parts: names among :data:`CASTABLE_PARTS` to run in bf16 when the precision is bf16.
+    """
+    unknown = sorted(set(parts) - set(CASTABLE_PARTS))
+    if unknown:
+        raise ValueError(f"parts must be among {CASTABLE_PARTS}, got {unknown}")
     resolved = resolve_precision(precision, pipe.device)
-    dtype = torch.bfloat16 if resolved == "bf16" else torch.float32
-    channels_last = resolved == "bf16" and pipe.device.type == "cpu"
-    for name in ("image_encoder", "unet", "network"):
+    for name in CASTABLE_PARTS:
         module = getattr(pipe, name, None)
-        if isinstance(module, torch.nn.Module):
-            # torch's own .to: diffusers' ModelMixin.to warns about "modules to keep in float32" (it lists none)
-            if next(module.parameters()).dtype != dtype:
-                torch.nn.Module.to(module, dtype=dtype)
-            if channels_last:
-                torch.nn.Module.to(module, memory_format=torch.channels_last)
+        if not isinstance(module, torch.nn.Module):
+            continue
+        low = resolved == "bf16" and name in parts
+        dtype = torch.bfloat16 if low else torch.float32
+        # torch's own .to: diffusers' ModelMixin.to warns about "modules to keep in float32" (it lists none)
+        if next(module.parameters()).dtype != dtype:
+            torch.nn.Module.to(module, dtype=dtype)
+        if low and pipe.device.type == "cpu":
+            torch.nn.Module.to(module, memory_format=torch.channels_last)
     return resolved
