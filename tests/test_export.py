@@ -34,6 +34,9 @@ def test_exported_single_step_equals_pytorch(tmp_path, kind):
             np.testing.assert_allclose(a, b, atol=1e-4)
         agree = np.mean([np.mean(a == b) for a, b in zip(ref.masks, got.masks)])
         assert agree > 0.999
+    ref, got = pipe(_images(), seed=4, flip_tta=True), onnx_pipe(_images(), seed=4, flip_tta=True)
+    for a, b in zip(ref.probabilities, got.probabilities):
+        np.testing.assert_allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="single step"):
         onnx_pipe(_images(1), num_inference_steps=4)
 

@@ -103,6 +103,9 @@ def test_pipeline_round_trip_and_onnx(tmp_path, architecture):
     export_onnx(again, tmp_path / "onnx")
     onnx = load_pipeline(str(tmp_path / "onnx"))
     np.testing.assert_allclose(onnx(images).probabilities[0], out.probabilities[0], atol=1e-4)
+    tta = pipe(images, flip_tta=True).probabilities  # the same flip views and merge on both backends
+    assert not np.allclose(tta[1], out.probabilities[1], atol=1e-4)
+    np.testing.assert_allclose(onnx(images, flip_tta=True).probabilities[1], tta[1], atol=1e-4)
 
 
 @pytest.mark.parametrize("architecture", ["dynunet", "basicunet"])

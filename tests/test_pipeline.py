@@ -151,3 +151,22 @@ def test_precision_parts_choose_which_networks_run_in_bf16():
     with pytest.raises(ValueError, match="decoder"):
         set_precision(pipe, "bf16", ("decoder",))
 
+
+def test_flip_tta_is_the_mean_of_the_flipped_views_and_commutes_with_flips():
+    """flip_tta: each ensemble member's soft mask averaged over the image and its three flipped copies, flipped back
+    (checked against four separate calls); the views form a group, so a flipped input gives the flipped result;
+    an image's result does not depend on its batch."""
+    pipe = tiny_pipeline()
+    x = images(3, h=32, w=32)  # the model's resolution: no resizing between the views and the output
+    views = [(), (-1,), (-2,), (-2, -1)]
+    separate = [pipe([im.flip(d) if d else im for im in x], ensemble_size=2, seed=3).probabilities for d in views]
+    want = [np.mean([(np.flip(p[i], d) if d else p[i]) for p, d in zip(separate, views)], axis=0) for i in range(3)]
+    got = pipe(x, ensemble_size=2, seed=3, flip_tta=True)
+    for a, b in zip(got.probabilities, want):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert got.uncertainty is not None and not np.allclose(got.probabilities[0], separate[0][0], atol=1e-3)
+    mirrored = pipe([im.flip(-1) for im in x], ensemble_size=2, seed=3, flip_tta=True)
+    for a, b in zip(mirrored.probabilities, got.probabilities):
+        np.testing.assert_allclose(a, np.flip(b, -1), atol=1e-5)
+    alone = pipe(x[1:2], ensemble_size=2, seed=3, flip_tta=True, batch_size=1)
+    np.testing.assert_allclose(alone.probabilities[0], got.probabilities[1], atol=1e-5)

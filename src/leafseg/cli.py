@@ -35,7 +35,7 @@ def cmd_predict(args) -> int:
 
     report = predict(args.model, args.input, args.output, args.steps, args.ensemble, args.seed, args.batch_size,
                      args.device, args.uncertainty, args.threshold, args.save_probabilities, args.strict,
-                     args.overwrite, args.backend, args.precision)
+                     args.overwrite, args.backend, args.precision, args.tta)
     print(f"wrote masks and overlays of {len(report.written)} image(s) to {args.output}")
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable file(s):", file=sys.stderr)
@@ -97,7 +97,7 @@ def cmd_evaluate(args) -> int:
                       worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None,
                       overwrite=args.overwrite, backend=args.backend,
                       allow_training_data=args.include_training_data, groups=args.groups,
-                      precision=args.precision, overlay_size=args.overlay_size)
+                      precision=args.precision, overlay_size=args.overlay_size, flip_tta=args.tta)
     _print_scores(result)
     return 0
 
@@ -177,6 +177,8 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", type=int, default=1, help="seeds averaged into a probability map")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (ensemble member k uses seed + k)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--tta", action="store_true",
+                   help="flip test-time augmentation: average over the image and its 3 flipped copies (4x the work)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                    help="auto: by the model folder (a saved model: PyTorch; a `leafseg export` folder: ONNX Runtime)")
     _add_device_args(p)

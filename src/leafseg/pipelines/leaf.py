@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from ..diffusion import single_step_x0
 from ..models import autoencoder as ae_ops
 from ..models.image_encoder import ImageEncoder
+from .flips import flipped_views, merge_views
 from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
 
 
@@ -99,7 +100,7 @@ class LeafSegPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0,
                  generator: torch.Generator | None = None, threshold: float = 0.5, batch_size: int = 8,
-                 return_dict: bool = True):
+                 flip_tta: bool = False, return_dict: bool = True):
         """Segment one image or a list of images (PIL, numpy HxWx3, or (3, H, W) / (B, 3, H, W) tensors in [0, 1]).
 
         Args:
@@ -112,7 +113,9 @@ class LeafSegPipeline(DiffusionPipeline):
                 its batch).
             generator: a torch generator instead of ``seed`` (single member).
             threshold: probability above which a pixel is foreground.
-            batch_size: images per forward pass.
+            batch_size: images per forward pass (each with its three flipped copies under ``flip_tta``).
+            flip_tta: average each member's soft mask over the image and its horizontal, vertical and doubly
+                flipped copies (:mod:`leafseg.pipelines.flips`; 4x the work).
             return_dict: False returns the tuple ``(masks, probabilities, uncertainty)``.
 
         Returns:
@@ -128,10 +131,14 @@ class LeafSegPipeline(DiffusionPipeline):
         probs, stds = [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
+            if flip_tta:
+                chunk = flipped_views(chunk)
             latents = self.predict_latents(chunk, num_inference_steps, ensemble_size, seed, generator)
             e, b = latents.shape[:2]
             soft = self.latents_to_soft_masks(latents.flatten(0, 1))
             soft = soft.view(e, b, *soft.shape[-2:])
+            if flip_tta:
+                soft = merge_views(soft)
             probs.append(soft.mean(0))
             stds.append(soft.std(0, unbiased=False))
         output = self.image_processor.postprocess(torch.cat(probs), torch.cat(stds) if ensemble_size > 1 else None,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..files import read_json, write_json
+from .flips import flipped_views, merge_views
 from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
 
 MANIFEST = "leafseg_onnx.json"
@@ -190,16 +191,20 @@ class OnnxSegPipeline:
         return np.stack(out)
 
     def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0, generator=None,
-                 threshold: float = 0.5, batch_size: int = 8, return_dict: bool = True):
+                 threshold: float = 0.5, batch_size: int = 8, flip_tta: bool = False, return_dict: bool = True):
         if num_inference_steps != 1 or generator is not None:
             raise ValueError("the ONNX backend runs LEAF's single step only (num_inference_steps=1, seeds by `seed`); "
                              "use the PyTorch model for multi-step DDIM")
         if ensemble_size < 1 or (ensemble_size > 1 and self.manifest["kind"] != "leaf"):
             raise ValueError("ensemble_size must be >= 1 (and 1 for the deterministic supervised baseline)")
         images, sizes = self.image_processor.preprocess(image)
-        soft = np.concatenate([self._soft_masks(images[i:i + batch_size].numpy(), ensemble_size, seed)
-                               for i in range(0, len(images), batch_size)], axis=1)
-        soft = torch.from_numpy(soft)
+        chunks = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            chunk = flipped_views(chunk) if flip_tta else chunk
+            soft = torch.from_numpy(self._soft_masks(chunk.numpy(), ensemble_size, seed))
+            chunks.append(merge_views(soft) if flip_tta else soft)
+        soft = torch.cat(chunks, dim=1)
         output = self.image_processor.postprocess(soft.mean(0), soft.std(0, unbiased=False) if ensemble_size > 1
                                                   else None, sizes, threshold)
         return output if return_dict else (output.masks, output.probabilities, output.uncertainty)

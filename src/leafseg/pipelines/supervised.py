@@ -13,6 +13,7 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 
 from ..models.monai_nets import MonaiSegmenter
+from .flips import flipped_views, merge_views
 from .image_processor import SegmentationImageProcessor
 
 
@@ -52,7 +53,8 @@ class _SegmenterPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0,
-                 generator=None, threshold: float = 0.5, batch_size: int = 8, return_dict: bool = True):
+                 generator=None, threshold: float = 0.5, batch_size: int = 8, flip_tta: bool = False,
+                 return_dict: bool = True):
         """Segment one image or a list of images, as :meth:`LeafSegPipeline.__call__` does.
 
         Args:
@@ -63,6 +65,7 @@ class _SegmenterPipeline(DiffusionPipeline):
             generator: accepted and unused.
             threshold: probability above which a pixel is foreground.
             batch_size: images per forward pass.
+            flip_tta: average over the image and its three flipped copies (:mod:`leafseg.pipelines.flips`).
             return_dict: False returns the tuple ``(masks, probabilities, uncertainty)``.
 
         Returns:
@@ -77,8 +80,12 @@ class _SegmenterPipeline(DiffusionPipeline):
         processor = SegmentationImageProcessor(self.resolution)
         images, sizes = processor.preprocess(image)
         device, dtype = self.device, self.dtype
-        probs = [self.foreground_probability(images[i:i + batch_size].to(device, dtype)).float()
-                 for i in range(0, len(images), batch_size)]
+        probs = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            chunk = flipped_views(chunk) if flip_tta else chunk
+            soft = self.foreground_probability(chunk.to(device, dtype)).float()
+            probs.append(merge_views(soft) if flip_tta else soft)
         output = processor.postprocess(torch.cat(probs), None, sizes, threshold)
         return output if return_dict else (output.masks, output.probabilities, output.uncertainty)
 
