@@ -8,6 +8,7 @@ model's inference alone; prints a table (images/s) and where the time of a defau
 from __future__ import annotations
 
 import argparse
+import importlib
 import cProfile
 import pstats
 import sys
@@ -53,12 +54,18 @@ def main() -> None:
         for i in range(0, len(images), 8):
             pipe(images[i:i + 8])
         rows = [("inference alone (batch 8, images in memory)", len(images) / (time.perf_counter() - start))]
-        for label, size in (("evaluate, full-size overlays (--overlay-size 0)", 0),
-                            ("evaluate, overlays at 512 px (default)", 512)):
+        evaluate_module = importlib.import_module("leafseg.evaluation.evaluate")  # the module, not the function
+
+        for label, size, overlap in (("evaluate, full-size overlays (--overlay-size 0)", 0, True),
+                                     ("evaluate, overlays at 512 px, one thread (no read-ahead or scorer)", 512,
+                                      False),
+                                     ("evaluate, overlays at 512 px (default)", 512, True)):
+            evaluate_module.OVERLAP = overlap
             start = time.perf_counter()
-            evaluate(args.model, str(data), "all", None, str(Path(tmp) / f"eval-{size}"), device="cpu",
+            evaluate(args.model, str(data), "all", None, str(Path(tmp) / f"eval-{size}-{overlap}"), device="cpu",
                      overlay_size=size)
             rows.append((label, args.n / (time.perf_counter() - start)))
+        evaluate_module.OVERLAP = True
         profile = cProfile.Profile()  # a third run, profiled (the profiler's overhead stays out of the table)
         profile.enable()
         evaluate(args.model, str(data), "all", None, str(Path(tmp) / "eval-profiled"), device="cpu")

@@ -41,6 +41,12 @@ def test_nifti_geometry_and_intensity_rules(tmp_path):
     root = _nifti_dataset(tmp_path / "d", n=1)
     v = D.read_volume(root / "images" / "case0.nii.gz")
     assert v.array.shape == (24, 20, 7) and np.allclose(v.affine, AFFINE) and np.allclose(v.spacing, (0.8, 0.8, 2.5))
+    assert D.volume_depth(root / "images" / "case0.nii.gz") == 7  # from the header alone
+    nib.save(nib.Nifti1Image(np.zeros((5, 6), np.float32), AFFINE), str(tmp_path / "flat.nii.gz"))
+    assert D.volume_depth(tmp_path / "flat.nii.gz") == D.read_volume(tmp_path / "flat.nii.gz").array.shape[2] == 1
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(ValueError, match="broken.nii.gz"):
+        D.volume_depth(tmp_path / "broken.nii.gz")
     assert D.file_stem(root / "images" / "case0.nii.gz") == "case0"
     a = np.array([[-1000.0, 40.0, 240.0, 3000.0]])
     assert D.to_uint8(a, {"mode": "window", "window": [40, 400]}).tolist() == [[0, 128, 255, 255]]
@@ -128,6 +134,8 @@ def test_dicom_series_geometry_and_prediction(tmp_path):
     image, _ = _volume(0)
     _dicom_series(tmp_path / "series", image)
     v = D.read_volume(tmp_path / "series")
+    assert D.volume_depth(tmp_path / "series") == 7  # from the file count, before any pixel is read
+    assert D.volume_depth(next((tmp_path / "series").iterdir())) == 1
     assert v.array.shape == (24, 20, 7) and np.allclose(v.array, image)  # slices sorted by position, not name
     assert np.allclose(v.spacing, (0.6, 0.7, 3.0))
     expected = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.array([[0.6, 0, 0, -10.0], [0, 0.7, 0, -20.0], [0, 0, 3.0, 5.0],

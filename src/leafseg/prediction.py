@@ -132,7 +132,7 @@ def _write(out: Path, name: str, image: np.ndarray, mask: np.ndarray, result, k:
 
 def _is_2d_volume(path: Path) -> bool:
     try:
-        return D.read_volume(path).array.shape[2] == 1
+        return D.volume_depth(path) == 1
     except (ValueError, OSError):
         return False  # unreadable: reported when it is read as a volume
 

@@ -6,7 +6,7 @@ from .augment import ColourJitter, SampleAugmentation
 from .io import (IMAGE_EXTENSIONS, MASK_RULES, file_stem, flip, list_images, load_arrays, load_image, load_mask,
                  load_samples, mask_from_array, resize_image, resize_mask, sort_key, volume_pair_slices)
 from .layouts import LAYOUTS, Layout, Pair, find_dataset, find_pairs, match_pairs
-from .volumes import Volume, is_volume, read_volume, slices_along, to_uint8, write_mask_volume
+from .volumes import Volume, is_volume, read_volume, slices_along, to_uint8, volume_depth, write_mask_volume
 from .store import RowFile, SampleStore, build_sample_store
 from .splits import (SPLITS, load_or_create_split, make_dataset_split, make_split, read_split, select,
                      split_digest, write_or_show_split)
@@ -16,8 +16,7 @@ __all__ = [
     "IMAGE_EXTENSIONS", "LAYOUTS", "MASK_RULES", "SPLITS", "Layout", "Pair", "Volume", "file_stem", "find_dataset",
     "find_pairs", "flip", "is_volume", "list_images", "load_arrays", "load_image", "load_mask", "load_or_create_split",
     "load_samples", "make_dataset_split", "mask_from_array", "read_volume", "slices_along", "to_uint8",
-    "volume_pair_slices",
-    "write_mask_volume",
+    "volume_depth", "volume_pair_slices", "write_mask_volume",
     "make_split", "match_pairs", "read_split", "resize_image", "resize_mask", "select", "sort_key", "split_digest",
     "write_or_show_split",
 ]

@@ -84,6 +84,23 @@ def read_volume(path: str | Path) -> Volume:
         raise ValueError(f"{path}: cannot read it as {kind} ({type(err).__name__}: {err})") from None
 
 
+def volume_depth(path: str | Path) -> int:
+    """The number of slices along axis 2 that :func:`read_volume` would give, from the NIfTI header or the count of
+    a series' files, without reading any voxel (so a predict over a folder does not read each volume twice)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.suffix.lower() == ".dcm" for p in path.iterdir())
+    if path.suffix.lower() == ".dcm":
+        return 1
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception as err:  # nibabel raises its own types for corrupt files
+        raise ValueError(f"{path}: cannot read it as NIfTI ({type(err).__name__}: {err})") from None
+    return 1 if len(shape) == 2 else (shape[2] if len(shape) >= 3 else 0)
+
+
 def _read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
