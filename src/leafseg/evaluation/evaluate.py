@@ -261,8 +261,9 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
         pending: Future | None = None
         for chunk in batches:
             images = [c.image for c in chunk]
+            # seed + 1000 k: ensemble members (seed .. seed+E-1) never overlap
             runs = [pipe(images, num_inference_steps=steps, ensemble_size=ensemble, seed=seed + 1000 * k,
-                         flip_tta=flip_tta) for k in range(seeds)]  # seed + 1000 k: ensemble members (seed .. seed+E-1) never overlap
+                         flip_tta=flip_tta) for k in range(seeds)]
             if pending is not None:
                 pending.result()  # at most one batch waits to be scored: memory stays bounded, errors surface
                 pending = None

@@ -22,7 +22,8 @@ def _header(summary: dict) -> list[str]:
             f"Model `{summary['model']}` (sha256 `{summary['checkpoint_sha256'][:16]}`), data `{summary['data']}` "
             f"(layout `{summary['layout']}`), split file sha256 `{(summary['split_file_sha256'] or 'n/a')[:16]}`; "
             f"{inf['pipeline']}, {inf['steps']} step(s), ensemble {inf['ensemble']}, seed {inf['seed']}, "
-            f"{'flip test-time augmentation, ' if inf.get('flip_tta') else ''}on {inf['device']} ({inf.get('precision', 'fp32')}); leafseg {summary['leafseg']}.", ""]
+            f"{'flip test-time augmentation, ' if inf.get('flip_tta') else ''}"
+            f"on {inf['device']} ({inf.get('precision', 'fp32')}); leafseg {summary['leafseg']}.", ""]
 
 
 def report_markdown(summary: dict) -> str:
