@@ -1,5 +1,6 @@
-"""Inference precision on a trained model: speed of fp32 and bf16 (image encoder + UNet in bf16, channels-last on the
-CPU; mask decoder fp32), the masks' agreement with fp32's, and each one's per-image Dice against the ground truth.
+"""Inference precision on a trained model: speed of fp32 and bf16 (`--precision bf16`: the UNet and mask decoder in
+bf16, channels-last on the CPU; image encoder fp32), the masks' agreement with fp32's, and each one's per-image Dice
+against the ground truth.
 With --parts, also each network in bf16 alone (and the mask decoder too), to see which part moves the masks.
 
     python benchmarks/precision.py --model runs/cvc/model-best --data ../shared/data/cvc-clinicdb \
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--parts", action="store_true", help="also bf16 per network: encoder, UNet, and all three")
+    ap.add_argument("--parts", action="store_true", help="also bf16 per network: encoder, UNet, decoder, and combinations")
     args = ap.parse_args(argv)
     pairs = D.find_dataset(args.data, args.layout)
     chosen = D.select(pairs, D.read_split(args.split_file, [p.stem for p in pairs])[args.split])
@@ -56,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; bf16 units: "
           f"{bf16_is_fast(args.device)}; --precision auto picks {resolve_precision('auto', args.device)}")
     print(f"{len(images)} images of {args.data} ({args.split}), batch {args.batch}")
-    variants = [("fp32", ()), ("bf16", BF16_PARTS)]
+    variants = [("fp32", ()), ("bf16 (`--precision bf16`: UNet + mask decoder)", BF16_PARTS)]
     if args.parts:
         variants += [("bf16 image encoder only", ("image_encoder",)), ("bf16 UNet only", ("unet",)),
+                     ("bf16 mask decoder only", ("autoencoder",)),
+                     ("bf16 encoder + UNet", ("image_encoder", "unet")),
                      ("bf16 encoder + UNet + mask decoder", ("image_encoder", "unet", "autoencoder"))]
     rows, reference = [], None
     for name, parts in variants:

@@ -4,8 +4,8 @@ Two architectures, random weights (speed does not depend on them):
   * paper: the LEAF paper's networks -- LDM LSUN-Churches UNet (295 M parameters, 8 -> 4 channels after widening),
     CompVis kl-f8 autoencoder (its encoder copy as image encoder, its decoder for the mask), 256 x 256;
   * laptop: the `cpu` recipe -- TAEF2 autoencoder and the recipe's UNet, 128 x 128.
-Backends: fp32 eager PyTorch, channels-last PyTorch, bf16 (`--precision bf16`: image encoder and UNet in bf16,
-channels-last, mask decoder fp32), bf16_all (the mask decoder in bf16 too), ONNX Runtime (`leafseg export`), and
+Backends: fp32 eager PyTorch, channels-last PyTorch, bf16 (`--precision bf16`: UNet and mask decoder in bf16,
+channels-last, image encoder fp32), bf16_all (the image encoder in bf16 too), ONNX Runtime (`leafseg export`), and
 OpenVINO running the same ONNX files in f32 and bf16 (`openvino`, `openvino_bf16`; only where the `openvino` package
 can be imported: it is not one of leafseg's dependencies). Each backend's masks are
 compared (Dice) with fp32 eager's on real CVC-ClinicDB frames, so a faster path that changes the answer shows it.
@@ -142,9 +142,9 @@ def measure(arch: str, backend: str, repeats: int, batch: int, n_images: int, ou
             for m in (pipe.autoencoder, pipe.image_encoder, pipe.unet):
                 m.to(memory_format=torch.channels_last)
         if backend in ("bf16", "bf16_all"):
-            from leafseg.pipelines.precision import BF16_PARTS, set_precision
+            from leafseg.pipelines.precision import BF16_PARTS, CASTABLE_PARTS, set_precision
 
-            set_precision(pipe, "bf16", BF16_PARTS + (("autoencoder",) if backend == "bf16_all" else ()))
+            set_precision(pipe, "bf16", CASTABLE_PARTS if backend == "bf16_all" else BF16_PARTS)
         from leafseg.models import autoencoder as ae_ops
 
         with torch.inference_mode():

@@ -188,7 +188,7 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
     """Where and in what arithmetic a loaded model runs (predict, evaluate, serve)."""
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
-                   help="image encoder and UNet in bf16 (auto: where the CPU/GPU has bf16 units); the mask decoder "
+                   help="UNet and mask decoder in bf16 (auto: where the CPU/GPU has bf16 units); the image encoder "
                         "stays fp32")
 
 

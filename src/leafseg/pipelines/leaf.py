@@ -68,7 +68,8 @@ class LeafSegPipeline(DiffusionPipeline):
     def latents_to_soft_masks(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> soft masks (B, R, R) in [0, 1] (mean over the decoded RGB channels)."""
         ae_dtype = next(self.autoencoder.parameters()).dtype
-        decoded = ae_ops.decode(self.autoencoder, latents.to(ae_dtype) / ae_ops.latent_scale(self.autoencoder))
+        # unscaled in float32, then cast: a bf16 decoder (leafseg.pipelines.precision) gets one rounding, not two
+        decoded = ae_ops.decode(self.autoencoder, (latents / ae_ops.latent_scale(self.autoencoder)).to(ae_dtype))
         return ((decoded.float() + 1) / 2).mean(dim=1)
 
     @torch.no_grad()
