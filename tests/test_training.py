@@ -263,20 +263,25 @@ def test_cache_estimate_leaves_out_the_first_batchs_warm_up(monkeypatch, capsys)
 
 
 def test_run_device_choice(monkeypatch):
-    """run.device: cpu trains on the CPU even where a GPU is visible (and then auto precision is fp32), cuda refuses
-    to fall back silently, anything else is named in the error."""
+    """run.device: cpu trains on the CPU even where a GPU is visible (and then auto precision is bf16 only where the
+    CPU has bf16 units), cuda refuses to fall back silently, anything else is named in the error."""
     from leafseg.training.run_setup import resolve_mixed_precision, use_cuda
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert use_cuda("auto") and use_cuda("cuda") and not use_cuda("cpu")
     assert resolve_mixed_precision("auto", cuda=True) == "bf16"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)  # a CPU without bf16 units
     assert resolve_mixed_precision("auto", cuda=False) == "no"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)  # with them: bf16 autocast
+    assert resolve_mixed_precision("auto", cuda=False) == "bf16"
     assert resolve_mixed_precision(False, cuda=True) == "no"  # YAML's unquoted `no`
     with pytest.raises(ValueError, match="run.device must be auto, cpu or cuda, got 'gpu'"):
         use_cuda("gpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert not use_cuda("auto") and not use_cuda("cpu")
+    assert resolve_mixed_precision("auto") == "bf16"  # the CPU, with the bf16 units set above
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert resolve_mixed_precision("auto") == "no"
     with pytest.raises(ValueError, match="run.device=cuda but torch sees no CUDA device"):
         use_cuda("cuda")
