@@ -44,6 +44,7 @@ def main() -> None:
     from leafseg import data as D
     from leafseg.evaluation import evaluate
     from leafseg.pipelines import load_pipeline
+    from leafseg.pipelines.precision import bf16_is_fast
 
     with tempfile.TemporaryDirectory() as tmp:
         data = make_frames(Path(args.source), Path(tmp) / "frames", args.n, tuple(args.size))
@@ -66,6 +67,11 @@ def main() -> None:
                      overlay_size=size)
             rows.append((label, args.n / (time.perf_counter() - start)))
         evaluate_module.OVERLAP = True
+        if bf16_is_fast("cpu"):
+            start = time.perf_counter()
+            evaluate(args.model, str(data), "all", None, str(Path(tmp) / "eval-bf16"), device="cpu",
+                     precision="bf16")
+            rows.append(("evaluate, overlays at 512 px, --precision bf16", args.n / (time.perf_counter() - start)))
         profile = cProfile.Profile()  # a third run, profiled (the profiler's overhead stays out of the table)
         profile.enable()
         evaluate(args.model, str(data), "all", None, str(Path(tmp) / "eval-profiled"), device="cpu")

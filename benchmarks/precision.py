@@ -38,6 +38,22 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _openvino_pipeline(model: str, bf16: bool):
+    """The model exported to ONNX (`leafseg export`), its sessions run by OpenVINO instead of ONNX Runtime."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from speed import _OpenVinoSession
+
+    from leafseg.pipelines.onnx import export_onnx
+
+    folder = Path(tempfile.mkdtemp(prefix="leafseg-openvino-"))
+    export_onnx(load_pipeline(model, "cpu"), folder)
+    pipe = load_pipeline(folder)
+    pipe.sessions = {name: _OpenVinoSession(folder / f"{name}.onnx", bf16) for name in pipe.sessions}
+    return pipe
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -48,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--parts", action="store_true", help="also bf16 per network: encoder, UNet, decoder, and combinations")
+    ap.add_argument("--parts", action="store_true",
+                    help="also bf16 per network: encoder, UNet, decoder, and combinations")
+    ap.add_argument("--openvino", action="store_true",
+                    help="also the model exported to ONNX and run by OpenVINO in f32 and bf16 (needs openvino)")
     args = ap.parse_args(argv)
     pairs = D.find_dataset(args.data, args.layout)
     chosen = D.select(pairs, D.read_split(args.split_file, [p.stem for p in pairs])[args.split])
@@ -63,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
                      ("bf16 mask decoder only", ("autoencoder",)),
                      ("bf16 encoder + UNet", ("image_encoder", "unet")),
                      ("bf16 encoder + UNet + mask decoder", ("image_encoder", "unet", "autoencoder"))]
+    if args.openvino:
+        variants += [("OpenVINO f32 (ONNX export)", "f32"), ("OpenVINO bf16 (ONNX export, whole graph)", "bf16")]
     rows, reference = [], None
     for name, parts in variants:
-        pipe = load_pipeline(args.model, args.device)  # afresh: a bf16 round trip would round the fp32 weights
-        set_precision(pipe, "bf16" if parts else "fp32", parts)
+        if name.startswith("OpenVINO"):
+            pipe = _openvino_pipeline(args.model, parts == "bf16")
+        else:
+            pipe = load_pipeline(args.model, args.device)  # afresh: a bf16 round trip would round the fp32 weights
+            set_precision(pipe, "bf16" if parts else "fp32", parts)
         pipe(images[: args.batch], batch_size=args.batch)  # warm-up (oneDNN kernels for the shapes)
         times, out = [], None
         for _ in range(args.repeats):
