@@ -111,7 +111,7 @@ def test_bad_inputs():
         pipe(images(1), ensemble_size=0)
 
 
-def test_precision_casts_unet_and_decoder_and_keeps_the_encoder_and_masks(tmp_path):
+def test_precision_casts_unet_and_decoder_and_keeps_the_encoder_and_masks(tmp_path, monkeypatch):
     """bf16 for the UNet and the mask decoder (channels-last on the CPU), the image encoder and x0 step in float32;
     auto picks bf16 only where the device computes it natively; the masks stay those of fp32."""
     from leafseg.pipelines import load_pipeline
@@ -131,6 +131,11 @@ def test_precision_casts_unet_and_decoder_and_keeps_the_encoder_and_masks(tmp_pa
     assert load_pipeline(tmp_path / "model", "cpu", precision="auto").precision == resolve_precision("auto", "cpu")
     with pytest.raises(ValueError, match="precision must be one of"):
         load_pipeline(tmp_path / "model", "cpu", precision="fp16")
+    # a CPU without bf16 units (oneDNN would emulate it): auto falls back to float32 everywhere
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    plain = load_pipeline(tmp_path / "model", "cpu", precision="auto")
+    assert plain.precision == "fp32" and plain.unet.dtype == plain.image_encoder.dtype == torch.float32
+    np.testing.assert_array_equal(plain(images).probabilities[0], a.probabilities[0])
 
 
 def test_precision_parts_choose_which_networks_run_in_bf16():
