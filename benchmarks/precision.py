@@ -39,7 +39,7 @@ def cpu_name() -> str:
 
 
 def _openvino_pipeline(model: str, bf16: bool):
-    """The model exported to ONNX (`leafseg export`), its sessions run by OpenVINO instead of ONNX Runtime."""
+    """The model exported to ONNX (`leafseg export`), its two graphs run by OpenVINO instead of ONNX Runtime."""
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -80,8 +80,8 @@ def cvc_images(n: int):
 # ------------------------------------------------------------------------------------------------ one config
 
 class _OpenVinoSession:
-    """ONNX Runtime's ``session.run`` over an OpenVINO compiled model of the same ONNX file, so the ONNX pipeline runs
-    on it unchanged (benchmark only)."""
+    """The ``run`` method of an ONNX Runtime InferenceSession over an OpenVINO compiled model of the same ONNX file,
+    so the ONNX pipeline runs on it unchanged (benchmark only)."""
 
     def __init__(self, path: Path, bf16: bool):
         import openvino as ov
