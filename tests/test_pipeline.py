@@ -147,6 +147,8 @@ def test_precision_parts_choose_which_networks_run_in_bf16():
     assert set_precision(pipe, "bf16", ("unet",)) == "bf16"
     assert pipe.unet.dtype == torch.bfloat16 and pipe.image_encoder.dtype == torch.float32
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    encoder_convs = [m for m in pipe.image_encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert encoder_convs[0].weight.is_contiguous(memory_format=torch.channels_last)  # float32, channels-last too
     set_precision(pipe, "bf16", ("image_encoder", "unet", "autoencoder"))
     assert next(pipe.autoencoder.parameters()).dtype == pipe.image_encoder.dtype == torch.bfloat16
     masks = pipe(images(2)).masks  # every part in bf16 still runs end to end

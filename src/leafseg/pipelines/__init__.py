@@ -34,8 +34,9 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str
     here, and a module path recorded by an earlier leafseg is mapped to where its class lives now.
 
     ``precision`` (``fp32``, ``bf16``, ``auto``: bf16 where the device computes it natively): the UNet's and
-    mask decoder's dtype, the image encoder stays float32 (:mod:`leafseg.pipelines.precision`); the pipeline's ``precision`` attribute says what was chosen.
-    An ONNX export runs in float32 (``bf16`` is refused there, ``auto`` gives fp32).
+    mask decoder's dtype, the image encoder stays float32 (:mod:`leafseg.pipelines.precision`); the pipeline's
+    ``precision`` attribute says what was chosen. An ONNX export runs in float32 (``bf16`` is refused there,
+    ``auto`` gives fp32).
 
     Args:
         model_dir: a folder written by training (``RUN/model-best``), ``save_pretrained`` or ``leafseg export``.

@@ -1,9 +1,9 @@
 """Inference precision: float32 everywhere, or bf16 where the hardware has bf16 units (CPUs with AVX-512 BF16 / AMX,
-recent GPUs), channels-last on the CPU, for the UNet and the mask decoder (and a peer's network). The image encoder
-and the x0 step stay float32: measured on a trained `cpu`-recipe model (`benchmarks/precision.py --parts`, CVC-ClinicDB
-test, docs/speed.md), the image encoder alone in bf16 moved the masks by Dice 0.0053 against fp32's, beyond the 0.005
-this project allows; the UNet alone by 0.0017, and the decoder added ~0.0004. Which parts go to bf16 is a parameter
-(``parts``) so that the benchmark can measure each one.
+recent GPUs), for the UNet and the mask decoder (and a peer's network), every part channels-last on the CPU. The
+image encoder and the x0 step stay float32: measured on a trained `cpu`-recipe model (`benchmarks/precision.py
+--parts`, CVC-ClinicDB test, docs/speed.md), the image encoder alone in bf16 moved the masks by Dice 0.0053 against
+fp32's, beyond the 0.005 this project allows; the UNet alone by 0.0017, and the decoder added ~0.0004. Which parts
+go to bf16 is a parameter (``parts``) so that the benchmark can measure each one.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 
 def set_precision(pipe, precision: str, parts: tuple[str, ...] = BF16_PARTS) -> str:
-    """Cast the pipeline's ``parts`` (those it has) to the resolved precision, in place, channels-last on the CPU in
-    bf16; every other part is set to float32. Returns the resolved precision (``fp32`` or ``bf16``).
+    """Cast the pipeline's ``parts`` (those it has) to the resolved precision, in place; every other part is set to
+    float32. In bf16 on the CPU every part is also made channels-last. Returns the resolved precision (``fp32`` or
+    ``bf16``).
 
     Args:
         pipe: a loaded pipeline (LEAF or a peer's).
@@ -57,6 +58,7 @@ def set_precision(pipe, precision: str, parts: tuple[str, ...] = BF16_PARTS) -> 
         # torch's own .to: diffusers' ModelMixin.to warns about "modules to keep in float32" (it lists none)
         if next(module.parameters()).dtype != dtype:
             torch.nn.Module.to(module, dtype=dtype)
-        if low and pipe.device.type == "cpu":
+        if resolved == "bf16" and pipe.device.type == "cpu":
+            # every part, the float32 image encoder too: channels-last alone made it 1.25x faster on the CPU
             torch.nn.Module.to(module, memory_format=torch.channels_last)
     return resolved
