@@ -216,13 +216,22 @@ def low_precision_units() -> str:
 
 
 def machine() -> str:
+    """The CPU with its family / model and the vector units that decide its speed here ("AMD EPYC" alone names
+    CPUs 2.7x apart per training step), the logical CPUs, torch and its threads."""
     import torch
 
     cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    info = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines()[:40] if Path("/proc/cpuinfo").exists() else []:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            info.setdefault(key.strip(), value.strip())
+    if "model name" in info:
+        flags = info.get("flags", "").split()
+        units = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "bf16"), ("amx_bf16", "AMX"))
+                 if flag in flags] or (["AVX2"] if "avx2" in flags else [])
+        cpu = f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, " \
+              f"{' '.join(units) or 'no AVX2'})"
     return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 

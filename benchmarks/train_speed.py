@@ -195,7 +195,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", nargs="*", default=["paper", "laptop"], choices=["paper", "laptop"])
     ap.add_argument("--precision", nargs="*", default=None, choices=["no", "bf16"],
-                    help="default: fp32 ('no') and, where the device supports it, bf16")
+                    help="default: fp32 ('no') and, where the device has bf16 units (the rule of "
+                    "train.mixed_precision: auto), bf16")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--steps", type=int, default=30, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=5)
@@ -211,8 +212,9 @@ def main() -> None:
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to torch")
-    precisions = args.precision or (["no", "bf16"] if args.device == "cuda" and torch.cuda.is_bf16_supported()
-                                    else ["no"])
+    from leafseg.pipelines.precision import bf16_is_fast
+
+    precisions = args.precision or (["no", "bf16"] if bf16_is_fast(args.device) else ["no"])
     print(f"device: {machine(args.device)}" + (f"; overrides: {' '.join(args.set)}" if args.set else ""))
     print("| arch | precision | batch | s/step | images/s | steps of the config | time for them | peak GPU GiB | "
           "inference images/s (fp32, b16) |")
