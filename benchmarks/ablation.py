@@ -81,20 +81,15 @@ def commit() -> str:
 
 
 def machine() -> str:
-    """OS, CPU (with family/model and AVX-512: "AMD EPYC" alone names CPUs 2.7x apart in speed here), GPU, torch."""
+    """OS, CPU (:func:`speed.cpu_description`: family, model and vector units), GPU, torch."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()[:40] if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        cpu = (f"{info.get('model name', cpu)} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, "
-               f"{'AVX-512' if 'avx512f' in info.get('flags', '').split() else 'no AVX-512'})")
-    except OSError:
-        pass
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from speed import cpu_description
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} logical CPUs, GPU: {gpu}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return (f"{platform.system()} {platform.release()}, {cpu_description()}, {os.cpu_count()} logical CPUs, "
+            f"GPU: {gpu}; Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def relative(text: str) -> str:

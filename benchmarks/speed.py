@@ -215,24 +215,29 @@ def low_precision_units() -> str:
     return f"has {' '.join(have) or 'none of them'}; lacks {' '.join(missing) or 'nothing'}"
 
 
-def machine() -> str:
+def cpu_description() -> str:
     """The CPU with its family / model and the vector units that decide its speed here ("AMD EPYC" alone names
-    CPUs 2.7x apart per training step), the logical CPUs, torch and its threads."""
-    import torch
-
-    cpu = platform.machine()
+    CPUs 2.7x apart per training step), e.g. "AMD EPYC (family 25 model 17, AVX-512 bf16)"."""
     info = {}
     for line in Path("/proc/cpuinfo").read_text().splitlines()[:40] if Path("/proc/cpuinfo").exists() else []:
         if ":" in line:
             key, value = line.split(":", 1)
             info.setdefault(key.strip(), value.strip())
-    if "model name" in info:
-        flags = info.get("flags", "").split()
-        units = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "bf16"), ("amx_bf16", "AMX"))
-                 if flag in flags] or (["AVX2"] if "avx2" in flags else [])
-        cpu = f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, " \
-              f"{' '.join(units) or 'no AVX2'})"
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if "model name" not in info:
+        return platform.processor() or platform.machine()
+    flags = info.get("flags", "").split()
+    units = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "bf16"), ("amx_bf16", "AMX"))
+             if flag in flags] or (["AVX2"] if "avx2" in flags else [])
+    return (f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, "
+            f"{' '.join(units) or 'no AVX2'})")
+
+
+def machine() -> str:
+    """The CPU (:func:`cpu_description`), the logical CPUs, torch and its threads."""
+    import torch
+
+    return (f"{cpu_description()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 # ---------------------------------------------------------------------------------------------------- main

@@ -109,7 +109,7 @@ def _diff(rec: dict, leaf: dict | None, set_name: str) -> str:
     return f" ({100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}])"
 
 
-def _table(records: Path, source: str, budget: float) -> tuple[str, list[dict]]:
+def _table(records: Path, source: str) -> tuple[str, list[dict]]:
     """One section: the methods trained on ``source``, each on its in-domain test set and the other centre's."""
     title, (_, _, split_file), _, sets = SOURCES[source]
     recs = {p.stem: json.loads(p.read_text()) for p in sorted(records.glob("*.json"))}
@@ -148,7 +148,7 @@ def write_report(root: Path, report: Path, budget: float) -> None:
     for source, (_, _, suffix, _) in SOURCES.items():
         records = root / f"{tag}{suffix}"
         if records.is_dir() or source == "cvc":
-            text, r = _table(records, source, budget)
+            text, r = _table(records, source)
             sections.append(text)
             recs += r
     text = f"""# leafseg against its peers at one wall-time budget
