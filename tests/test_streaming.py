@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -186,30 +187,46 @@ def test_workers_change_no_number(tmp_path, synthetic):
     assert a.best_val_dice == b.best_val_dice
 
 
-def test_on_the_fly_mask_latents_are_the_cached_ones(tmp_path, synthetic):
-    """With geometric augmentation the mask latents come from the frozen autoencoder per batch: the same function
-    the cache was built with, so an unaugmented mask gets its cached latent."""
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_on_the_fly_targets_are_the_cached_ones(tmp_path, synthetic, backend):
+    """With geometric augmentation the mask latents and teacher tokens come from the frozen networks per batch:
+    the same functions, on the same backend (``run.cache_backend``), the cache was built with, so an unaugmented
+    sample gets its cached targets."""
     from leafseg.training.checkpoints import release_run_dir
     from leafseg.training.engine import Trainer
     from leafseg.training.leaf import LeafMethod
     from leafseg.training.run_setup import start_run
 
-    cfg = tiny_config(tmp_path / "run", synthetic, BITWISE)
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    cfg = tiny_config(tmp_path / "run", synthetic, BITWISE, f"run.cache_backend={backend}",
+                      "align.flip_tokens=recompute")
     accelerator, run_dir = start_run(cfg, resume=False)
     release_run_dir(run_dir)
     method = LeafMethod(cfg)
     trainer = Trainer(method, cfg, accelerator, run_dir)
     trainer.load_data()
     method.build(trainer)
+    assert method.backend == backend
+    if backend == "onnx":  # nothing fell back to torch
+        from leafseg.pipelines.onnx import OnnxFunction
+
+        assert {k: type(f) for k, f in method._functions.items()} == {"latents": OnnxFunction,
+                                                                       "teacher": OnnxFunction}
     store = trainer.data.train
     masks = torch.from_numpy(store.masks.read_range(0, 5)).bool()
-    codes = trainer.codes
-    for c, (h, v) in enumerate(codes):
+    images = torch.from_numpy(store.images.read_range(0, 5))
+    for c, (h, v) in enumerate(trainer.codes):
         flipped = D.flip(masks, h, v)[:, None].expand(-1, 3, -1, -1).float()
+        views = D.flip(images, h, v)
         with torch.no_grad():
-            fly = method.mask_latents(flipped.contiguous(memory_format=torch.channels_last))
+            fly = method.frozen_mask_latents(flipped.contiguous(memory_format=torch.channels_last))
+            batch = SimpleNamespace(changed=torch.ones(5, dtype=torch.bool), view=views, tokens=None)
+            tokens = method._teacher_tokens(batch)
         cached = torch.from_numpy(method.z0_cache.read(range(5))[:, c])
         torch.testing.assert_close(fly, cached, rtol=1e-4, atol=1e-5)  # another batch size: float rounding
+        cached_tokens = torch.from_numpy(method.tokens_cache.read(range(5))[:, c]).float()
+        torch.testing.assert_close(tokens, cached_tokens, rtol=2e-3, atol=2e-3)  # the cache stores float16
 
 
 VOLUME_TRAINING = textwrap.dedent("""

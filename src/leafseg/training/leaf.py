@@ -142,20 +142,27 @@ class LeafMethod:
     def _build_caches(self, scale: float) -> None:
         """Mask latents and (with alignment) teacher tokens, per training sample and flip code, streamed from the
         sample store into row files. A sample that geometric augmentation changed gets both computed on the fly
-        instead (:meth:`losses`)."""
+        instead (:meth:`losses`), by the same backend (``run.cache_backend``) as the cache."""
         cfg, ac, trainer = self.cfg, self.cfg.align, self.trainer
         store, codes, device = trainer.data.train, trainer.codes, trainer.device
         self.mask_latents = MaskLatents(self.autoencoder, scale)
         self.z0_cache = self.tokens_cache = None
+        self.backend = cache_backend(str(cfg.run.cache_backend), device,
+                                     say=None if trainer.accelerator.is_main_process else lambda _: None)  # once
+        # ONNX Runtime for a float32 teacher only (paper.yaml's bf16 teacher stays with torch)
+        self.teacher_backend = self.backend if ac.teacher_dtype == "float32" else "torch"
+        self.example = torch.zeros(1, 3, store.resolution, store.resolution)
+        self._functions = {}
+        if cfg.run.frozen_targets == "on_the_fly" or trainer.augmentation.has_geometric:
+            for name in ("latents", "teacher") if self.teacher is not None else ("latents",):
+                self._frozen(name)  # used per batch: exported now, in the start-up's time, not in step 1's
         if cfg.run.frozen_targets == "on_the_fly":
             return
+        backend = self.backend
         # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
-        backend = cache_backend(str(cfg.run.cache_backend), device,
-                                say=None if trainer.accelerator.is_main_process else lambda _: None)  # said once
         key = target_cache_key(store.folder.name, codes, int(cfg.data.resolution), to_container(cfg.autoencoder),
                                scale, backend=backend, device=device)
         cache_dir = trainer.cache_dir
-        example = torch.zeros(1, 3, store.resolution, store.resolution)
 
         def read_masks(a: int, b: int) -> torch.Tensor:
             return torch.from_numpy(store.masks.read_range(a, b))[:, None].expand(-1, 3, -1, -1) * 255
@@ -164,22 +171,18 @@ class LeafMethod:
             return torch.from_numpy(store.images.read_range(a, b))
 
         def build_latents(write):
-            encode = frozen_function(self.mask_latents, example, backend)
-            cache_rows(flipped_inputs(encode, codes, device), read_masks, len(store), 16, "mask latents",
-                       len(codes), write)
+            cache_rows(flipped_inputs(self.frozen_mask_latents, codes, device), read_masks, len(store), 16,
+                       "mask latents", len(codes), write)
 
         self.z0_cache = cached(cache_dir / f"mask-latents-{key}", trainer.accelerator, build_latents, np.float32)
         teacher, grid = self.teacher, self.grid
         if teacher is None or not ac.cache:
             return
-        # ONNX Runtime for a float32 teacher only (paper.yaml's bf16 teacher stays with torch)
-        teacher_backend = backend if ac.teacher_dtype == "float32" else "torch"
+        teacher_backend = self.teacher_backend
 
         def build_tokens(write):
-            features = frozen_function(TeacherFeatures(teacher), example, teacher_backend)
-
             def tokens(x):
-                return features_to_tokens(features(x), grid).half()
+                return self.frozen_teacher_tokens(x).half()
 
             if ac.flip_tokens == "recompute":
                 rows, passes = flipped_inputs(tokens, codes, device), len(codes)
@@ -197,6 +200,24 @@ class LeafMethod:
                                 backend=teacher_backend, device=device)
         self.tokens_cache = cached(cache_dir / f"teacher-{tkey}", trainer.accelerator, build_tokens, np.float16)
 
+    def _frozen(self, name: str):
+        """The frozen function ``name`` ("latents": the mask autoencoder's, "teacher": the teacher's features) run
+        by ``run.cache_backend``, exported on first use: the cache and the per-batch targets of augmented samples
+        come from this one function (ONNX Runtime: 1.5x faster than eager torch on 2 Zen 4 cores)."""
+        if name not in self._functions:
+            module, backend = ((self.mask_latents, self.backend) if name == "latents" else
+                               (TeacherFeatures(self.teacher), self.teacher_backend))
+            self._functions[name] = frozen_function(module, self.example, backend)
+        return self._functions[name]
+
+    def frozen_mask_latents(self, masks: torch.Tensor) -> torch.Tensor:
+        """Masks in [0, 1] (B, 3, H, W) -> scaled mask latents, as cached."""
+        return self._frozen("latents")(masks)
+
+    def frozen_teacher_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> float32 teacher tokens on the alignment grid, as cached (before the fp16 storage)."""
+        return features_to_tokens(self._frozen("teacher")(images), self.grid)
+
     def ema_module(self, model: LeafTrainingModel) -> torch.nn.Module:
         return model.unet
 
@@ -210,16 +231,20 @@ class LeafMethod:
             return None
         device, grid, codes = self.trainer.device, self.grid, self.trainer.codes
         changed = batch.changed
+
+        def teacher(views: torch.Tensor) -> torch.Tensor:
+            x = views.to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
+            return self.frozen_teacher_tokens(x).to(device)
+
         if batch.tokens is not None:
             tokens = batch.tokens.float().to(device)
             if changed.any():  # what the teacher makes of the augmented views
-                tokens[changed.to(device)] = self.teacher(batch.view[changed].to(device).float() / 255, grid)
+                tokens[changed.to(device)] = teacher(batch.view[changed])
             return tokens
         if self.cfg.align.flip_tokens == "recompute" or changed.any():
-            return self.teacher(batch.view.to(device).float() / 255, grid)
+            return teacher(batch.view)
         # mirror: the teacher sees the unflipped image (flips undo themselves), its token grid is flipped
-        plain = self.teacher(torch.stack([D.flip(x, *codes[c]) for x, c in zip(batch.view, batch.codes.tolist())])
-                             .to(device).float() / 255, grid)
+        plain = teacher(torch.stack([D.flip(x, *codes[c]) for x, c in zip(batch.view, batch.codes.tolist())]))
         return torch.stack([mirror_tokens(p[None], grid, *codes[c])[0] for p, c in zip(plain, batch.codes.tolist())])
 
     def losses(self, model: torch.nn.Module, batch: TrainBatch, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -231,7 +256,7 @@ class LeafMethod:
         if fresh.any():  # augmented masks (or no cache): encoded by the frozen mask autoencoder, as the cache would be
             with torch.no_grad():
                 masks = batch.masks[fresh][:, None].expand(-1, 3, -1, -1).to(device).float()
-                latents = self.mask_latents(masks.contiguous(memory_format=torch.channels_last)).float().cpu()
+                latents = self.frozen_mask_latents(masks.contiguous(memory_format=torch.channels_last)).float().cpu()
             if z0 is None:
                 z0 = latents
             else:
