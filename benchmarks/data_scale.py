@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import cpu_description  # noqa: E402
 
 RUN = """
 import json, resource, sys, time
@@ -95,17 +96,8 @@ def run(n: int, args, data: Path, tag: str) -> dict:
             "data_s": timings["data_s"], "frozen_targets_s": timings["frozen_targets_s"],
             "step_s": round(timings["steps_s"] / steps, 4), "steps_per_s": round(steps / timings["steps_s"], 3),
             "validation_s": timings["validation_s"], "overrides": args.set,
-            "baseline_src": args.baseline_src, "cpu": cpu_name(), "torch_threads": "default"}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return platform.processor()
+            "baseline_src": args.baseline_src, "cpu": f"{cpu_description()}, {os.cpu_count()} cores",
+            "torch_threads": "default"}
 
 
 def table(rows: list[dict]) -> str:

@@ -13,7 +13,6 @@ over the whole split in batches of --batch (images already decoded), median of -
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -27,22 +26,14 @@ from leafseg.metrics import dice
 from leafseg.pipelines import load_pipeline
 from leafseg.pipelines.precision import BF16_PARTS, bf16_is_fast, resolve_precision, set_precision
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import cpu_description  # noqa: E402
 
 
 def _openvino_pipeline(model: str, bf16: bool):
     """The model exported to ONNX (`leafseg export`), its two graphs run by OpenVINO instead of ONNX Runtime."""
     import tempfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from speed import _OpenVinoSession
 
     from leafseg.pipelines.onnx import export_onnx
@@ -73,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = D.select(pairs, D.read_split(args.split_file, [p.stem for p in pairs])[args.split])
     images = [D.load_image(p.image) for p in chosen]
     truths = [D.load_mask(p.mask, p.mask_rule) for p in chosen]
-    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; bf16 units: "
+    print(f"{cpu_description()}, {torch.get_num_threads()} threads, torch {torch.__version__}; bf16 units: "
           f"{bf16_is_fast(args.device)}; --precision auto picks {resolve_precision('auto', args.device)}")
     print(f"{len(images)} images of {args.data} ({args.split}), batch {args.batch}")
     variants = [("fp32", ()), ("bf16 (`--precision bf16`: UNet + mask decoder)", BF16_PARTS)]
