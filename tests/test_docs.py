@@ -26,7 +26,14 @@ def test_the_project_speaks_of_itself_not_of_how_it_was_built():
     files = [REPO / "README.md", *(REPO / "docs").rglob("*.md"), *(REPO / "src" / "leafseg").rglob("*.py"),
              *(f for f in (REPO / "benchmarks").rglob("*") if f.suffix in (".md", ".py", ".json", ".sh", ".yaml")
                and not any(part.startswith(".") for part in f.relative_to(REPO).parts))]  # e.g. nnU-Net's venv
-    # a quoted key such as ONNX Runtime's "session.intra_op..." is code too
-    wording = re.compile(r"(?<![.\w\"])(?:sessions?|lent|issue \d+)(?![\w\[])", flags=re.IGNORECASE)
-    found = {str(f.relative_to(REPO)): hits for f in files if (hits := wording.findall(f.read_text(encoding="utf-8")))}
+    wording = re.compile(r"(?<![.\w])(?:sessions?|lent|issue \d+)(?![\w\[])", flags=re.IGNORECASE)
+    api_keys = ('"session.intra_op.allow_spinning"',)  # ONNX Runtime's configuration keys are code
+
+    def text(f: Path) -> str:
+        t = f.read_text(encoding="utf-8")
+        for key in api_keys:
+            t = t.replace(key, "")
+        return t
+
+    found = {str(f.relative_to(REPO)): hits for f in files if (hits := wording.findall(text(f)))}
     assert not found, found
