@@ -158,10 +158,9 @@ class LeafMethod:
                 self._frozen(name)  # used per batch: exported now, in the start-up's time, not in step 1's
         if cfg.run.frozen_targets == "on_the_fly":
             return
-        backend = self.backend
         # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
         key = target_cache_key(store.folder.name, codes, int(cfg.data.resolution), to_container(cfg.autoencoder),
-                               scale, backend=backend, device=device)
+                               scale, backend=self.backend, device=device)
         cache_dir = trainer.cache_dir
 
         def read_masks(a: int, b: int) -> torch.Tensor:
@@ -178,7 +177,6 @@ class LeafMethod:
         teacher, grid = self.teacher, self.grid
         if teacher is None or not ac.cache:
             return
-        teacher_backend = self.teacher_backend
 
         def build_tokens(write):
             def tokens(x):
@@ -197,7 +195,7 @@ class LeafMethod:
             cache_rows(rows, read_images, len(store), 8, "teacher tokens", passes, write)
 
         tkey = target_cache_key(key, teacher.name, grid, ac.flip_tokens, str(ac.teacher_dtype),
-                                backend=teacher_backend, device=device)
+                                backend=self.teacher_backend, device=device)
         self.tokens_cache = cached(cache_dir / f"teacher-{tkey}", trainer.accelerator, build_tokens, np.float16)
 
     def _frozen(self, name: str):
