@@ -362,3 +362,38 @@ def test_evaluate_reading_ahead_and_scoring_behind_changes_no_number(tmp_path, m
     (data / "images" / "3.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="3.png"):
         ev.evaluate(str(model), str(data), "all", None, str(tmp_path / "broken"), batch_size=1)
+
+
+def test_evaluate_and_predict_threshold(tmp_path, model_and_data, capsys):
+    """--threshold: the scored and written masks are the pipeline's probabilities above it (the same probabilities
+    at every threshold), recorded in summary.json and report.md; a threshold outside (0, 1) is refused before any
+    work."""
+    from leafseg.pipelines import load_pipeline
+
+    model, data = model_and_data
+    images = [np.asarray(Image.open(data / "images" / f"{i}.png")) for i in (2, 3)]
+    prob = load_pipeline(str(model), "cpu").__call__(images, seed=0).probabilities
+    t = float(np.quantile(np.concatenate([p.ravel() for p in prob]), 0.3))  # a threshold that changes the masks
+    counts = {}
+    for threshold in (0.5, t):
+        out = tmp_path / f"ev-{threshold}"
+        assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "test", "--output", str(out),
+                     "--threshold", str(threshold)]) == 0
+        rows = list(csv.DictReader(open(out / "per_image.csv")))
+        counts[threshold] = [int(r["pred_pixels"]) for r in rows]
+        assert counts[threshold] == [int((p > threshold).sum()) for p in prob]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["inference"]["threshold"] == threshold
+        assert (f"threshold {threshold}" in (out / "report.md").read_text()) == (threshold != 0.5)
+    assert counts[0.5] != counts[t]
+    pred = tmp_path / "pred"
+    assert main(["predict", "--model", str(model), "--input", str(data / "images" / "2.png"), "--output", str(pred),
+                 "--threshold", str(t)]) == 0
+    assert np.array_equal(np.asarray(Image.open(pred / "2_mask.png")) > 0, prob[0] > t)
+    for bad in ("0", "1", "1.5"):
+        for command in (["evaluate", "--data", str(data), "--output", str(tmp_path / "bad-ev")],
+                        ["predict", "--input", str(data / "images"), "--output", str(tmp_path / "bad-pr")]):
+            assert main([command[0], "--model", str(model), *command[1:], "--threshold", bad]) == 2
+            assert f"error: threshold must be a probability between 0 and 1 (exclusive), got {float(bad)}" in \
+                capsys.readouterr().err
+    assert not (tmp_path / "bad-ev").exists() and not (tmp_path / "bad-pr").exists()

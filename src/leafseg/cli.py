@@ -97,7 +97,8 @@ def cmd_evaluate(args) -> int:
                       worst_k=args.worst, spacing=tuple(args.spacing) if args.spacing else None,
                       overwrite=args.overwrite, backend=args.backend,
                       allow_training_data=args.include_training_data, groups=args.groups,
-                      precision=args.precision, overlay_size=args.overlay_size, flip_tta=args.tta)
+                      precision=args.precision, overlay_size=args.overlay_size, flip_tta=args.tta,
+                      threshold=args.threshold)
     _print_scores(result)
     return 0
 
@@ -177,6 +178,8 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", type=int, default=1, help="seeds averaged into a probability map")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (ensemble member k uses seed + k)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="probability above which a pixel is foreground (choose it on val, never on test)")
     p.add_argument("--tta", action="store_true",
                    help="flip test-time augmentation: average over the image and its 3 flipped copies (4x the work)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
@@ -209,7 +212,6 @@ def _add_predict(sub) -> None:
     p.add_argument("--input", required=True, help="image file or folder")
     p.add_argument("--output", required=True, help="folder for masks and overlays")
     p.add_argument("--uncertainty", action="store_true", help="write uncertainty maps (needs --ensemble >= 2)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability above which a pixel is foreground")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <name>_probability.npy (float32 soft mask at the image's size)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")

@@ -80,7 +80,9 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
     from tqdm.auto import tqdm
 
     from .pipelines import load_pipeline
+    from .pipelines.image_processor import check_threshold
 
+    check_threshold(threshold)
     if uncertainty and ensemble < 2:
         raise ValueError("--uncertainty needs an ensemble: pass --ensemble N with N >= 2 (e.g. 5)")
     pipe = load_pipeline(model, device, backend, precision)

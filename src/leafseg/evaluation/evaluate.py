@@ -19,6 +19,7 @@ from ..files import folder_digest, prepare_output, write_csv, write_json, write_
 from ..metrics import PaperMetrics, SegmentationMetrics, dice
 from ..models.weights import read_config
 from ..pipelines import load_pipeline
+from ..pipelines.image_processor import check_threshold
 from .read_ahead import read_ahead
 from .report import report_markdown
 
@@ -227,7 +228,7 @@ def _write_figures(out: Path, rows: list[dict], worst_k: int, with_uncertainty: 
 
 def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetrics, paper: PaperMetrics, split: str,
                        steps: int, ensemble: int, seed: int, seeds: int, batch_size: int, spacing,
-                       overlay_size: int | None, flip_tta: bool = False) -> tuple:
+                       overlay_size: int | None, flip_tta: bool = False, threshold: float = 0.5) -> tuple:
     """Segment every sample of ``chosen`` (2D images, volumes' slices), score it, write its overlay; returns the
     seed-stability rows and the volumes' slices (for 3D metrics)."""
     from tqdm.auto import tqdm
@@ -263,7 +264,7 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
             images = [c.image for c in chunk]
             # seed + 1000 k: ensemble members (seed .. seed+E-1) never overlap
             runs = [pipe(images, num_inference_steps=steps, ensemble_size=ensemble, seed=seed + 1000 * k,
-                         flip_tta=flip_tta) for k in range(seeds)]
+                         flip_tta=flip_tta, threshold=threshold) for k in range(seeds)]
             if pending is not None:
                 pending.result()  # at most one batch waits to be scored: memory stays bounded, errors surface
                 pending = None
@@ -291,7 +292,8 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
              layout: str | None = None, images_dir: str = "images", masks_dir: str = "masks", seeds: int = 1,
              worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False,
              backend: str = "auto", allow_training_data: bool = False, groups: str | None = None,
-             precision: str = "fp32", overlay_size: int | None = OVERLAY_SIZE, flip_tta: bool = False) -> dict:
+             precision: str = "fp32", overlay_size: int | None = OVERLAY_SIZE, flip_tta: bool = False,
+             threshold: float = 0.5) -> dict:
     """Metrics on one split at each image's original size, into ``output``, which must be empty or absent
     (``overwrite``: emptied first). The default, ``eval-<model folder name>-SPLIT`` beside the model folder, is
     outside it: a run that goes on training replaces its model-best folder whole, and would take the results along.
@@ -320,6 +322,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
         overlay_size: the longest side of each overlay panel (larger images are drawn smaller; None or 0: full
             size); metrics are computed at full size either way.
         flip_tta: average over each image's flipped copies (``LeafSegPipeline.__call__``).
+        threshold: probability above which a pixel is foreground (choose it on val, never on test).
 
     Returns:
         ``{"summary": dict, "output": Path}``: the summary written to ``summary.json`` (metrics with 95% CIs, the
@@ -330,6 +333,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     """
     if seeds < 1 or worst_k < 0:
         raise ValueError("seeds must be >= 1 and worst_k >= 0")
+    check_threshold(threshold)
     model = Path(model_dir)
     run_config = _run_config(model)
     source = next((s for s in training_sources(model) if _same_folder(s["root"], data_root)), None)
@@ -346,7 +350,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     (out / "overlays").mkdir()
     started = time.time()
     stability, volumes = _predict_and_score(pipe, chosen, out, metrics, paper, split, steps, ensemble, seed,
-                                            seeds, batch_size, spacing, overlay_size, flip_tta)
+                                            seeds, batch_size, spacing, overlay_size, flip_tta, threshold)
     volume_rows = _volume_metrics(volumes)
     rows = metrics.rows()
     write_csv(rows, out / "per_image.csv")
@@ -359,7 +363,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
         "split_file_sha256": None if split == "all" else D.split_digest(split_path),
         "n_images": len(rows),
         "inference": {"steps": steps, "ensemble": ensemble, "seed": seed, "seeds": seeds,
-                      "flip_tta": flip_tta,
+                      "flip_tta": flip_tta, "threshold": threshold,
                       "pipeline": type(pipe).__name__, "device": str(pipe.device), "precision": pipe.precision},
         "versions": _versions(), "leafseg": __version__,
         "wall_s": round(time.time() - started, 1),

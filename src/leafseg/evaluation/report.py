@@ -18,11 +18,14 @@ def _header(summary: dict) -> list[str]:
                 f"{summary['n_extra_predictions']} prediction(s) without ground truth left out); leafseg "
                 f"{summary['leafseg']}.", ""]
     inf = summary["inference"]
+    threshold = inf.get("threshold", 0.5)
+    threshold_note = "" if threshold == 0.5 else f"threshold {threshold}, "
     return [f"# Evaluation: {summary['split']} split, {summary['n_images']} images", "",
             f"Model `{summary['model']}` (sha256 `{summary['checkpoint_sha256'][:16]}`), data `{summary['data']}` "
             f"(layout `{summary['layout']}`), split file sha256 `{(summary['split_file_sha256'] or 'n/a')[:16]}`; "
             f"{inf['pipeline']}, {inf['steps']} step(s), ensemble {inf['ensemble']}, seed {inf['seed']}, "
             f"{'flip test-time augmentation, ' if inf.get('flip_tta') else ''}"
+            f"{threshold_note}"
             f"on {inf['device']} ({inf.get('precision', 'fp32')}); leafseg {summary['leafseg']}.", ""]
 
 

@@ -14,6 +14,13 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 
+def check_threshold(threshold: float) -> float:
+    """A mask threshold is a probability strictly between 0 and 1 (0 or 1 would mark every or no pixel)."""
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must be a probability between 0 and 1 (exclusive), got {threshold}")
+    return float(threshold)
+
+
 @dataclass
 class SegmentationPipelineOutput(BaseOutput):
     """Per input image, at the input's own size:
@@ -97,6 +104,7 @@ class SegmentationImageProcessor:
     def postprocess(prob: torch.Tensor, std: torch.Tensor | None, sizes: list[tuple[int, int]],
                     threshold: float) -> SegmentationPipelineOutput:
         """(B, R, R) probabilities (and ensemble std) -> per-image arrays at each input's own size."""
+        check_threshold(threshold)
         prob = prob.float().cpu()
         masks, probabilities, uncertainty = [], [], []
         for i, (hh, ww) in enumerate(sizes):
