@@ -372,7 +372,7 @@ def test_evaluate_and_predict_threshold(tmp_path, model_and_data, capsys):
 
     model, data = model_and_data
     images = [np.asarray(Image.open(data / "images" / f"{i}.png")) for i in (2, 3)]
-    prob = load_pipeline(str(model), "cpu").__call__(images, seed=0).probabilities
+    prob = load_pipeline(str(model), "cpu")(images, seed=0).probabilities
     t = float(np.quantile(np.concatenate([p.ravel() for p in prob]), 0.3))  # a threshold that changes the masks
     counts = {}
     for threshold in (0.5, t):
