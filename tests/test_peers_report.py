@@ -85,3 +85,18 @@ def test_a_source_without_records_gets_no_section(tmp_path):
     compare.write_report(tmp_path / "peers", tmp_path / "peers.md", 15.0)
     text = (tmp_path / "peers.md").read_text()
     assert "## Trained on CVC-ClinicDB" in text and "Kvasir-SEG test" not in text
+
+
+def test_a_set_left_unpredicted_shows_why_in_its_cell(tmp_path):
+    root, report = tmp_path / "peers", tmp_path / "peers.md"
+    folder = root / "15min-kvasir"
+    folder.mkdir(parents=True)
+    (folder / "leaf.json").write_text(json.dumps(record("leaf", ["kvasir_test", "cvc_all"], "kvasir")))
+    nnunet = record("leaf", ["kvasir_test"], "kvasir") | {"method": "nnunet", "label": "nnU-Net v2 2D",
+                                                           "not_run": {"cvc_all": "too slow here"}}
+    (folder / "nnunet.json").write_text(json.dumps(nnunet))
+    report.write_text(compare.MARKER + "\n")
+    compare.write_report(root, report, 15.0)
+    row = next(line for line in report.read_text().splitlines() if line.startswith("| nnU-Net v2 2D |"))
+    assert row.endswith("| not run: too slow here |")
+    assert "0.850 [0.750, 0.950] (+0.0 [+0.0, +0.0])" in row  # the set it did predict, against LEAF as usual

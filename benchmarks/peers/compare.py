@@ -122,7 +122,9 @@ def _table(records: Path, source: str) -> tuple[str, list[dict]]:
             rows.append(f"| {label} | not run | | | |")
             continue
         best = "n/a" if r.get("best_val_dice") is None else f"{r['best_val_dice']:.3f}"
-        cells = " | ".join(f"{_cell(r['sets'].get(s))}{_diff(r, leaf, s)}" for s in sets)
+        skipped = r.get("not_run", {})  # set name -> why it was not predicted
+        cells = " | ".join(f"not run: {skipped[s]}" if s in skipped and s not in r["sets"] else
+                           f"{_cell(r['sets'].get(s))}{_diff(r, leaf, s)}" for s in sets)
         rows.append(f"| {r['label']} | {r['steps']} | {best} | {cells} |")
     splits = json.loads(split_file.read_text())
     n = {k: len(splits[k]) for k in ("train", "val", "test")}
