@@ -229,6 +229,51 @@ def test_on_the_fly_targets_are_the_cached_ones(tmp_path, synthetic, backend):
         torch.testing.assert_close(tokens, cached_tokens, rtol=2e-3, atol=2e-3)  # the cache stores float16
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_skipping_augmented_views_aligns_only_the_unchanged_ones(tmp_path, synthetic, monkeypatch, cache):
+    """align.augmented_views=skip: the teacher never sees an augmented view; the unchanged samples keep the tokens
+    the default path gives them (cached rows, or the teacher's own tokens without a cache), the others are left
+    out of the alignment mean."""
+    from leafseg.training.checkpoints import release_run_dir
+    from leafseg.training.engine import Trainer
+    from leafseg.training.leaf import LeafMethod
+    from leafseg.training.run_setup import start_run
+
+    cfg = tiny_config(tmp_path / "run", synthetic, BITWISE, "run.cache_backend=torch", "align.augmented_views=skip",
+                      f"align.cache={str(cache).lower()}")
+    accelerator, run_dir = start_run(cfg, resume=False)
+    release_run_dir(run_dir)
+    method = LeafMethod(cfg)
+    trainer = Trainer(method, cfg, accelerator, run_dir)
+    trainer.load_data()
+    method.build(trainer)
+    store = trainer.data.train
+    views = torch.from_numpy(store.images.read_range(0, 4))
+    codes = torch.tensor([0, 1, 2, 3])
+    views = torch.stack([D.flip(v, *trainer.codes[c]) for v, c in zip(views, codes.tolist())])
+    rows = None if not cache else torch.from_numpy(method.tokens_cache.read(range(4))[np.arange(4), codes.numpy()])
+    unchanged = SimpleNamespace(changed=torch.zeros(4, dtype=torch.bool), view=views, codes=codes, tokens=rows)
+    expected = method._teacher_tokens(unchanged)  # what the default path aligns them to
+
+    seen = []
+    teacher = method.frozen_teacher_tokens
+    monkeypatch.setattr(method, "frozen_teacher_tokens", lambda x: seen.append(len(x)) or teacher(x))
+    changed = torch.tensor([True, False, True, False])
+    batch = SimpleNamespace(changed=changed, view=views, codes=codes, tokens=rows)
+    tokens, aligned = method._unchanged_teacher_tokens(batch)
+    assert aligned.tolist() == [False, True, False, True]
+    assert seen == ([] if cache else [2])  # only the two unchanged views, and only without a cache
+    torch.testing.assert_close(tokens[aligned], expected[aligned])
+    assert not tokens[~aligned].any()
+
+
+def test_skipping_augmented_views_trains(tmp_path, synthetic):
+    """A tiny augmented run with align.augmented_views=skip trains with a finite alignment term."""
+    result = train(tiny_config(tmp_path / "run", synthetic, *AUGMENT, "align.augmented_views=skip", BITWISE))
+    steps = [h for h in result.history if "loss_align" in h]
+    assert result.step == 4 and steps and all(np.isfinite(h["loss_align"]) for h in steps)
+
+
 VOLUME_TRAINING = textwrap.dedent("""
     import json, resource, sys
     from leafseg.training import train
@@ -301,9 +346,9 @@ def test_an_all_negative_batch_trains_and_its_target_is_the_empty_masks_latent(t
     targets = []
     forward = leaf.LeafTrainingModel.forward
 
-    def spy(self, images, z0, noise, t, tokens=None):
+    def spy(self, images, z0, noise, t, *alignment):
         targets.append(z0.clone())
-        return forward(self, images, z0, noise, t, tokens)
+        return forward(self, images, z0, noise, t, *alignment)
 
     monkeypatch.setattr(leaf.LeafTrainingModel, "forward", spy)
     result = train(tiny_config(tmp_path / "run", synthetic, "data.augment.negative=1.0",

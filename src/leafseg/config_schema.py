@@ -38,6 +38,7 @@ BetaSchedule = _choices("BetaSchedule", ("linear", "scaled_linear", "squaredcos_
 TimestepSpacing = _choices("TimestepSpacing", ("leading", "trailing", "linspace"))
 LossKind = _choices("LossKind", ("l1", "l2"))
 FlipTokens = _choices("FlipTokens", ("recompute", "mirror"))
+AugmentedViews = _choices("AugmentedViews", ("teacher", "skip"))
 TeacherDtype = _choices("TeacherDtype", ("float32", "bfloat16"))
 LRSchedule = _choices("LRSchedule", ("constant_with_warmup", "cosine", "linear"))
 MixedPrecision = _choices("MixedPrecision", ("auto", "no", "bf16", "fp16"))
@@ -222,6 +223,7 @@ class AlignConfig:
     teacher_antialias: bool = _value()
     teacher_dtype: TeacherDtype = _value()
     cache: bool = _value()
+    augmented_views: AugmentedViews = _value()
 
 
 @dataclass

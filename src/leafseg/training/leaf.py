@@ -94,7 +94,9 @@ class LeafTrainingModel(torch.nn.Module):
             raise ValueError(f"loss.kind must be l1 or l2, got {self.loss_kind!r}")
 
     def forward(self, images: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                teacher_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                teacher_tokens: torch.Tensor | None = None, aligned: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Loss terms of a batch; ``aligned`` (B,) bool: the samples the alignment term averages over (None: all)."""
         zx = self.image_encoder(images) * self.latent_scale
         z_t = add_noise(self.scheduler, z0, noise, t)
         with DownBlockFeatures(self.unet, self.align_layer) as features:
@@ -105,7 +107,7 @@ class LeafTrainingModel(torch.nn.Module):
         out = {"loss_main": loss_main, "loss": loss_main}
         if self.projector is not None and teacher_tokens is not None:
             projected = self.projector(feature_map_to_tokens(features.value))
-            loss_align = alignment_loss(projected, teacher_tokens, self.quirk)
+            loss_align = alignment_loss(projected, teacher_tokens, self.quirk, aligned)
             out["loss_align"] = loss_align
             out["loss"] = loss_main + self.align_weight * loss_align
         return out
@@ -130,6 +132,7 @@ class LeafMethod:
         unet: UNet2DModel = self.components["unet"]
         self.grid = down_block_grids(unet, int(unet.config.sample_size))[int(ac.layer)]
         self.teacher = projector = None
+        self.skip_augmented = ac.augmented_views == "skip"
         if ac.enabled:
             self.teacher = build_alignment_teacher(ac, device)
             channels = unet.down_blocks[int(ac.layer)].resnets[-1].out_channels
@@ -223,27 +226,45 @@ class LeafMethod:
         """The cached frozen targets the data loader reads with each batch (None: computed per batch)."""
         return self.z0_cache, self.tokens_cache
 
+    def _teacher(self, views: torch.Tensor) -> torch.Tensor:
+        """What the teacher makes of (B, 3, R, R) uint8 views: float32 tokens on the alignment grid."""
+        x = views.to(self.trainer.device).float().div_(255).contiguous(memory_format=torch.channels_last)
+        return self.frozen_teacher_tokens(x).to(self.trainer.device)
+
+    def _unchanged_tokens(self, views: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Tokens of views no geometric augmentation changed, without a cache: per flipped view, or (mirror) the
+        teacher sees the unflipped image (flips undo themselves) and its token grid is flipped."""
+        if self.cfg.align.flip_tokens == "recompute":
+            return self._teacher(views)
+        flips = self.trainer.codes
+        plain = self._teacher(torch.stack([D.flip(x, *flips[c]) for x, c in zip(views, codes.tolist())]))
+        return torch.stack([mirror_tokens(p[None], self.grid, *flips[c])[0] for p, c in zip(plain, codes.tolist())])
+
     @torch.no_grad()
     def _teacher_tokens(self, batch: TrainBatch) -> torch.Tensor | None:
+        """The batch's alignment targets: cached rows, and the teacher's tokens of the views augmentation changed."""
         if self.teacher is None:
             return None
-        device, grid, codes = self.trainer.device, self.grid, self.trainer.codes
-        changed = batch.changed
-
-        def teacher(views: torch.Tensor) -> torch.Tensor:
-            x = views.to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
-            return self.frozen_teacher_tokens(x).to(device)
-
+        changed, device = batch.changed, self.trainer.device
         if batch.tokens is not None:
             tokens = batch.tokens.float().to(device)
             if changed.any():  # what the teacher makes of the augmented views
-                tokens[changed.to(device)] = teacher(batch.view[changed])
+                tokens[changed.to(device)] = self._teacher(batch.view[changed])
             return tokens
-        if self.cfg.align.flip_tokens == "recompute" or changed.any():
-            return teacher(batch.view)
-        # mirror: the teacher sees the unflipped image (flips undo themselves), its token grid is flipped
-        plain = teacher(torch.stack([D.flip(x, *codes[c]) for x, c in zip(batch.view, batch.codes.tolist())]))
-        return torch.stack([mirror_tokens(p[None], grid, *codes[c])[0] for p, c in zip(plain, batch.codes.tolist())])
+        if changed.any():
+            return self._teacher(batch.view)
+        return self._unchanged_tokens(batch.view, batch.codes)
+
+    @torch.no_grad()
+    def _unchanged_teacher_tokens(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``align.augmented_views: skip``: tokens of the views augmentation left unchanged (zeros elsewhere) and
+        which samples those are; the teacher never runs on an augmented view."""
+        keep, device = ~batch.changed, self.trainer.device
+        tokens = torch.zeros(len(keep), self.grid * self.grid, self.teacher.feature_dim, device=device)
+        if keep.any():
+            tokens[keep.to(device)] = (batch.tokens[keep].float().to(device) if batch.tokens is not None else
+                                       self._unchanged_tokens(batch.view[keep], batch.codes[keep]))
+        return tokens, keep.to(device)
 
     def losses(self, model: torch.nn.Module, batch: TrainBatch, g: torch.Generator) -> dict[str, torch.Tensor]:
         device = self.trainer.device
@@ -261,11 +282,15 @@ class LeafMethod:
                 z0 = z0.clone()
                 z0[fresh] = latents
         noise = torch.randn(z0.shape, generator=g)
-        tokens = self._teacher_tokens(batch)  # the teacher's view of the un-jittered image, as cached
+        # the teacher's view of the un-jittered image, as cached
+        if self.teacher is not None and self.skip_augmented and batch.changed.any():
+            tokens, aligned = self._unchanged_teacher_tokens(batch)
+        else:
+            tokens, aligned = self._teacher_tokens(batch), None
         images = self.trainer.colour_jitter(batch.images, g)  # drawn after t and noise: those stay as without jitter
         x = images.to(device).float() / 255 * 2 - 1
         with self.trainer.accelerator.autocast():
-            return model(x, z0.to(device), noise.to(device), t.to(device), tokens)
+            return model(x, z0.to(device), noise.to(device), t.to(device), tokens, aligned)
 
     def _pipe(self, model: LeafTrainingModel) -> LeafSegPipeline:
         pipe = LeafSegPipeline(self.autoencoder, model.image_encoder, model.unet, self.components["scheduler"],
