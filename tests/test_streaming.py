@@ -187,26 +187,32 @@ def test_workers_change_no_number(tmp_path, synthetic):
     assert a.best_val_dice == b.best_val_dice
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_on_the_fly_targets_are_the_cached_ones(tmp_path, synthetic, backend):
-    """With geometric augmentation the mask latents and teacher tokens come from the frozen networks per batch:
-    the same functions, on the same backend (``run.cache_backend``), the cache was built with, so an unaugmented
-    sample gets its cached targets."""
+def built_leaf_method(cfg):
+    """A LEAF method built (networks, frozen targets) by a trainer over cfg's data, without training a step."""
     from leafseg.training.checkpoints import release_run_dir
     from leafseg.training.engine import Trainer
     from leafseg.training.leaf import LeafMethod
     from leafseg.training.run_setup import start_run
 
-    if backend == "onnx":
-        pytest.importorskip("onnxruntime")
-    cfg = tiny_config(tmp_path / "run", synthetic, BITWISE, f"run.cache_backend={backend}",
-                      "align.flip_tokens=recompute")
     accelerator, run_dir = start_run(cfg, resume=False)
     release_run_dir(run_dir)
     method = LeafMethod(cfg)
     trainer = Trainer(method, cfg, accelerator, run_dir)
     trainer.load_data()
     method.build(trainer)
+    return method, trainer
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_on_the_fly_targets_are_the_cached_ones(tmp_path, synthetic, backend):
+    """With geometric augmentation the mask latents and teacher tokens come from the frozen networks per batch:
+    the same functions, on the same backend (``run.cache_backend``), the cache was built with, so an unaugmented
+    sample gets its cached targets."""
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    cfg = tiny_config(tmp_path / "run", synthetic, BITWISE, f"run.cache_backend={backend}",
+                      "align.flip_tokens=recompute")
+    method, trainer = built_leaf_method(cfg)
     assert method.backend == backend
     if backend == "onnx":  # nothing fell back to torch
         from leafseg.pipelines.onnx import OnnxFunction
@@ -234,19 +240,9 @@ def test_skipping_augmented_views_aligns_only_the_unchanged_ones(tmp_path, synth
     """align.augmented_views=skip: the teacher never sees an augmented view; the unchanged samples keep the tokens
     the default path gives them (cached rows, or the teacher's own tokens without a cache), the others are left
     out of the alignment mean."""
-    from leafseg.training.checkpoints import release_run_dir
-    from leafseg.training.engine import Trainer
-    from leafseg.training.leaf import LeafMethod
-    from leafseg.training.run_setup import start_run
-
     cfg = tiny_config(tmp_path / "run", synthetic, BITWISE, "run.cache_backend=torch", "align.augmented_views=skip",
                       f"align.cache={str(cache).lower()}")
-    accelerator, run_dir = start_run(cfg, resume=False)
-    release_run_dir(run_dir)
-    method = LeafMethod(cfg)
-    trainer = Trainer(method, cfg, accelerator, run_dir)
-    trainer.load_data()
-    method.build(trainer)
+    method, trainer = built_leaf_method(cfg)
     store = trainer.data.train
     views = torch.from_numpy(store.images.read_range(0, 4))
     codes = torch.tensor([0, 1, 2, 3])
