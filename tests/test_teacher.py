@@ -204,6 +204,17 @@ def test_unknown_teacher_and_layer():
         LiteMedSAMTeacher(layer="stage9")
 
 
+def test_training_refuses_an_unknown_teacher_before_reading_data(tmp_path):
+    from leafseg import load_config
+    from leafseg.training import train
+
+    cfg = load_config("cpu", [f"data.root={tmp_path / 'no-such-data'}", f"run.output_dir={tmp_path / 'run'}",
+                              "align.teacher=nope"])
+    with pytest.raises(ValueError, match=r"align.teacher: unknown teacher 'nope'.*lite_medsam"):
+        train(cfg)  # a data error (the folder is missing) would come first if the check were late
+    assert not (tmp_path / "run").exists()
+
+
 def test_resample_to_grid():
     x = torch.randn(2, 5, 64, 64)
     assert resample_to_grid(x, 64) is x

@@ -27,7 +27,7 @@ from ..models.alignment import Projector, alignment_loss, feature_map_to_tokens
 from ..models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, load_pretrained_unet,
                                set_unet_dropout)
 from ..models.image_encoder import ImageEncoder
-from ..models.teachers import build_teacher, features_to_tokens
+from ..models.teachers import TEACHERS, build_teacher, features_to_tokens
 from ..pipelines.leaf import LeafSegPipeline
 from ..data.loader import TrainBatch
 from .caches import (MaskLatents, TeacherFeatures, cache_backend, cache_rows, cached, flipped_inputs,
@@ -121,6 +121,9 @@ class LeafMethod:
     description = "training"
 
     def __init__(self, cfg: DictConfig):
+        # refused here, before minutes of decoding and caching (the schema leaves the name open for plug-ins)
+        if cfg.align.enabled and cfg.align.teacher not in TEACHERS:
+            raise ValueError(f"align.teacher: unknown teacher {cfg.align.teacher!r}; available: {sorted(TEACHERS)}")
         self.cfg = cfg
 
     def build(self, trainer: Trainer) -> torch.nn.Module:
