@@ -92,7 +92,7 @@ class ColourJitterConfig:
 
 @dataclass
 class AugmentConfig:
-    """``data.augment``: geometric and intensity augmentation, negative crops."""
+    """``data.augment``: geometric and intensity augmentation, negative crops, scope overlays."""
 
     p: float = _value()
     crop_scale: list[float] = _value()
@@ -103,6 +103,7 @@ class AugmentConfig:
     noise: float = _value()
     negative: float = _value()
     negative_min: float = _value()
+    overlay: float = _value()
 
 
 @dataclass
