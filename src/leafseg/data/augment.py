@@ -293,6 +293,9 @@ def _draw_mark(colour: np.ndarray, drawn: np.ndarray, kind: str, rng: np.random.
         x0 = size - left - w if flip_x else left
         return slice(max(y0, 0), min(y0 + h, size)), slice(max(x0, 0), min(x0 + w, size))
 
+    def orient(a: np.ndarray) -> np.ndarray:  # a shape drawn for the corner (0, 0) -> the same for the chosen corner
+        return a[::-1 if flip_y else 1, ::-1 if flip_x else 1]
+
     def paint(rows: slice, cols: slice, rgb, where=None) -> None:
         region = np.ones((rows.stop - rows.start, cols.stop - cols.start), bool) if where is None else where
         colour[rows, cols][region] = rgb
@@ -304,9 +307,7 @@ def _draw_mark(colour: np.ndarray, drawn: np.ndarray, kind: str, rng: np.random.
     elif kind == "cut":
         leg = int(rng.uniform(0.08, 0.25) * size) + 1
         tri = np.add.outer(np.arange(leg), np.arange(leg)) < leg  # the triangle at the corner (0, 0)
-        tri = tri[::-1] if flip_y else tri
-        tri = tri[:, ::-1] if flip_x else tri
-        paint(*place(0, 0, leg, leg), (0, 0, 0), tri)
+        paint(*place(0, 0, leg, leg), (0, 0, 0), orient(tri))
     elif kind == "text":
         glyph_h = max(3, round(size * rng.uniform(0.025, 0.045)))
         glyph_w, gap = max(2, round(glyph_h * 0.6)), max(1, glyph_h // 3)
@@ -325,9 +326,7 @@ def _draw_mark(colour: np.ndarray, drawn: np.ndarray, kind: str, rng: np.random.
                     continue
                 y, x = gap + r * (glyph_h + gap), gap + c * (glyph_w + 1)
                 ink[y:y + glyph_h, x:x + glyph_w] = rng.random((glyph_h, glyph_w)) < 0.45
-        ink = ink[::-1] if flip_y else ink  # keep the text block's own corner at the frame's corner
-        ink = ink[:, ::-1] if flip_x else ink
-        ink = ink[:rows.stop - rows.start, :cols.stop - cols.start]
+        ink = orient(ink)[:rows.stop - rows.start, :cols.stop - cols.start]  # the block's corner at the frame's
         paint(rows, cols, OVERLAY_COLOURS[int(rng.integers(1, len(OVERLAY_COLOURS)))], ink)
     else:  # frame
         h, w = (rng.uniform([0.15, 0.15], [0.35, 0.35]) * size).astype(int) + 2
