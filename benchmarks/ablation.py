@@ -21,9 +21,7 @@ its records in benchmarks/results/cpu-ablation-3600/.)
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import os
 import platform
 import shlex
@@ -34,6 +32,7 @@ import time
 from pathlib import Path
 
 from leafseg.config import load_config
+from leafseg.evaluation.compare import compare_values, read_per_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,9 +99,7 @@ def relative(text: str) -> str:
 def per_image_dice(csv_file: Path) -> dict[str, float | None]:
     """Each test image's Dice (kept in the record: two runs' differences can then be paired image by image); None
     where it is undefined (an empty cell or nan, as `leafseg score` and `leafseg evaluate` write it)."""
-    with open(csv_file, newline="") as f:
-        cells = {row["name"]: float(row["dice"] or "nan") for row in csv.DictReader(f)}
-    return {name: None if math.isnan(value) else round(value, 6) for name, value in cells.items()}
+    return {name: None if v is None else round(v, 6) for name, v in read_per_image(csv_file).items()}
 
 
 def run_one(name: str, args, out: Path, records: Path) -> None:
@@ -261,13 +258,9 @@ def write_report(records: Path, results: Path, args) -> None:
 
 def _paired_bootstrap(a: dict, b: dict, n: int = 10000) -> tuple[float, float]:
     """95% percentile-bootstrap CI of the mean per-image difference a - b over the images both scored (the same
-    test images for both models, resampled together; fixed seed so the report is reproducible)."""
-    import numpy as np
-
-    names = sorted(k for k in a.keys() & b.keys() if a[k] is not None and b[k] is not None)
-    d = np.array([a[k] - b[k] for k in names])
-    means = d[np.random.default_rng(0).integers(0, len(d), (n, len(d)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    test images for both models, resampled together; fixed seed so the report is reproducible): `leafseg compare`'s."""
+    c = compare_values(a, b, n_bootstrap=n)
+    return c["ci_low"], c["ci_high"]
 
 
 def _paired_ci(a: dict, b: dict) -> str:

@@ -1,12 +1,18 @@
 """One record (JSON) of a finished polyp-recipe run for benchmarks/results/polyp/: what was trained, the val curve per
-dataset, the run's own timings, and the evaluations of its model-best, read from the run folder and the evaluation
-folders `leafseg evaluate` wrote. Nothing is recomputed here.
+dataset, the run's own timings, and the evaluations of its model-best with each image's Dice, read from the run
+folder and the evaluation folders `leafseg evaluate` wrote. Nothing is recomputed here.
 
     python benchmarks/polyp_record.py --run /work/runs/polyp-p0 --name P0 --commit 7446a2c --command "leafseg ..." \
         --what "cpu on CVC-ClinicDB + Kvasir-SEG, no augmentation" \
         --machine "Intel Xeon (family 6 model 167, AVX-512 bf16, AMX), 2 cores, torch 2.13.0+cpu" \
         --eval cvc_test=/work/runs/polyp-p0/eval-cvc-test kvasir_test=/work/runs/polyp-p0/eval-kvasir-test \
         --out benchmarks/results/polyp/P0.json
+
+Two records' evaluations of the same sets, paired image by image (as `leafseg compare` pairs two evaluation
+folders; records keep per-image Dice from 2026-12-04 on, so a later run can be paired with an earlier one whose run
+folder is gone):
+
+    python benchmarks/polyp_record.py --pair benchmarks/results/polyp/X2overlay.json benchmarks/results/polyp/X2.json
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import csv
 import json
 import sys
 from pathlib import Path
+
+from leafseg.evaluation.compare import compare_values, read_per_image
 
 
 def val_curve(run: Path) -> list[dict]:
@@ -38,10 +46,35 @@ def evaluation(folder: Path) -> dict:
            "data": s["data"], "split": s["split"], "split_file": s["split_file"]}
     if m.get("with_object", {}).get("n_images"):
         out["with_object_dice"] = round(m["with_object"]["dice"]["mean"], 4)
+    out["per_image_dice"] = {k: None if v is None else round(v, 6) for k, v in read_per_image(folder).items()}
     return out
 
 
+def pair(a: dict, b: dict) -> list[str]:
+    """Record a's evaluations minus record b's, per set both evaluated with per-image Dice: table rows in points."""
+    rows = []
+    for name in a["evaluation"]:
+        ea, eb = a["evaluation"][name], b["evaluation"].get(name)
+        if not eb or "per_image_dice" not in ea or "per_image_dice" not in eb:
+            continue
+        c = compare_values(ea["per_image_dice"], eb["per_image_dice"])
+        rows.append(f"| {name} | {c['n']} | {c['mean_a']:.4f} | {c['mean_b']:.4f} | {100 * c['difference']:+.1f} "
+                    f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}] | {c['a_better']} / {c['b_better']} |")
+    if not rows:
+        raise SystemExit(f"{a['run']} and {b['run']}: no set evaluated in both with per-image Dice")
+    return [f"| set | n | {a['run']} | {b['run']} | {a['run']} - {b['run']}, paired [95% CI] | images better |",
+            "|---|---|---|---|---|---|", *rows]
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--pair"]:
+        if len(argv) != 3:
+            raise SystemExit("usage: polyp_record.py --pair A.json B.json")
+        a, b = (json.loads(Path(f).read_text()) for f in argv[1:])
+        print("\n".join(pair(a, b)))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path)
     ap.add_argument("--name", required=True)

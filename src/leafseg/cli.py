@@ -1,4 +1,4 @@
-"""``leafseg`` command line: train, predict, evaluate, score, serve, split, demo, export, convert-ldm.
+"""``leafseg`` command line: train, predict, evaluate, score, compare, serve, split, demo, export, convert-ldm.
 
 Argument parsing only: each command calls one function of the package, imported when the command runs, so that
 ``leafseg --help`` starts without torch. ``leafseg train`` runs the same on one CPU, one GPU or several processes:
@@ -100,6 +100,18 @@ def cmd_evaluate(args) -> int:
                       precision=args.precision, overlay_size=args.overlay_size, flip_tta=args.tta,
                       threshold=args.threshold)
     _print_scores(result)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .evaluation.compare import compare, compare_text
+    from .files import write_json
+
+    result = compare(args.a, args.b, args.metric, args.n_bootstrap, args.seed)
+    print(compare_text(result))
+    if args.output:
+        write_json(result, args.output)
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -266,6 +278,20 @@ def _add_score(sub) -> None:
     _add_overlay_size(p)
 
 
+def _add_compare(sub) -> None:
+    p = _command(sub, "compare", cmd_compare, "two evaluations of the same images, image by image: the mean "
+                 "difference A - B with a paired bootstrap CI, and on how many images each wins",
+                 "leafseg compare runs/new/eval-model-best-test runs/old/eval-model-best-test")
+    p.add_argument("a", help="evaluation A: a folder written by `leafseg evaluate` / `leafseg score`, or its "
+                             "per_image.csv")
+    p.add_argument("b", help="evaluation B, of the same images")
+    p.add_argument("--metric", default="dice", choices=["dice", "iou", "precision", "recall", "specificity",
+                                                        "hd95", "assd"], help="per-image metric to compare")
+    p.add_argument("--n-bootstrap", type=int, default=10000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (the same seed, the same CI)")
+    p.add_argument("--output", default=None, help="also write the numbers to this JSON file")
+
+
 def _add_serve(sub) -> None:
     p = _command(sub, "serve", cmd_serve, "a local web page to segment your own image with a saved model "
                  "(needs the app extra: pip install 'leafseg[app]')",
@@ -337,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leafseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"leafseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_predict, _add_evaluate, _add_score, _add_serve, _add_split, _add_demo, _add_export,
-                _add_convert_ldm):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_score, _add_compare, _add_serve, _add_split, _add_demo,
+                _add_export, _add_convert_ldm):
         add(sub)
     return parser
 

@@ -53,7 +53,7 @@ from scipy import ndimage
 
 __all__ = [
     "dice", "iou", "precision", "recall", "specificity", "surface_distances", "hd95", "assd",
-    "SegmentationMetrics", "paper_dice", "paper_iou", "PaperMetrics",
+    "SegmentationMetrics", "paper_dice", "paper_iou", "PaperMetrics", "bootstrap_mean_ci",
 ]
 
 FOREGROUND_METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "assd")
@@ -375,6 +375,13 @@ class SegmentationMetrics:
         sp = self.spacing
         out["units"] = "pixels" if sp is None else f"spacing {[float(v) for v in np.atleast_1d(sp)]}"
         return out
+
+
+def bootstrap_mean_ci(values, n_bootstrap: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:
+    """Percentile-bootstrap CI of the mean of ``values`` (``n_bootstrap`` resamples with replacement, seeded so a
+    report is reproducible): ``{"ci_low", "ci_high", "ci", "n_bootstrap"}``. Of per-image differences between two
+    models on the same images, it is the paired CI of the mean difference."""
+    return _bootstrap_ci(np.asarray(values, dtype=np.float64), n_bootstrap, ci, np.random.default_rng(seed))
 
 
 def _bootstrap_ci(v: np.ndarray, n_bootstrap: int, ci: float, rng: np.random.Generator) -> dict:
