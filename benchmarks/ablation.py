@@ -99,7 +99,7 @@ def relative(text: str) -> str:
 def per_image_dice(csv_file: Path) -> dict[str, float | None]:
     """Each test image's Dice (kept in the record: two runs' differences can then be paired image by image); None
     where it is undefined (an empty cell or nan, as `leafseg score` and `leafseg evaluate` write it)."""
-    return {name: None if v is None else round(v, 6) for name, v in read_per_image(csv_file).items()}
+    return read_per_image(csv_file, digits=6)
 
 
 def run_one(name: str, args, out: Path, records: Path) -> None:

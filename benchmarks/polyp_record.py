@@ -46,7 +46,7 @@ def evaluation(folder: Path) -> dict:
            "data": s["data"], "split": s["split"], "split_file": s["split_file"]}
     if m.get("with_object", {}).get("n_images"):
         out["with_object_dice"] = round(m["with_object"]["dice"]["mean"], 4)
-    out["per_image_dice"] = {k: None if v is None else round(v, 6) for k, v in read_per_image(folder).items()}
+    out["per_image_dice"] = read_per_image(folder, digits=6)
     return out
 
 

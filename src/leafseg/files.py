@@ -150,6 +150,14 @@ def folder_digest(folder: str | os.PathLike, suffixes: Sequence[str] = (".safete
 OUTPUT_MARK = ".leafseg-output"  # in every output folder leafseg made: the only kind --overwrite may empty
 
 
+def same_folder(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file or folder (after resolving links); False when either cannot be read."""
+    try:
+        return Path(a).resolve() == Path(b).resolve() or Path(a).samefile(b)
+    except OSError:
+        return False
+
+
 def _overlaps(a: Path, b: Path) -> bool:
     """Whether one of two resolved paths equals or lies inside the other."""
     return a == b or a in b.parents or b in a.parents

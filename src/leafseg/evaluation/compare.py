@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import same_folder
 from ..metrics import bootstrap_mean_ci
 
 HIGHER_IS_BETTER = {"dice": True, "iou": True, "precision": True, "recall": True, "specificity": True,
@@ -31,15 +32,17 @@ def per_image_csv(path: str | Path) -> Path:
     return csv_file
 
 
-def read_per_image(path: str | Path, metric: str = "dice") -> dict[str, float | None]:
+def read_per_image(path: str | Path, metric: str = "dice", digits: int | None = None) -> dict[str, float | None]:
     """One metric per image name from an evaluation's ``per_image.csv``; None where it is undefined (an empty cell or
-    nan: e.g. HD95 when a mask is empty)."""
+    nan: e.g. HD95 when a mask is empty); rounded to ``digits`` decimals if given (as records keep them)."""
     csv_file = per_image_csv(path)
     with open(csv_file, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "name" not in reader.fieldnames or metric not in reader.fieldnames:
             raise ValueError(f"{csv_file}: needs the columns 'name' and '{metric}'; it has {reader.fieldnames}")
         cells = {row["name"]: float(row[metric] or "nan") for row in reader}
+    if digits is not None:
+        cells = {name: round(value, digits) for name, value in cells.items()}
     return {name: None if math.isnan(value) else value for name, value in cells.items()}
 
 
@@ -86,19 +89,13 @@ def compare(a: str | Path, b: str | Path, metric: str = "dice", n_bootstrap: int
     out = compare_values(read_per_image(a, metric), read_per_image(b, metric), HIGHER_IS_BETTER[metric],
                          n_bootstrap, seed, ci)
     scored_a, scored_b = _what_was_scored(a), _what_was_scored(b)
-    same = None if scored_a is None or scored_b is None else (
-        scored_a["split"] == scored_b["split"] and _same_path(scored_a["data"], scored_b["data"]))
+    same = None
+    if scored_a is not None and scored_b is not None:
+        data_a, data_b = scored_a["data"], scored_b["data"]  # None in a `leafseg score` folder
+        same = scored_a["split"] == scored_b["split"] and (
+            data_a == data_b or (None not in (data_a, data_b) and same_folder(data_a, data_b)))
     return {"metric": metric, "a": str(a), "b": str(b), "scored_a": scored_a, "scored_b": scored_b,
             "same_data": same, **out}
-
-
-def _same_path(x: str | None, y: str | None) -> bool:
-    if x is None or y is None:
-        return x == y
-    try:
-        return Path(x).resolve() == Path(y).resolve()
-    except OSError:
-        return x == y
 
 
 def compare_text(result: dict) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__
 from .. import data as D
 from ..figures import OVERLAY_SIZE, figure, read_own_png, save_overlay, save_png
-from ..files import folder_digest, prepare_output, write_csv, write_json, write_text
+from ..files import folder_digest, prepare_output, same_folder, write_csv, write_json, write_text
 from ..metrics import PaperMetrics, SegmentationMetrics, dice
 from ..models.weights import read_config
 from ..pipelines import load_pipeline
@@ -46,13 +46,6 @@ def training_sources(model: Path) -> list[dict]:
         return [s for s in sources if isinstance(s, dict) and {"root", "layout", "split_file"} <= set(s)]
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a leafseg sources file ({e})") from None
-
-
-def _same_folder(a: str | Path, b: str | Path) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve() or Path(a).samefile(b)
-    except OSError:
-        return False
 
 
 def _chosen_pairs(model: Path, data_root: str, split: str, split_file: str | None, layout: str,
@@ -336,7 +329,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     check_threshold(threshold)
     model = Path(model_dir)
     run_config = _run_config(model)
-    source = next((s for s in training_sources(model) if _same_folder(s["root"], data_root)), None)
+    source = next((s for s in training_sources(model) if same_folder(s["root"], data_root)), None)
     if layout is None:
         layout = source["layout"] if source else ((run_config or {}).get("data") or {}).get("layout", "folder")
     if source is not None and (images_dir, masks_dir) == ("images", "masks"):
