@@ -4,6 +4,8 @@ wins), the errors it gives on bad input, and the polyp records' per-image Dice a
 import csv
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,34 @@ def test_compare_warns_when_the_two_scored_different_data(tmp_path):
     c = compare(a, b)
     assert c["same_data"] is False and "not the same data" in compare_text(c)
     assert "no difference shown" in compare_text(compare(a, a))
+
+
+def _score_folder(folder: Path, dice: dict, gt: str) -> Path:
+    """A folder as `leafseg score` leaves it: no data root or split, only the prediction and ground-truth folders."""
+    _evaluation(folder, dice)
+    (folder / "summary.json").write_text(json.dumps({"kind": "score", "pred": str(folder / "pred"), "gt": gt}))
+    return folder
+
+
+def test_score_folders_are_the_same_data_when_their_ground_truth_is(tmp_path):
+    dice = {"1": 0.8, "2": 0.9}
+    gt = tmp_path / "masks"
+    gt.mkdir()
+    a = _score_folder(tmp_path / "a", dice, str(gt))
+    b = _score_folder(tmp_path / "b", dice, str(tmp_path / "." / "masks"))  # the same folder, spelt otherwise
+    other = _score_folder(tmp_path / "other", dice, str(tmp_path / "other-masks"))
+    assert compare(a, b)["same_data"] is True
+    c = compare(a, other)
+    assert c["same_data"] is False and "not the same data" in compare_text(c)
+    assert c["scored_a"]["data"] == str(gt)
+    evaluated = _evaluation(tmp_path / "evaluated", dice)  # a data root and split against a masks folder: unknown
+    assert compare(a, evaluated)["same_data"] is None
+
+
+def test_compare_and_score_load_no_torch():
+    code = ("import sys; import leafseg.evaluation.compare, leafseg.evaluation.score\n"
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
 def test_compare_errors_name_the_file_and_the_problem(tmp_path):

@@ -47,12 +47,15 @@ def read_per_image(path: str | Path, metric: str = "dice", digits: int | None = 
 
 
 def _what_was_scored(path: str | Path) -> dict | None:
-    """The data and split an evaluation folder's summary.json names (None for a bare CSV or an older folder)."""
+    """The data and split an evaluation folder's summary.json names (None for a bare CSV or an older folder). A
+    `leafseg score` folder names no data root or split: its ground-truth folder stands for the data there."""
     summary = per_image_csv(path).parent / "summary.json"
     if not summary.is_file():
         return None
     s = json.loads(summary.read_text())
-    return {k: s.get(k) for k in ("data", "split", "split_file")}
+    if s.get("kind") == "score":
+        return {"kind": "score", "data": s.get("gt"), "split": None, "split_file": None}
+    return {"kind": "evaluate", **{k: s.get(k) for k in ("data", "split", "split_file")}}
 
 
 def compare_values(a: dict[str, float | None], b: dict[str, float | None], higher_is_better: bool = True,
@@ -89,9 +92,10 @@ def compare(a: str | Path, b: str | Path, metric: str = "dice", n_bootstrap: int
     out = compare_values(read_per_image(a, metric), read_per_image(b, metric), HIGHER_IS_BETTER[metric],
                          n_bootstrap, seed, ci)
     scored_a, scored_b = _what_was_scored(a), _what_was_scored(b)
-    same = None
-    if scored_a is not None and scored_b is not None:
-        data_a, data_b = scored_a["data"], scored_b["data"]  # None in a `leafseg score` folder
+    same = None  # unknown: a bare CSV, or an `evaluate` folder against a `score` folder (a data root and split
+    # against a folder of masks: they may well be the same images, which nothing here can tell)
+    if scored_a is not None and scored_b is not None and scored_a["kind"] == scored_b["kind"]:
+        data_a, data_b = scored_a["data"], scored_b["data"]
         same = scored_a["split"] == scored_b["split"] and (
             data_a == data_b or (None not in (data_a, data_b) and same_folder(data_a, data_b)))
     return {"metric": metric, "a": str(a), "b": str(b), "scored_a": scored_a, "scored_b": scored_b,

@@ -17,9 +17,6 @@ from .. import data as D
 from ..figures import OVERLAY_SIZE, figure, read_own_png, save_overlay, save_png
 from ..files import folder_digest, prepare_output, same_folder, write_csv, write_json, write_text
 from ..metrics import PaperMetrics, SegmentationMetrics, dice
-from ..models.weights import read_config
-from ..pipelines import load_pipeline
-from ..pipelines.image_processor import check_threshold
 from .read_ahead import read_ahead
 from .report import report_markdown
 
@@ -131,6 +128,8 @@ def model_digest(model: Path) -> str:
     outputs written inside the model folder do not change it."""
     if (model / "leafseg_onnx.json").is_file():  # an ONNX export: its graphs and manifest
         return folder_digest(model, suffixes=(".onnx", ".json"))
+    from ..models.weights import read_config  # here, not at the top: `score` and `compare` need no torch
+
     components = {k for k in read_config(model, "model_index.json") if not k.startswith("_")}
     return folder_digest(model, exclude=lambda rel: not (rel.parts[0] in components or str(rel) == "model_index.json"))
 
@@ -324,6 +323,9 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     Raises:
         ValueError, FileNotFoundError: a wrong split, dataset, model or output folder (the message names it).
     """
+    from ..pipelines import load_pipeline  # torch and diffusers load here, when a model is evaluated
+    from ..pipelines.image_processor import check_threshold
+
     if seeds < 1 or worst_k < 0:
         raise ValueError("seeds must be >= 1 and worst_k >= 0")
     check_threshold(threshold)
