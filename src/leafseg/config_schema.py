@@ -39,6 +39,7 @@ TimestepSpacing = _choices("TimestepSpacing", ("leading", "trailing", "linspace"
 LossKind = _choices("LossKind", ("l1", "l2"))
 FlipTokens = _choices("FlipTokens", ("recompute", "mirror"))
 AugmentedViews = _choices("AugmentedViews", ("teacher", "skip"))
+DropoutSampler = _choices("DropoutSampler", ("torch", "words16"))
 TeacherDtype = _choices("TeacherDtype", ("float32", "bfloat16"))
 LRSchedule = _choices("LRSchedule", ("constant_with_warmup", "cosine", "linear"))
 MixedPrecision = _choices("MixedPrecision", ("auto", "no", "bf16", "fp16"))
@@ -166,6 +167,7 @@ class ImageEncoderConfig:
     """``image_encoder``: the trainable copy of the autoencoder's encoder."""
 
     dropout: float = _value()
+    dropout_sampler: DropoutSampler = _value()
     frozen_layers: int = _value()
 
 

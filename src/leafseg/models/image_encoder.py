@@ -11,11 +11,11 @@ import copy
 import inspect
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from .autoencoder import FAMILIES, MaskAutoencoder, family_of
+from .dropout import DROPOUT_SAMPLERS, Dropout, dropout
 from .taef2 import build_taef2_encoder
 
 class ImageEncoder(ModelMixin, ConfigMixin):
@@ -23,14 +23,18 @@ class ImageEncoder(ModelMixin, ConfigMixin):
 
     ``family`` and ``autoencoder_config`` say which encoder to build (the config is the autoencoder's own, so a
     saved ImageEncoder rebuilds exactly); ``dropout`` is applied before the last conv of every residual block, as
-    LDM's encoder does with its dropout argument.
+    LDM's encoder does with its dropout argument, its mask drawn by ``dropout_sampler`` (``torch``: F.dropout, the
+    authors'; ``words16``: the same law from fewer random draws, ~5x faster on a CPU: leafseg.models.dropout).
     """
 
     @register_to_config
-    def __init__(self, family: str, autoencoder_config: dict, dropout: float = 0.0):
+    def __init__(self, family: str, autoencoder_config: dict, dropout: float = 0.0, dropout_sampler: str = "torch"):
         super().__init__()
         if family not in FAMILIES:
             raise ValueError(f"unknown image encoder family {family!r}; expected one of {sorted(FAMILIES)}")
+        if dropout_sampler not in DROPOUT_SAMPLERS:
+            raise ValueError(f"image_encoder.dropout_sampler must be one of {DROPOUT_SAMPLERS}, got "
+                             f"{dropout_sampler!r}")
         config = dict(autoencoder_config)
         if family == "taef2":
             self.encoder = build_taef2_encoder(int(config.get("latent_channels", 32)))
@@ -48,9 +52,13 @@ class ImageEncoder(ModelMixin, ConfigMixin):
 
     def _set_dropout(self, p: float) -> None:
         if self.config.family == "kl":
+            sampler = self.config.dropout_sampler
             for module in self.encoder.modules():
                 if isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
-                    module.dropout.p = p
+                    if sampler == "torch":
+                        module.dropout.p = p
+                    else:
+                        module.dropout = Dropout(p, sampler)
             return
         # TAESD-style blocks are conv-ReLU-conv-ReLU-conv: drop after the second ReLU, before the last conv.
         for module in self.encoder.modules():
@@ -79,7 +87,7 @@ class ImageEncoder(ModelMixin, ConfigMixin):
 
     def _dropout_hook(self, module, inputs, output):
         p = float(self.config.dropout)
-        return F.dropout(output, p=p, training=self.training) if p > 0 else output
+        return dropout(output, p, self.training, self.config.dropout_sampler) if p > 0 else output
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         family = self.config.family
@@ -94,11 +102,12 @@ class ImageEncoder(ModelMixin, ConfigMixin):
         return mean  # the mode of the diagonal Gaussian
 
     @classmethod
-    def from_autoencoder(cls, ae: MaskAutoencoder, dropout: float = 0.0) -> "ImageEncoder":
+    def from_autoencoder(cls, ae: MaskAutoencoder, dropout: float = 0.0,
+                         dropout_sampler: str = "torch") -> "ImageEncoder":
         family = family_of(ae)
         # Private entries (e.g. ``_name_or_path``, a Path after from_pretrained) are not part of the architecture.
         config = {k: v for k, v in ae.config.items() if not k.startswith("_")}
-        model = cls(family=family, autoencoder_config=config, dropout=dropout)
+        model = cls(family=family, autoencoder_config=config, dropout=dropout, dropout_sampler=dropout_sampler)
         model.encoder.load_state_dict(copy.deepcopy(ae.encoder.state_dict()))
         if model.quant_conv is not None:
             model.quant_conv.load_state_dict(ae.quant_conv.state_dict())

@@ -54,7 +54,8 @@ def build_components(cfg: DictConfig) -> dict:
         raise ValueError(f"data.resolution {cfg.data.resolution} must be a multiple of the autoencoder's {factor}")
     latent_size = cfg.data.resolution // factor
     channels = ae_ops.latent_channels(ae)
-    image_encoder = ImageEncoder.from_autoencoder(ae, dropout=cfg.image_encoder.dropout)
+    image_encoder = ImageEncoder.from_autoencoder(ae, dropout=cfg.image_encoder.dropout,
+                                                  dropout_sampler=str(cfg.image_encoder.dropout_sampler))
     image_encoder.freeze_leading_layers(cfg.image_encoder.frozen_layers)
     uc = to_container(cfg.unet)
     pretrained = uc.pop("pretrained")
