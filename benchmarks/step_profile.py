@@ -98,22 +98,26 @@ class PhaseClock:
             self._stack[-1][2] += spent
 
 
-def profile(config: str, overrides: list[str], steps: int, skip: int, torch_profile: int, device: str,
-            cache_dir: str | None) -> dict:
+def profile(cfg, steps: int, skip: int, torch_profile: int = 0, output_dir: str | Path | None = None) -> dict:
+    """Train ``cfg`` (a ``leafseg.load_config`` result) for ``skip`` + 2 x ``steps`` (+ ``torch_profile``) + 1
+    steps into ``output_dir`` (default: a temporary folder, removed afterwards) and time them (module docstring)."""
+    if output_dir is None:
+        with tempfile.TemporaryDirectory(prefix="leafseg-step-profile-") as tmp:
+            return profile(cfg, steps, skip, torch_profile, tmp)
     import torch
+    from omegaconf import OmegaConf
 
-    from leafseg import load_config, train
+    from leafseg import train
     from leafseg.training import bookkeeping, engine
 
     total = skip + 2 * steps + torch_profile + 1  # the last step validates and checkpoints: not counted
-    out = tempfile.mkdtemp(prefix="leafseg-step-profile-")
-    cfg = load_config(config, [*overrides, f"run.output_dir={out}", f"run.device={device}",
-                               f"train.max_steps={total}", "train.time_budget_min=null", f"train.val_every={total}",
-                               f"train.checkpoint_every={total}", "train.val_at_start=false",
-                               *([f"run.cache_dir={cache_dir}"] if cache_dir else [])])
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([
+        f"run.output_dir={output_dir}", f"train.max_steps={total}", "train.time_budget_min=null",
+        f"train.val_every={total}", f"train.checkpoint_every={total}", "train.val_at_start=false"]))
+    on_cuda = cfg.run.device != "cpu" and torch.cuda.is_available()
 
     def sync():
-        if torch.cuda.is_available() and device != "cpu":
+        if on_cuda:
             torch.cuda.synchronize()
 
     clock = PhaseClock(sync)
@@ -205,10 +209,10 @@ def profile(config: str, overrides: list[str], steps: int, skip: int, torch_prof
     plain = [b - a for a, b in zip(starts[skip:skip + steps], starts[skip + 1:skip + steps + 1])]
     phases = dict(clock.totals)
     phases["loop other"] = result["phases_s"] - sum(phases.values())
-    report = {"config": config, "overrides": overrides, "device": _device_name(torch, device), "steps": steps,
+    report = {"device": _device_name(torch, on_cuda), "steps": steps,
               "skip": skip, "plain_step_s": {"median": statistics.median(plain), "mean": statistics.mean(plain)},
               "phases_step_s": {k: v / steps for k, v in phases.items()}, "phased_mean_s": result["phases_s"] / steps,
-              "run_s": result["run_s"], "run_dir": out}
+              "run_s": result["run_s"], "run_dir": str(output_dir)}
     if torch_profile:
         report["torch_profile"] = _profiler_report(torch, result["profiler"], torch_profile)
     return report
@@ -239,8 +243,8 @@ def _profiler_report(torch, prof, steps: int) -> dict:
     return {"table": table, "kernels_per_step": kernels}
 
 
-def _device_name(torch, device: str) -> str:
-    if device != "cpu" and torch.cuda.is_available():
+def _device_name(torch, on_cuda: bool) -> str:
+    if on_cuda:
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     sys.path.insert(0, str(Path(__file__).parent))
     import speed
@@ -251,7 +255,8 @@ def _device_name(torch, device: str) -> str:
 def print_report(r: dict) -> None:
     plain, phased = r["plain_step_s"], r["phased_mean_s"]
     print(f"device: {r['device']}")
-    print(f"config: {r['config']} {' '.join(r['overrides'])}")
+    if "config" in r:
+        print(f"config: {r['config']} {' '.join(r['overrides'])}")
     print(f"plain steps ({r['steps']} after {r['skip']}): median {plain['median'] * 1000:.1f} ms, "
           f"mean {plain['mean'] * 1000:.1f} ms; with the phases timed (device synchronised around each): "
           f"mean {phased * 1000:.1f} ms")
@@ -286,8 +291,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.steps < 2 or args.skip < 1:
         ap.error("--steps must be at least 2 and --skip at least 1")
-    report = profile(args.config, args.overrides, args.steps, args.skip, args.torch_profile, args.device,
-                     args.cache_dir)
+    from leafseg import load_config
+
+    cfg = load_config(args.config, [*args.overrides, f"run.device={args.device}",
+                                    *([f"run.cache_dir={args.cache_dir}"] if args.cache_dir else [])])
+    report = {"config": args.config, "overrides": args.overrides,
+              **profile(cfg, args.steps, args.skip, args.torch_profile)}
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
