@@ -1,5 +1,5 @@
 """image_encoder.dropout_sampler: torch's dropout masks (the authors') or words16 (the same law from 16-bit slices of
-random words, 2-5x faster on a CPU). Pinned: the law (keep probability, scale, independence), the default generator
+random words, 1.8-4.8x faster on a CPU). Pinned: the law (keep probability, scale, independence), the default generator
 as the source, gradients, the image encoder's routing and its saved config, and which recipe picks which."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ class ImageEncoder(ModelMixin, ConfigMixin):
     ``family`` and ``autoencoder_config`` say which encoder to build (the config is the autoencoder's own, so a
     saved ImageEncoder rebuilds exactly); ``dropout`` is applied before the last conv of every residual block, as
     LDM's encoder does with its dropout argument, its mask drawn by ``dropout_sampler`` (``torch``: F.dropout, the
-    authors'; ``words16``: the same law from fewer random draws, 2-5x faster on a CPU: leafseg.models.dropout).
+    authors'; ``words16``: the same law from fewer random draws, 1.8-4.8x faster on a CPU: leafseg.models.dropout).
     """
 
     @register_to_config
