@@ -124,3 +124,26 @@ def test_paper_keeps_torch_masks_and_the_cpu_recipes_draw_words16(monkeypatch):
         assert load_config(recipe, ["data.root=x"]).image_encoder.dropout_sampler == "words16"
     with pytest.raises(ValueError, match="dropout_sampler"):
         load_config(None, ["data.root=x", "image_encoder.dropout_sampler=fast"])
+
+
+def test_a_words16_run_resumes_bit_for_bit_and_differs_from_torch_masks(tmp_path, synthetic):
+    """The sampler reaches training (other weights than torch's masks give) and, drawing from the default generator
+    whose state a checkpoint keeps, a resumed run continues exactly."""
+    from safetensors.torch import load_file
+
+    from leafseg.training import train
+    from tiny import BITWISE, tiny_config
+
+    def weights(result):
+        folder = result.run_dir / "model-last" / "image_encoder"
+        return load_file(str(next(folder.glob("*.safetensors"))))
+
+    words = ("image_encoder.dropout_sampler=words16", BITWISE)
+    straight = train(tiny_config(tmp_path / "a", synthetic, "train.max_steps=4", *words))
+    train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=2", *words))
+    resumed = train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=4", *words), resume=True)
+    torch_masks = train(tiny_config(tmp_path / "c", synthetic, "train.max_steps=4", BITWISE))
+    a, b, c = weights(straight), weights(resumed), weights(torch_masks)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
