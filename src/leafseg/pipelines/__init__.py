@@ -27,8 +27,9 @@ LEGACY_MODULES = {"leafseg.convert": "leafseg.models.ldm_unet"}
 
 def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str = "auto", precision: str = "fp32"):
     """A saved LEAF pipeline or supervised-UNet baseline folder (by model_index.json's class), offline, on
-    ``device`` (default: cuda if available), progress bars off; or a folder written by ``leafseg export --format
-    onnx``, run by ONNX Runtime (``backend``: ``auto`` picks by the folder, ``torch`` or ``onnx`` insist).
+    ``device`` (default: cuda if available), progress bars off; or a folder written by
+    ``leafseg export --format onnx``, run by ONNX Runtime (``backend``: ``auto`` picks by the folder, ``torch`` or
+    ``onnx`` insist).
 
     diffusers imports no module just because a folder names it, so leafseg's own component modules are imported
     here, and a module path recorded by an earlier leafseg is mapped to where its class lives now.
