@@ -28,7 +28,6 @@ WHEELS = ["diffusers==0.42.1", "omegaconf==2.4.0", "kornia==0.9.0", "kornia_rs==
 DATASETS = {"cvc-clinicdb": ".png", "kvasir-seg": ".jpg"}
 
 
-
 def subset(name: str, out: Path, train: int, val: int, test: int) -> None:
     """The first ``train``/``val``/``test`` names of the committed split, their files, and a split file for them."""
     split = json.loads((REPO / "benchmarks" / "splits" / f"{name}.json").read_text())

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from leafseg.config import load_config
-from leafseg.models.dropout import Dropout, dropout, dropout_words16, keep_threshold
+from leafseg.config_schema import DropoutSampler
+from leafseg.models.dropout import DROPOUT_SAMPLERS, Dropout, dropout, dropout_words16, keep_threshold
 from leafseg.models.image_encoder import ImageEncoder
 from leafseg.models.taef2 import TAEF2
 from tiny import tiny_autoencoder
@@ -114,6 +115,11 @@ def test_image_encoder_routes_its_dropout_through_the_sampler(family, tmp_path):
     assert loaded.config.dropout_sampler == "words16" and loaded.config.dropout == 0.2
     with pytest.raises(ValueError, match="image_encoder.dropout_sampler"):
         ImageEncoder.from_autoencoder(ae, dropout=0.2, dropout_sampler="fast")
+
+
+def test_the_config_schema_offers_exactly_the_samplers_the_module_draws():
+    """The names live twice (config_schema stays free of torch, which leafseg compare/score avoid importing)."""
+    assert tuple(DropoutSampler) == DROPOUT_SAMPLERS
 
 
 def test_paper_keeps_torch_masks_and_the_cpu_recipes_draw_words16(monkeypatch):
