@@ -6,12 +6,11 @@ import pytest
 import torch
 from diffusers.optimization import get_scheduler
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
 
 from leafseg.training import bookkeeping, train
 from leafseg.training.budget import STEP_SLACK, events_after, step_seconds, steps_in_budget, worth_revising
 from leafseg.training.optimisation import retarget_lr_schedule
-from tiny import BITWISE, tiny_config
+from tiny import BITWISE, saved_weights, tiny_config
 
 
 def test_events_after_counts_every_kth_step_and_the_last():
@@ -65,10 +64,6 @@ def decide(count):
     return lambda budget_s, elapsed_s, step, step_s, validation_s, val_every, cap: min(cap, count)
 
 
-def weights(run_dir):
-    return load_file(str(run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
-
-
 def test_an_ample_budget_trains_the_fixed_step_run(tmp_path, synthetic, capsys):
     fixed = train(budget_config(tmp_path / "fixed", synthetic, BITWISE))
     capsys.readouterr()
@@ -76,7 +71,7 @@ def test_an_ample_budget_trains_the_fixed_step_run(tmp_path, synthetic, capsys):
     out = capsys.readouterr().out
     assert "time budget 600 min" in out and "all of them fit, the LR schedule ends at step 12" in out
     assert budgeted.step == fixed.step == 12
-    a, b = weights(fixed.run_dir), weights(budgeted.run_dir)
+    a, b = saved_weights(fixed.run_dir), saved_weights(budgeted.run_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert [h.get("loss") for h in fixed.history if "loss" in h] == [h["loss"] for h in budgeted.history if "loss" in h]
@@ -124,7 +119,7 @@ def test_a_budgeted_run_resumes_with_its_decision(tmp_path, synthetic, monkeypat
     resumed = train(budget_config(tmp_path / "b", synthetic, *cfg), resume=True)
     assert resumed.step == 14
     assert [h["lr"] for h in resumed.history if "lr" in h] == lrs
-    a, b = weights(straight.run_dir), weights(resumed.run_dir)
+    a, b = saved_weights(straight.run_dir), saved_weights(resumed.run_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 

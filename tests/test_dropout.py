@@ -135,14 +135,11 @@ def test_paper_keeps_torch_masks_and_the_cpu_recipes_draw_words16(monkeypatch):
 def test_a_words16_run_resumes_bit_for_bit_and_differs_from_torch_masks(tmp_path, synthetic):
     """The sampler reaches training (other weights than torch's masks give) and, drawing from the default generator
     whose state a checkpoint keeps, a resumed run continues exactly."""
-    from safetensors.torch import load_file
-
     from leafseg.training import train
-    from tiny import BITWISE, tiny_config
+    from tiny import BITWISE, saved_weights, tiny_config
 
     def weights(result):
-        folder = result.run_dir / "model-last" / "image_encoder"
-        return load_file(str(next(folder.glob("*.safetensors"))))
+        return saved_weights(result.run_dir, "image_encoder")
 
     words = ("image_encoder.dropout_sampler=words16", BITWISE)
     straight = train(tiny_config(tmp_path / "a", synthetic, "train.max_steps=4", *words))

@@ -20,7 +20,7 @@ from leafseg import data as D
 from leafseg.data import store as S
 from leafseg.data.loader import StepSampler, TrainSamples, train_loader
 from leafseg.training import train
-from tiny import BITWISE, tiny_config
+from tiny import BITWISE, saved_weights, tiny_config
 
 needs_kornia = pytest.mark.skipif(importlib.util.find_spec("kornia") is None,
                                   reason="kornia not installed (pip install 'leafseg[augment]')")
@@ -165,17 +165,12 @@ def test_default_and_paper_configs_do_not_augment():
 
 @needs_kornia
 def test_augmented_training_is_deterministic_and_resumes_bit_for_bit_with_workers(tmp_path, synthetic):
-    from safetensors.torch import load_file
-
-    def unet(run):
-        return load_file(str(run / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
-
     straight = train(tiny_config(tmp_path / "a", synthetic, *AUGMENT, BITWISE))
     train(tiny_config(tmp_path / "b", synthetic, *AUGMENT, BITWISE, "data.num_workers=2", "train.max_steps=2"))
     resumed = train(tiny_config(tmp_path / "b", synthetic, *AUGMENT, BITWISE, "data.num_workers=2"), resume=True)
     la = [h["loss"] for h in straight.history if "loss" in h]
     assert la == [h["loss"] for h in resumed.history if "loss" in h]
-    a, b = unet(straight.run_dir), unet(resumed.run_dir)
+    a, b = saved_weights(straight.run_dir), saved_weights(resumed.run_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     plain = train(tiny_config(tmp_path / "c", synthetic, BITWISE))

@@ -16,7 +16,7 @@ from leafseg.training.caches import mirror_tokens
 from leafseg.data import RowFile
 from leafseg.data.loader import batch_indices
 from leafseg.training.clock import combine_timings
-from tiny import BITWISE, tiny_config
+from tiny import BITWISE, saved_weights, tiny_config
 
 
 def test_batches_are_seeded_sharded_and_cover_each_epoch():
@@ -70,8 +70,7 @@ def test_resume_continues_exactly(tmp_path, synthetic):
     train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=2", BITWISE))
     resumed = train(tiny_config(tmp_path / "b", synthetic, "train.max_steps=4", BITWISE), resume=True)
     assert resumed.step == 4
-    a = load_file(str(straight.run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
-    b = load_file(str(resumed.run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
+    a, b = saved_weights(straight.run_dir), saved_weights(resumed.run_dir)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
@@ -109,8 +108,7 @@ def test_a_trainer_subclass_overrides_hooks_and_keeps_the_numbers(tmp_path, synt
     watched = train(tiny_config(tmp_path / "b", synthetic, BITWISE), trainer_class=Watching)
     assert calls == [("step", 0), ("step", 1), ("validate", 2), ("step", 2), ("step", 3), ("validate", 4),
                      ("end", 4)]
-    a = load_file(str(plain.run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
-    b = load_file(str(watched.run_dir / "model-last" / "unet" / "diffusion_pytorch_model.safetensors"))
+    a, b = saved_weights(plain.run_dir), saved_weights(watched.run_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 

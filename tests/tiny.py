@@ -6,6 +6,7 @@ import json
 
 import torch
 from diffusers import AutoencoderKL
+from safetensors.torch import load_file
 
 from leafseg.config import load_config
 from leafseg.diffusion import make_scheduler
@@ -53,3 +54,8 @@ def tiny_config(run_dir, data_root, *extra):
         "train.lr=1e-3", "train.val_every=2", "train.checkpoint_every=2", "train.log_every=1",
         "train.mixed_precision=no", *extra,
     ])
+
+
+def saved_weights(run_dir, part: str = "unet", checkpoint: str = "model-last") -> dict[str, torch.Tensor]:
+    """One part's tensors as a run saved them (diffusers names the file; the glob finds it for any part)."""
+    return load_file(str(next((run_dir / checkpoint / part).glob("*.safetensors"))))
