@@ -40,6 +40,7 @@ LossKind = _choices("LossKind", ("l1", "l2"))
 FlipTokens = _choices("FlipTokens", ("recompute", "mirror"))
 AugmentedViews = _choices("AugmentedViews", ("teacher", "skip"))
 DropoutSampler = _choices("DropoutSampler", ("torch", "words16"))
+Condition = _choices("Condition", ("autoencoder", "lite_medsam", "both"))
 TeacherDtype = _choices("TeacherDtype", ("float32", "bfloat16"))
 LRSchedule = _choices("LRSchedule", ("constant_with_warmup", "cosine", "linear"))
 MixedPrecision = _choices("MixedPrecision", ("auto", "no", "bf16", "fp16"))
@@ -164,11 +165,14 @@ class AutoencoderConfig:
 
 @dataclass
 class ImageEncoderConfig:
-    """``image_encoder``: the trainable copy of the autoencoder's encoder."""
+    """``image_encoder``: the trainable copy of the autoencoder's encoder, and the optional semantic branch."""
 
     dropout: float = _value()
     dropout_sampler: DropoutSampler = _value()
     frozen_layers: int = _value()
+    condition: Condition = _value()
+    semantic_size: int = _value()
+    semantic_hidden: int = _value()
 
 
 @dataclass
@@ -371,6 +375,15 @@ def check_values(cfg: DictConfig) -> None:
     ``load_config`` and again when a run starts (a config may be changed in Python in between)."""
     check_train_numbers(cfg.train)
     check_budget_config(cfg.train)
+    check_image_encoder(cfg.image_encoder)
+
+
+def check_image_encoder(ic: DictConfig) -> None:
+    """The semantic branch's sizes: TinyViT needs at least 16 px, the adapter at least one channel."""
+    if int(ic.semantic_size) < 16:
+        raise ValueError(f"image_encoder.semantic_size must be at least 16 (pixels), got {ic.semantic_size}")
+    if int(ic.semantic_hidden) < 1:
+        raise ValueError(f"image_encoder.semantic_hidden must be at least 1, got {ic.semantic_hidden}")
 
 
 def check_train_numbers(tc: DictConfig) -> None:

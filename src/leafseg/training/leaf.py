@@ -54,8 +54,10 @@ def build_components(cfg: DictConfig) -> dict:
         raise ValueError(f"data.resolution {cfg.data.resolution} must be a multiple of the autoencoder's {factor}")
     latent_size = cfg.data.resolution // factor
     channels = ae_ops.latent_channels(ae)
-    image_encoder = ImageEncoder.from_autoencoder(ae, dropout=cfg.image_encoder.dropout,
-                                                  dropout_sampler=str(cfg.image_encoder.dropout_sampler))
+    ic = cfg.image_encoder
+    image_encoder = ImageEncoder.from_autoencoder(ae, dropout=ic.dropout, dropout_sampler=str(ic.dropout_sampler),
+                                                  condition=str(ic.condition), semantic_size=int(ic.semantic_size),
+                                                  semantic_hidden=int(ic.semantic_hidden))
     image_encoder.freeze_leading_layers(cfg.image_encoder.frozen_layers)
     uc = to_container(cfg.unet)
     pretrained = uc.pop("pretrained")
