@@ -1,4 +1,5 @@
-"""``leafseg`` command line: train, predict, evaluate, score, compare, serve, split, demo, export, convert-ldm.
+"""``leafseg`` command line: train, predict, evaluate, calibrate, score, compare, serve, split, demo, export,
+convert-ldm.
 
 Argument parsing only: each command calls one function of the package, imported when the command runs, so that
 ``leafseg --help`` starts without torch. ``leafseg train`` runs the same on one CPU, one GPU or several processes:
@@ -35,7 +36,7 @@ def cmd_predict(args) -> int:
 
     report = predict(args.model, args.input, args.output, args.steps, args.ensemble, args.seed, args.batch_size,
                      args.device, args.uncertainty, args.threshold, args.save_probabilities, args.strict,
-                     args.overwrite, args.backend, args.precision, args.tta)
+                     args.overwrite, args.backend, args.precision, args.tta, not args.no_frame_decision)
     print(f"wrote masks and overlays of {len(report.written)} image(s) to {args.output}")
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable file(s):", file=sys.stderr)
@@ -70,6 +71,13 @@ def _print_scores(result: dict) -> None:
     if e["gt_empty"]:
         print(f"frames without an object: {e['gt_empty']}, left empty {e['both_empty']}, given a mask "
               f"{e['gt_empty_pred_not']} (false-positive rate {e['false_positive_rate']:.1%})")
+    fl = summary.get("frame_level")
+    if fl and fl["n_with_object"] and fl["n_without_object"]:
+        auc = ", ".join(f"{k} {v:.3f}" for k, v in fl["auroc"].items() if v is not None)
+        print(f"frame level: sensitivity {fl['sensitivity']:.3f}, specificity {fl['specificity']:.3f} "
+              f"({fl['cleared']} frame(s) cleared by the frame decision); AUROC of the frame scores: {auc}")
+    elif fl and fl["cleared"]:
+        print(f"frame decision: {fl['cleared']} frame(s) cleared")
     if "seed_stability" in summary:
         st = summary["seed_stability"]
         print(f"seed stability over {len(st['seeds'])} seeds: per-image Dice std mean {st['dice_std_mean']:.4f}, "
@@ -98,8 +106,20 @@ def cmd_evaluate(args) -> int:
                       overwrite=args.overwrite, backend=args.backend,
                       allow_training_data=args.include_training_data, groups=args.groups,
                       precision=args.precision, overlay_size=args.overlay_size, flip_tta=args.tta,
-                      threshold=args.threshold)
+                      threshold=args.threshold, frame_decision=not args.no_frame_decision)
     _print_scores(result)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .evaluation.calibrate import calibrate_model, calibration_text
+
+    result = calibrate_model(args.model, args.positives, args.negatives, args.max_drop, args.dry_run)
+    print(calibration_text(result))
+    if result["decision"] is not None:
+        print("not stored (--dry-run)" if args.dry_run else
+              f"stored in {args.model}: predict, evaluate, serve and the Python API apply it (--no-frame-decision, "
+              "or frame_decision=False, to segment every frame as it comes)")
     return 0
 
 
@@ -194,6 +214,9 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
                    help="probability above which a pixel is foreground (choose it on val, never on test)")
     p.add_argument("--tta", action="store_true",
                    help="flip test-time augmentation: average over the image and its 3 flipped copies (4x the work)")
+    p.add_argument("--no-frame-decision", action="store_true",
+                   help="segment every frame as it comes, without the model's calibrated \"nothing here\" decision "
+                        "(leafseg calibrate)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                    help="auto: by the model folder (a saved model: PyTorch; a `leafseg export` folder: ONNX Runtime)")
     _add_device_args(p)
@@ -253,6 +276,21 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder first")
     _add_overlay_size(p)
     _add_inference_args(p)
+
+
+def _add_calibrate(sub) -> None:
+    p = _command(sub, "calibrate", cmd_calibrate, "choose a model's frame-level \"nothing here\" decision on "
+                 "validation evaluations and store it with the model",
+                 "leafseg calibrate --model runs/polyp/model-best --positives runs/polyp/eval-val "
+                 "--negatives runs/polyp/eval-negatives-val")
+    p.add_argument("--model", required=True, help="saved pipeline folder (e.g. RUN/model-best)")
+    p.add_argument("--positives", required=True, nargs="+",
+                   help="evaluations (leafseg evaluate --no-frame-decision) of validation frames with an object")
+    p.add_argument("--negatives", required=True, nargs="+",
+                   help="evaluations of validation frames without an object")
+    p.add_argument("--max-drop", type=float, default=0.01,
+                   help="the most the mean Dice of frames with an object may drop (a cleared one scores 0)")
+    p.add_argument("--dry-run", action="store_true", help="print the choice, store nothing")
 
 
 def _add_overlay_size(p: argparse.ArgumentParser) -> None:
@@ -363,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leafseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"leafseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_predict, _add_evaluate, _add_score, _add_compare, _add_serve, _add_split, _add_demo,
-                _add_export, _add_convert_ldm):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_calibrate, _add_score, _add_compare, _add_serve,
+                _add_split, _add_demo, _add_export, _add_convert_ldm):
         add(sub)
     return parser
 

@@ -40,6 +40,7 @@ LossKind = _choices("LossKind", ("l1", "l2"))
 FlipTokens = _choices("FlipTokens", ("recompute", "mirror"))
 AugmentedViews = _choices("AugmentedViews", ("teacher", "skip"))
 DropoutSampler = _choices("DropoutSampler", ("torch", "words16"))
+NegativeMode = _choices("NegativeMode", ("crop", "inpaint"))
 Condition = _choices("Condition", ("autoencoder", "lite_medsam", "both"))
 TeacherDtype = _choices("TeacherDtype", ("float32", "bfloat16"))
 LRSchedule = _choices("LRSchedule", ("constant_with_warmup", "cosine", "linear"))
@@ -105,6 +106,8 @@ class AugmentConfig:
     noise: float = _value()
     negative: float = _value()
     negative_min: float = _value()
+    negative_mode: NegativeMode = _value()
+    negative_dilate: float = _value()
     overlay: float = _value()
 
 

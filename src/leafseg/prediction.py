@@ -55,7 +55,7 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
             seed: int = 0, batch_size: int = 8, device: str | None = None, uncertainty: bool = False,
             threshold: float = 0.5, save_probabilities: bool = False, strict: bool = False,
             overwrite: bool = False, backend: str = "auto", precision: str = "fp32",
-            flip_tta: bool = False) -> PredictReport:
+            flip_tta: bool = False, frame_decision: bool = True) -> PredictReport:
     """Write ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` for every readable input image (a NIfTI/DICOM
     volume: ``<name>_mask.nii.gz`` in the input's space, see :func:`_predict_volume`); with
     ``uncertainty`` (an ensemble) ``<name>_uncertainty.png`` (per-pixel std scaled from [0, 0.5] to [0, 255]); with
@@ -67,7 +67,8 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
         model: a saved or exported model folder.
         source: an image, a NIfTI/DICOM volume or series folder, or a folder of them.
         output: the folder to write into (created; a non-empty one is refused unless ``overwrite``).
-        steps, ensemble, seed, threshold, flip_tta: the pipeline call's options (see ``LeafSegPipeline.__call__``).
+        steps, ensemble, seed, threshold, flip_tta, frame_decision: the pipeline call's options (see
+            ``LeafSegPipeline.__call__``).
         batch_size: images per forward pass. device, backend, precision: see :func:`load_pipeline`.
         uncertainty: write the ensemble's uncertainty maps (needs ``ensemble >= 2``).
         save_probabilities: also write the soft masks as ``.npy``.
@@ -90,7 +91,7 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
     out = prepare_output(output, overwrite, inputs=[source, model])
     names, report = output_names(files), PredictReport()
     options = {"num_inference_steps": steps, "ensemble_size": ensemble, "seed": seed, "threshold": threshold,
-               "flip_tta": flip_tta}
+               "flip_tta": flip_tta, "frame_decision": frame_decision}
     volumes = [f for f in files if D.is_volume(f) and not _is_2d_volume(f)]
     for f in volumes:
         try:

@@ -77,10 +77,13 @@ class SampleAugmentation:
     geometric transform or a negative crop changed: their mask latents and teacher tokens are computed on the fly,
     the others' read from the flip cache.
 
-    Negative crops (``negative``: the fraction of samples, drawn before the other transforms): the sample becomes a
-    square crop of its image that holds no foreground, resized to the full size, with the empty mask: frames
-    without the object, which datasets of positive frames lack. The crop lies beside the object's bounding box (the
-    widest free band) and is at least ``negative_min`` of the side; a sample without such room is left as it is.
+    Negatives (``negative``: the fraction of samples, drawn before the other transforms), with the empty mask:
+    frames without the object, which datasets of positive frames lack. ``negative_mode`` says how they are made:
+    ``crop``, a square crop of the image that holds no foreground, resized to the full size (it lies beside the
+    object's bounding box, in the widest free band, and is at least ``negative_min`` of the side; a sample without
+    such room is left as it is); ``inpaint``, the whole frame with the object painted out (:func:`inpainted_negatives`:
+    the mask dilated by ``negative_dilate`` of the side, filled by OpenCV's Telea inpainting), so the folds, lumen,
+    light and scope borders of a full frame are there at their real scale and the model sees the frame it will meet.
 
     Scope overlays (``overlay``: the fraction of samples, drawn last, on the image only): one to three of the marks
     that endoscope processors burn into their frames, in random corners (:func:`draw_overlays`). The mask does not
@@ -90,24 +93,30 @@ class SampleAugmentation:
 
     def __init__(self, p: float = 0.5, crop_scale=(1.0, 1.0), rotate: float = 0.0,
                  elastic: float = 0.0, gamma=(1.0, 1.0), blur: float = 0.0, noise: float = 0.0,
-                 negative: float = 0.0, negative_min: float = 0.25, overlay: float = 0.0):
+                 negative: float = 0.0, negative_min: float = 0.25, overlay: float = 0.0,
+                 negative_mode: str = "crop", negative_dilate: float = 0.03):
         crop_scale, gamma = (tuple(float(v) for v in x) for x in (crop_scale, gamma))
         checks = {"p": 0 <= p <= 1, "crop_scale": 0 < crop_scale[0] <= crop_scale[1] <= 1,
                   "rotate": 0 <= rotate <= 180,
                   "elastic": elastic >= 0, "gamma": 0 < gamma[0] <= gamma[1], "blur": blur >= 0, "noise": noise >= 0,
                   "negative": 0 <= negative <= 1, "negative_min": 0 < negative_min <= 1,
-                  "overlay": 0 <= overlay <= 1}
+                  "overlay": 0 <= overlay <= 1, "negative_mode": negative_mode in NEGATIVE_MODES,
+                  "negative_dilate": 0 <= negative_dilate <= 0.5}
         values = {"p": p, "crop_scale": crop_scale, "rotate": rotate, "elastic": elastic,
                   "gamma": gamma, "blur": blur, "noise": noise, "negative": negative, "negative_min": negative_min,
-                  "overlay": overlay}
+                  "overlay": overlay, "negative_mode": negative_mode, "negative_dilate": negative_dilate}
         for key, ok in checks.items():
             if not ok:
                 raise ValueError(f"data.augment.{key}: {values[key]} is out of range (p in [0, 1]; crop_scale "
                                  "0 < lo <= hi <= 1; rotate in [0, 180] degrees; elastic, blur, noise >= 0; gamma "
-                                 "0 < lo <= hi; negative, overlay in [0, 1]; negative_min in (0, 1])")
+                                 "0 < lo <= hi; negative, overlay in [0, 1]; negative_min in (0, 1]; "
+                                 "negative_mode crop or inpaint; negative_dilate in [0, 0.5])")
         self.settings = values
         self.p = float(p)
         self.negative, self.negative_min = float(negative), float(negative_min)
+        self.negative_mode, self.negative_dilate = str(negative_mode), float(negative_dilate)
+        if self.negative > 0 and self.negative_mode == "inpaint":
+            _cv2()  # refused now, not at the first batch
         self.overlay = float(overlay)
         self.has_geometric = (p > 0 and (crop_scale != (1.0, 1.0) or rotate > 0 or elastic > 0)) or negative > 0
         self.has_intensity = p > 0 and (gamma != (1.0, 1.0) or blur > 0 or noise > 0)
@@ -174,7 +183,10 @@ class SampleAugmentation:
             self._geo, self._geo_size = self._geometric(size), size
         with torch.random.fork_rng(devices=[]):  # kornia draws from the global generator: seed it, leave it as it was
             torch.manual_seed(int(seed))
-            if self.negative > 0:
+            if self.negative > 0 and self.negative_mode == "inpaint":
+                images, masks, changed = inpainted_negatives(images, masks, self.negative, self.negative_dilate,
+                                                             torch.Generator().manual_seed(int(seed)))
+            elif self.negative > 0:
                 images, masks, changed = negative_crops(images, masks, self.negative, self.negative_min,
                                                         torch.Generator().manual_seed(int(seed)))
             x = images.float() / 255
@@ -205,7 +217,8 @@ class SampleAugmentation:
                  f"elastic {s['elastic']:g}" if s["elastic"] else "",
                  f"gamma {s['gamma'][0]:g}-{s['gamma'][1]:g}" if s["gamma"] != (1.0, 1.0) else "",
                  f"blur sigma <= {s['blur']:g}" if s["blur"] else "", f"noise std {s['noise']:g}" if s["noise"] else "",
-                 f"negative crops {s['negative']:g}" if s["negative"] else "",
+                 (f"negative {'crops' if s['negative_mode'] == 'crop' else 'inpainted frames'} {s['negative']:g}"
+                  if s["negative"] else ""),
                  f"scope overlays {s['overlay']:g}" if s["overlay"] else ""]
         return f"augmentation p={s['p']:g} ({', '.join(p for p in parts if p)})"
 
@@ -247,6 +260,60 @@ def negative_crops(images: torch.Tensor, masks: torch.Tensor, fraction: float, m
         crop = images[i:i + 1, :, y:y + side, x:x + side].float()
         images[i] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
                                   antialias=side > size)[0].round().clamp(0, 255).to(torch.uint8)
+        masks[i] = False
+        replaced[i] = True
+    return images, masks, replaced
+
+
+NEGATIVE_MODES = ("crop", "inpaint")
+#: an object covering more of the frame than this (after dilation) is not painted out: too little is left to paint from
+INPAINT_MAX_AREA = 0.4
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError("data.augment.negative_mode=inpaint needs OpenCV: pip install 'leafseg[augment]'") from None
+    return cv2
+
+
+def inpaint_object(image: np.ndarray, mask: np.ndarray, dilate: float = 0.03) -> np.ndarray | None:
+    """(H, W, 3) uint8 image, (H, W) bool mask -> the image with the object painted out (OpenCV's Telea inpainting of
+    the mask dilated by ``dilate`` of the shorter side, at least one pixel, so the object's rim goes too; radius
+    about 2% of the side). None when the dilated mask covers more than ``INPAINT_MAX_AREA`` of the frame; an empty
+    mask returns the image itself."""
+    import numpy as np
+
+    if not mask.any():
+        return image
+    cv2 = _cv2()
+    side = min(mask.shape)
+    r = max(1, round(dilate * side))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    hole = cv2.dilate(mask.astype(np.uint8), kernel)
+    if hole.mean() > INPAINT_MAX_AREA:
+        return None
+    return cv2.inpaint(np.ascontiguousarray(image), hole, max(3, round(0.02 * side)), cv2.INPAINT_TELEA)
+
+
+def inpainted_negatives(images: torch.Tensor, masks: torch.Tensor, fraction: float, dilate: float,
+                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace about ``fraction`` of the samples by the same frame with its object painted out
+    (:func:`inpaint_object`) and an empty mask. Inputs: (B, 3, R, R) uint8, (B, R, R) bool; also returns which
+    samples were replaced (a sample whose object is too large to paint out stays as it is)."""
+    import torch
+
+    chosen = torch.rand(len(images), generator=generator) < fraction
+    images, masks = images.clone(), masks.clone()
+    replaced = torch.zeros(len(images), dtype=torch.bool)
+    for i in torch.nonzero(chosen).flatten().tolist():
+        if not masks[i].any():
+            continue  # already a frame without the object
+        filled = inpaint_object(images[i].permute(1, 2, 0).numpy(), masks[i].numpy(), dilate)
+        if filled is None:
+            continue
+        images[i] = torch.from_numpy(filled).permute(2, 0, 1)
         masks[i] = False
         replaced[i] = True
     return images, masks, replaced

@@ -220,12 +220,15 @@ def _write_figures(out: Path, rows: list[dict], worst_k: int, with_uncertainty: 
 
 def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetrics, paper: PaperMetrics, split: str,
                        steps: int, ensemble: int, seed: int, seeds: int, batch_size: int, spacing,
-                       overlay_size: int | None, flip_tta: bool = False, threshold: float = 0.5) -> tuple:
+                       overlay_size: int | None, flip_tta: bool = False, threshold: float = 0.5,
+                       frame_decision: bool = True, frames: list | None = None) -> tuple:
     """Segment every sample of ``chosen`` (2D images, volumes' slices), score it, write its overlay; returns the
-    seed-stability rows and the volumes' slices (for 3D metrics)."""
+    seed-stability rows and the volumes' slices (for 3D metrics). ``frames`` collects each sample's frame-level
+    scores and whether the frame decision cleared it."""
     from tqdm.auto import tqdm
 
     stability, volumes = [], {}
+    frames = [] if frames is None else frames
     samples = _samples(chosen, pipe.config.get("intensity"), int(pipe.config.get("slice_axis", 2)), volumes)
     bar = tqdm(total=len(chosen), desc=f"evaluating {split}", unit="case")
 
@@ -234,6 +237,9 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
         for j, (c, pred) in enumerate(zip(chunk, result.masks)):
             metrics.update(pred, c.gt, name=c.name, spacing=c.spacing or spacing)
             paper.update(result.processing_masks[j], D.resize_mask(c.gt, pipe.resolution))
+            if result.frame_scores is not None:
+                frames.append({"name": c.name, "has_object": bool(c.gt.any()), "given_mask": bool(pred.any()),
+                               **result.frame_scores[j], "cleared": bool(result.cleared[j])})
             if c.volume is not None:
                 volumes[c.volume]["pred"].append(pred)
             unc = result.uncertainty[j] if result.uncertainty is not None else None
@@ -256,7 +262,7 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
             images = [c.image for c in chunk]
             # seed + 1000 k: ensemble members (seed .. seed+E-1) never overlap
             runs = [pipe(images, num_inference_steps=steps, ensemble_size=ensemble, seed=seed + 1000 * k,
-                         flip_tta=flip_tta, threshold=threshold) for k in range(seeds)]
+                         flip_tta=flip_tta, threshold=threshold, frame_decision=frame_decision) for k in range(seeds)]
             if pending is not None:
                 pending.result()  # at most one batch waits to be scored: memory stays bounded, errors surface
                 pending = None
@@ -273,6 +279,24 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
 OVERLAP = True  # read ahead and score behind the inference on threads (False: one thread, for comparison)
 
 
+def frame_level(frames: list[dict]) -> dict | None:
+    """Frames as a detector would be judged: a frame is called positive when its mask is not empty. Sensitivity:
+    frames with an object given a mask; specificity: frames without one left empty (None where a set has no such
+    frame); the AUROC of each frame score for "has an object" (None unless both kinds are there)."""
+    from ..pipelines.frame_decision import FRAME_SCORES, roc_auc  # beside torch, loaded with the model
+
+    if not frames:
+        return None
+    has = np.array([f["has_object"] for f in frames])
+    called = np.array([f["given_mask"] for f in frames])
+    out = {"n_with_object": int(has.sum()), "n_without_object": int((~has).sum()),
+           "sensitivity": float(called[has].mean()) if has.any() else None,
+           "specificity": float((~called[~has]).mean()) if (~has).any() else None,
+           "cleared": int(sum(f["cleared"] for f in frames)),
+           "auroc": {k: roc_auc(np.array([f[k] for f in frames]), has) for k in FRAME_SCORES}}
+    return out
+
+
 def default_output(model_dir: str | Path, split: str) -> Path:
     """Where ``leafseg evaluate`` writes without ``--output``: ``eval-<model folder name>-SPLIT`` beside the model."""
     model = Path(model_dir).resolve()
@@ -285,7 +309,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
              worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False,
              backend: str = "auto", allow_training_data: bool = False, groups: str | None = None,
              precision: str = "fp32", overlay_size: int | None = OVERLAY_SIZE, flip_tta: bool = False,
-             threshold: float = 0.5) -> dict:
+             threshold: float = 0.5, frame_decision: bool = True) -> dict:
     """Metrics on one split at each image's original size, into ``output``, which must be empty or absent
     (``overwrite``: emptied first). The default, ``eval-<model folder name>-SPLIT`` beside the model folder, is
     outside it: a run that goes on training replaces its model-best folder whole, and would take the results along.
@@ -315,6 +339,9 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
             size); metrics are computed at full size either way.
         flip_tta: average over each image's flipped copies (``LeafSegPipeline.__call__``).
         threshold: probability above which a pixel is foreground (choose it on val, never on test).
+        frame_decision: apply the model's calibrated "nothing here" decision, if it has one (``leafseg calibrate``);
+            either way ``frame_scores.csv`` holds each frame's scores and the summary's ``frame_level`` the
+            frame-level sensitivity, specificity and AUROC of each score.
 
     Returns:
         ``{"summary": dict, "output": Path}``: the summary written to ``summary.json`` (metrics with 95% CIs, the
@@ -324,6 +351,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
         ValueError, FileNotFoundError: a wrong split, dataset, model or output folder (the message names it).
     """
     from ..pipelines import load_pipeline  # torch and diffusers load here, when a model is evaluated
+    from ..pipelines.frame_decision import stored_decision
     from ..pipelines.image_processor import check_threshold
 
     if seeds < 1 or worst_k < 0:
@@ -344,11 +372,15 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
                          inputs=[data_root, model])
     (out / "overlays").mkdir()
     started = time.time()
+    frames: list[dict] = []
     stability, volumes = _predict_and_score(pipe, chosen, out, metrics, paper, split, steps, ensemble, seed,
-                                            seeds, batch_size, spacing, overlay_size, flip_tta, threshold)
+                                            seeds, batch_size, spacing, overlay_size, flip_tta, threshold,
+                                            frame_decision, frames)
     volume_rows = _volume_metrics(volumes)
     rows = metrics.rows()
     write_csv(rows, out / "per_image.csv")
+    if frames:
+        write_csv(frames, out / "frame_scores.csv")
     cases = _write_figures(out, rows, worst_k, ensemble > 1 or seeds > 1)
     worst = cases["worst"]
     summary = {
@@ -359,10 +391,13 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
         "n_images": len(rows),
         "inference": {"steps": steps, "ensemble": ensemble, "seed": seed, "seeds": seeds,
                       "flip_tta": flip_tta, "threshold": threshold,
+                      "frame_decision": stored_decision(pipe, frame_decision).to_config()
+                      if stored_decision(pipe, frame_decision) else None,
                       "pipeline": type(pipe).__name__, "device": str(pipe.device), "precision": pipe.precision},
         "versions": _versions(), "leafseg": __version__,
         "wall_s": round(time.time() - started, 1),
         "metrics": {**metrics.summary(), "paper_compatible": paper.result()},
+        "frame_level": frame_level(frames),
         "worst_cases": [{"name": r["name"], "dice": r["dice"], "iou": r["iou"]} for r in worst],
         "false_positive_cases": [{"name": r["name"], "predicted_fraction": r["pred_pixels"] / max(
             r["tp"] + r["fp"] + r["fn"] + r["tn"], 1)} for r in cases["false_positives"]],

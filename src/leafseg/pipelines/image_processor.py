@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from .frame_decision import FrameDecision, frame_scores
+
 
 def check_threshold(threshold: float) -> float:
     """A mask threshold is a probability strictly between 0 and 1 (0 or 1 would mark every or no pixel)."""
@@ -28,13 +30,17 @@ class SegmentationPipelineOutput(BaseOutput):
     masks: bool arrays (H, W); probabilities: float32 arrays in [0, 1] (the soft mask, ensemble mean);
     uncertainty: float32 per-pixel std over the ensemble (None when ``ensemble_size == 1``);
     processing_masks: bool arrays (R, R), the masks at the processing resolution before resizing back (what the
-    paper's numbers are computed on).
+    paper's numbers are computed on);
+    frame_scores: per image, each frame-level score (:mod:`leafseg.pipelines.frame_decision`);
+    cleared: per image, whether the frame-level decision emptied its mask (all False without a decision).
     """
 
     masks: list[np.ndarray]
     probabilities: list[np.ndarray]
     uncertainty: list[np.ndarray] | None
     processing_masks: list[np.ndarray] | None = None
+    frame_scores: list[dict[str, float]] | None = None
+    cleared: list[bool] | None = None
 
 
 class SegmentationImageProcessor:
@@ -102,19 +108,26 @@ class SegmentationImageProcessor:
 
     @staticmethod
     def postprocess(prob: torch.Tensor, std: torch.Tensor | None, sizes: list[tuple[int, int]],
-                    threshold: float) -> SegmentationPipelineOutput:
-        """(B, R, R) probabilities (and ensemble std) -> per-image arrays at each input's own size."""
+                    threshold: float, decision: FrameDecision | None = None) -> SegmentationPipelineOutput:
+        """(B, R, R) probabilities (and ensemble std) -> per-image arrays at each input's own size; ``decision``
+        empties the masks of the frames it clears (the probabilities stay as they were)."""
         check_threshold(threshold)
         prob = prob.float().cpu()
+        scores = frame_scores(prob, threshold)
+        cleared = decision.clears(scores) if decision is not None else np.zeros(len(prob), bool)
         masks, probabilities, uncertainty = [], [], []
         for i, (hh, ww) in enumerate(sizes):
             p = F.interpolate(prob[i][None, None], size=(hh, ww), mode="bilinear", align_corners=False)[0, 0]
-            masks.append((p > threshold).numpy())
+            masks.append((p > threshold).numpy() & (not cleared[i]))
             probabilities.append(p.numpy().astype(np.float32))
             if std is not None:
                 s = F.interpolate(std[i].float().cpu()[None, None], size=(hh, ww), mode="bilinear",
                                   align_corners=False)[0, 0]
                 uncertainty.append(s.numpy().astype(np.float32))
+        kept = torch.from_numpy(~cleared)[:, None, None]
         return SegmentationPipelineOutput(masks=masks, probabilities=probabilities,
                                           uncertainty=uncertainty if std is not None else None,
-                                          processing_masks=list((prob > threshold).numpy()))
+                                          processing_masks=list(((prob > threshold) & kept).numpy()),
+                                          frame_scores=[{k: float(v[i]) for k, v in scores.items()}
+                                                        for i in range(len(prob))],
+                                          cleared=[bool(c) for c in cleared])

@@ -20,6 +20,7 @@ from ..diffusion import single_step_x0
 from ..models import autoencoder as ae_ops
 from ..models.image_encoder import ImageEncoder
 from .flips import flipped_views, merge_views
+from .frame_decision import FrameDecision, stored_decision
 from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
 
 
@@ -38,11 +39,13 @@ class LeafSegPipeline(DiffusionPipeline):
     supports_ensembles = True
 
     def __init__(self, autoencoder, image_encoder: ImageEncoder, unet: UNet2DModel, scheduler: DDIMScheduler,
-                 intensity: dict | None = None, slice_axis: int = 2):
+                 intensity: dict | None = None, slice_axis: int = 2, frame_decision: dict | None = None):
         super().__init__()
         self.register_modules(autoencoder=autoencoder, image_encoder=image_encoder, unet=unet, scheduler=scheduler)
-        # how NIfTI/DICOM volumes were turned into 8-bit slices in training: predict does the same
-        self.register_to_config(intensity=intensity, slice_axis=slice_axis)
+        # how NIfTI/DICOM volumes were turned into 8-bit slices in training: predict does the same; the calibrated
+        # frame-level decision (leafseg calibrate), if any
+        FrameDecision.from_config(frame_decision)
+        self.register_to_config(intensity=intensity, slice_axis=slice_axis, frame_decision=frame_decision)
 
     @property
     def resolution(self) -> int:
@@ -101,7 +104,7 @@ class LeafSegPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0,
                  generator: torch.Generator | None = None, threshold: float = 0.5, batch_size: int = 8,
-                 flip_tta: bool = False, return_dict: bool = True):
+                 flip_tta: bool = False, frame_decision: bool = True, return_dict: bool = True):
         """Segment one image or a list of images (PIL, numpy HxWx3, or (3, H, W) / (B, 3, H, W) tensors in [0, 1]).
 
         Args:
@@ -117,6 +120,8 @@ class LeafSegPipeline(DiffusionPipeline):
             batch_size: images per forward pass (each with its three flipped copies under ``flip_tta``).
             flip_tta: average each member's soft mask over the image and its horizontal, vertical and doubly
                 flipped copies (:mod:`leafseg.pipelines.flips`; 4x the work).
+            frame_decision: apply the model's calibrated "nothing here" decision, if it has one
+                (:mod:`leafseg.pipelines.frame_decision`); False segments every frame as it comes.
             return_dict: False returns the tuple ``(masks, probabilities, uncertainty)``.
 
         Returns:
@@ -143,5 +148,5 @@ class LeafSegPipeline(DiffusionPipeline):
             probs.append(soft.mean(0))
             stds.append(soft.std(0, unbiased=False))
         output = self.image_processor.postprocess(torch.cat(probs), torch.cat(stds) if ensemble_size > 1 else None,
-                                                  sizes, threshold)
+                                                  sizes, threshold, stored_decision(self, frame_decision))
         return output if return_dict else (output.masks, output.probabilities, output.uncertainty)

@@ -23,6 +23,7 @@ import torch
 
 from ..files import read_json, write_json
 from .flips import flipped_views, merge_views
+from .frame_decision import FrameDecision, stored_decision
 from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
 
 MANIFEST = "leafseg_onnx.json"
@@ -144,7 +145,8 @@ def export_onnx(pipe, output: str | Path, opset: int = 17, source: str | None = 
     r = pipe.resolution
     image = torch.zeros(1, 3, r, r)
     manifest = {"format": "onnx", "resolution": r, "intensity": pipe.config.get("intensity"),
-                "slice_axis": int(pipe.config.get("slice_axis", 2)), "source": source, "opset": opset}
+                "slice_axis": int(pipe.config.get("slice_axis", 2)), "source": source, "opset": opset,
+                "frame_decision": pipe.config.get("frame_decision")}
     if isinstance(pipe, LeafSegPipeline):
         enc = _EncodeImage(pipe)
         zx = enc(image)
@@ -167,7 +169,9 @@ class OnnxSegPipeline:
         self.folder = Path(folder)
         self.manifest = read_json(self.folder / MANIFEST, "leafseg ONNX manifest")
         self.resolution = int(self.manifest["resolution"])
-        self.config = {"intensity": self.manifest.get("intensity"), "slice_axis": self.manifest.get("slice_axis", 2)}
+        self.config = {"intensity": self.manifest.get("intensity"), "slice_axis": self.manifest.get("slice_axis", 2),
+                       "frame_decision": self.manifest.get("frame_decision")}
+        FrameDecision.from_config(self.config["frame_decision"])
         self.device = "cpu (onnxruntime)"
         self.supports_multistep = False  # the exported graphs hold LEAF's single step
         self.supports_ensembles = self.manifest["kind"] == "leaf"
@@ -194,7 +198,8 @@ class OnnxSegPipeline:
         return np.stack(out)
 
     def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0, generator=None,
-                 threshold: float = 0.5, batch_size: int = 8, flip_tta: bool = False, return_dict: bool = True):
+                 threshold: float = 0.5, batch_size: int = 8, flip_tta: bool = False, frame_decision: bool = True,
+                 return_dict: bool = True):
         if num_inference_steps != 1 or generator is not None:
             raise ValueError("the ONNX backend runs LEAF's single step only (num_inference_steps=1, seeds by `seed`); "
                              "use the PyTorch model for multi-step DDIM")
@@ -209,7 +214,7 @@ class OnnxSegPipeline:
             chunks.append(merge_views(soft) if flip_tta else soft)
         soft = torch.cat(chunks, dim=1)
         output = self.image_processor.postprocess(soft.mean(0), soft.std(0, unbiased=False) if ensemble_size > 1
-                                                  else None, sizes, threshold)
+                                                  else None, sizes, threshold, stored_decision(self, frame_decision))
         return output if return_dict else (output.masks, output.probabilities, output.uncertainty)
 
 

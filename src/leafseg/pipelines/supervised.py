@@ -14,6 +14,7 @@ from diffusers import DiffusionPipeline, UNet2DModel
 
 from ..models.monai_nets import MonaiSegmenter
 from .flips import flipped_views, merge_views
+from .frame_decision import FrameDecision, stored_decision
 from .image_processor import SegmentationImageProcessor
 
 
@@ -54,7 +55,7 @@ class _SegmenterPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0,
                  generator=None, threshold: float = 0.5, batch_size: int = 8, flip_tta: bool = False,
-                 return_dict: bool = True):
+                 frame_decision: bool = True, return_dict: bool = True):
         """Segment one image or a list of images, as :meth:`LeafSegPipeline.__call__` does.
 
         Args:
@@ -66,6 +67,7 @@ class _SegmenterPipeline(DiffusionPipeline):
             threshold: probability above which a pixel is foreground.
             batch_size: images per forward pass.
             flip_tta: average over the image and its three flipped copies (:mod:`leafseg.pipelines.flips`).
+            frame_decision: apply the model's calibrated "nothing here" decision, if it has one.
             return_dict: False returns the tuple ``(masks, probabilities, uncertainty)``.
 
         Returns:
@@ -86,17 +88,20 @@ class _SegmenterPipeline(DiffusionPipeline):
             chunk = flipped_views(chunk) if flip_tta else chunk
             soft = self.foreground_probability(chunk.to(device, dtype)).float()
             probs.append(merge_views(soft) if flip_tta else soft)
-        output = processor.postprocess(torch.cat(probs), None, sizes, threshold)
+        output = processor.postprocess(torch.cat(probs), None, sizes, threshold, stored_decision(self, frame_decision))
         return output if return_dict else (output.masks, output.probabilities, output.uncertainty)
 
 
 class SupervisedSegPipeline(_SegmenterPipeline):
     """Inference for the baseline, with LeafSegPipeline's call signature and output (deterministic: no seeds)."""
 
-    def __init__(self, unet: UNet2DModel, intensity: dict | None = None, slice_axis: int = 2):
+    def __init__(self, unet: UNet2DModel, intensity: dict | None = None, slice_axis: int = 2,
+                 frame_decision: dict | None = None):
         super().__init__()
         self.register_modules(unet=unet)
-        self.register_to_config(intensity=intensity, slice_axis=slice_axis)  # volumes, as for LeafSegPipeline
+        FrameDecision.from_config(frame_decision)
+        # volumes, as for LeafSegPipeline
+        self.register_to_config(intensity=intensity, slice_axis=slice_axis, frame_decision=frame_decision)
 
     @property
     def resolution(self) -> int:
@@ -110,10 +115,12 @@ class MonaiSegPipeline(_SegmenterPipeline):
     """Inference for a MONAI peer network (:class:`leafseg.models.monai_nets.MonaiSegmenter`), with
     LeafSegPipeline's call signature and output: softmax, the foreground class's probability."""
 
-    def __init__(self, network: MonaiSegmenter, intensity: dict | None = None, slice_axis: int = 2):
+    def __init__(self, network: MonaiSegmenter, intensity: dict | None = None, slice_axis: int = 2,
+                 frame_decision: dict | None = None):
         super().__init__()
         self.register_modules(network=network)
-        self.register_to_config(intensity=intensity, slice_axis=slice_axis)
+        FrameDecision.from_config(frame_decision)
+        self.register_to_config(intensity=intensity, slice_axis=slice_axis, frame_decision=frame_decision)
 
     @property
     def resolution(self) -> int:
