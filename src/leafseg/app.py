@@ -91,6 +91,10 @@ def summary(seg: Segmentation, name: str, seconds: float, pipe) -> str:
     what = "image" if seg.volume is None else f"volume, {len(seg.masks)} slices along axis {seg.axis}"
     found = (f"{area[0]:.1%} of the image" if seg.volume is None
              else f"on {sum(a > 0 for a in area)} of {len(area)} slices")
+    cleared = sum(seg.cleared or [])
+    if cleared:  # say why a mask is empty: the model's calibrated decision, not a missed object
+        found += (" (the model's frame-level decision found nothing here and cleared the mask)" if seg.volume is None
+                  else f" ({cleared} slice(s) cleared by the model's frame-level decision)")
     return (f"**{name}** ({what}): mask {found}; {seconds:.2f} s on {pipe.device} "
             f"({getattr(pipe, 'precision', 'fp32')}).")
 

@@ -153,6 +153,7 @@ class Segmentation:
     uncertainty: list[np.ndarray] | None
     volume: D.Volume | None = None
     axis: int = 2
+    cleared: list[bool] | None = None  # planes the model's frame decision emptied
 
     def write_mask(self, stem: Path) -> Path:
         """``<stem>.png`` (0/255) for a 2D image, ``<stem>.nii.gz`` (0/1, the input's affine and header) for a
@@ -189,17 +190,19 @@ def segment_file(pipe, path: str | Path, options: dict, batch_size: int = 8) -> 
     if volume is None or volume.array.shape[2] == 1:  # a one-slice volume is a 2D image
         image = D.load_image(path, pipe.config.get("intensity"))
         result = pipe([image], **options)
-        return Segmentation([image], result.masks, result.probabilities, result.uncertainty)
+        return Segmentation([image], result.masks, result.probabilities, result.uncertainty,
+                            cleared=result.cleared)
     axis = int(pipe.config.get("slice_axis", 2))
     scaled = D.to_uint8(volume.array, pipe.config.get("intensity"))
     slices = [np.repeat(plane[..., None], 3, axis=-1) for plane in D.slices_along(scaled, axis)]
-    masks, probabilities, uncertainty = [], [], []
+    masks, probabilities, uncertainty, cleared = [], [], [], []
     for i in tqdm(range(0, len(slices), batch_size), desc=f"{path.name}", unit="batch", leave=False):
         result = pipe(slices[i:i + batch_size], **options)
         masks += result.masks
         probabilities += result.probabilities
         uncertainty += result.uncertainty or []
-    return Segmentation(slices, masks, probabilities, uncertainty or None, volume, axis)
+        cleared += result.cleared or [False] * len(result.masks)
+    return Segmentation(slices, masks, probabilities, uncertainty or None, volume, axis, cleared)
 
 
 def _predict_volume(pipe, path: Path, out: Path, name: str, batch_size: int, options: dict,
