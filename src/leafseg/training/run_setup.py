@@ -64,9 +64,36 @@ def fresh_accelerator_state() -> None:
         GradientState._reset_state()
 
 
+RUN_MARK = ".leafseg-run"  # in every run folder leafseg made: the only kind a run writes into once it holds files
+
+
+def check_run_folder(run_dir: Path, data_roots: list, resume: bool) -> None:
+    """The output rule of every leafseg command, for a training run: the run folder is new, empty, or one leafseg
+    made (it holds :data:`RUN_MARK` or a checkpoint); never a link, a file, a dataset's folder or a folder inside or
+    around one; ``resume`` only into a run folder. Checked before anything is written."""
+    if run_dir.is_symlink():
+        raise ValueError(f"{run_dir}: the run folder is a link (to {os.readlink(run_dir)}); give a real folder")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir}: the run folder is a file, not a folder")
+    for root in data_roots:
+        a, b = run_dir.resolve(), Path(root).resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise ValueError(f"{run_dir}: the run folder would be, hold or lie inside the dataset {root}; choose a "
+                             "run folder apart from the data")
+    made_by_leafseg = (run_dir / RUN_MARK).is_file() or (run_dir / CHECKPOINT).exists()
+    if resume and not made_by_leafseg:
+        raise FileNotFoundError(f"{run_dir}: no leafseg run to resume here (a run folder holds {RUN_MARK} or "
+                                f"{CHECKPOINT}/); drop --resume to start a new run")
+    if run_dir.is_dir() and not made_by_leafseg and any(run_dir.iterdir()):
+        shown = ", ".join(sorted(p.name for p in run_dir.iterdir())[:5])
+        raise FileExistsError(f"{run_dir}: holds files leafseg did not write ({shown}); a run goes into a new or "
+                              "empty folder, so that nothing of yours is overwritten or read as the run's")
+
+
 def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     """Accelerator, run folder (locked for this run) and config.yaml. Refuses, before writing anything, a config
-    with unset keys, a folder another training holds, and a folder that holds a run unless resuming."""
+    with unset keys, a run folder :func:`check_run_folder` refuses, a folder another training holds, and a folder
+    that holds a run unless resuming."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(f"config value(s) not set: {', '.join(missing)} (give them as key=value or in the config)")
@@ -78,6 +105,8 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     tc = cfg.train
     check_values(cfg)  # again: a config may have been changed in Python since load_config
     run_dir = Path(cfg.run.output_dir)
+    roots = [cfg.data.root, *[s.root for s in (cfg.data.get("sources") or [])]]
+    check_run_folder(run_dir, [r for r in roots if r], resume)
     if tc.num_threads:
         torch.set_num_threads(int(tc.num_threads))
     cuda = use_cuda(str(cfg.run.device))
@@ -91,6 +120,8 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     )
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_MARK).write_text("a leafseg training run; `leafseg train --resume` continues it\n",
+                                        encoding="utf-8")
         lock_run_dir(run_dir)
         recover_checkpoint(run_dir)
     accelerator.wait_for_everyone()
