@@ -125,3 +125,24 @@ def test_split_validation(tmp_path):
     path.write_text("{oops")
     with pytest.raises(ValueError, match="split.json"):
         D.read_split(path)
+
+
+def test_a_grey_voc_mask_with_a_255_void_border_is_refused_naming_file_and_values(tmp_path):
+    """{0 background, 1 object, 255 void border} saved as grey once read as an intensity mask: the border became the
+    object and the object background (val Dice 0.06). Now it is refused; intensity masks keep their reading."""
+    voc = np.zeros((8, 8), np.uint8)
+    voc[2:6, 2:6] = 255
+    voc[3:5, 3:5] = 1
+    Image.fromarray(voc).save(tmp_path / "voc.png")
+    with pytest.raises(ValueError, match=r"voc\.png: mask holds label value\(s\) \[1\] beside 255"):
+        D.load_mask(tmp_path / "voc.png")
+    Image.fromarray(np.where(voc == 1, 2, voc).astype(np.uint8)).save(tmp_path / "voc2.png")
+    with pytest.raises(ValueError, match=r"label value\(s\) \[2\] beside 255"):
+        D.load_mask(tmp_path / "voc2.png")
+    soft = np.array([[0, 64, 128, 192, 255]], np.uint8)  # anti-aliased edges: intensities, as before
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    np.testing.assert_array_equal(D.load_mask(tmp_path / "soft.png"), [[False, False, True, True, True]])
+    palette = Image.fromarray(voc, mode="L").convert("P")  # in a palette image 255 stays VOC's void border
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [224] * 762)
+    palette.save(tmp_path / "pal.png")
+    np.testing.assert_array_equal(D.load_mask(tmp_path / "pal.png"), voc == 1)

@@ -157,6 +157,9 @@ def _mask_plane(image: Image.Image) -> np.ndarray:
     return array
 
 
+VOID_LABEL_MAX = 20  # grey values up to this beside 255, and nothing else, are labels with a void border
+
+
 def mask_from_array(array: np.ndarray, path: str | Path = "mask", palette: bool = False) -> np.ndarray:
     """The foreground of one mask plane, by its encoding:
 
@@ -164,8 +167,8 @@ def mask_from_array(array: np.ndarray, path: str | Path = "mask", palette: bool 
       palette (P-mode) images are always labels, with VOC's 255 "void" border counted as background;
     * intensities -- 0/255 (also JPEG-compressed, i.e. many values, and soft masks): foreground > 127; 16-bit
       masks scaled to 8 bit first; float masks in [0, 1]: > 0.5.
-    Anything else -- several labels, or a few grey levels none of them near white -- is ambiguous for a binary
-    task and refused with the file and its values.
+    Anything else -- several labels, a few grey levels none of them near white, or small labels beside 255 (VOC's
+    void border saved as grey) -- is ambiguous for a binary task and refused with the file and its values.
     """
     if array.dtype == bool:
         return array
@@ -183,6 +186,13 @@ def mask_from_array(array: np.ndarray, path: str | Path = "mask", palette: bool 
         return array == labels[0] if labels else np.zeros(array.shape, bool)
     if len(values) == 1 or (len(values) == 2 and values[0] == 0):
         return array == values[-1] if values[-1] > 0 else np.zeros(array.shape, bool)
+    low = [int(v) for v in values if 0 < v <= VOID_LABEL_MAX]
+    if len(values) < 16 and values[-1] == 255 and low and all(v <= VOID_LABEL_MAX or v == 255 for v in values):
+        # VOC's convention saved as grey: labels 1..k and a 255 "void" border. Read as intensities, the border
+        # would be the object and the object background.
+        raise ValueError(f"{path}: mask holds label value(s) {low[:10]} beside 255: a label mask with a 255 "
+                         "void/ignore border (VOC style)? Write the object as 255 (or 1) and the border as 0 first; "
+                         "leafseg reads a mask either as 0/k labels or as 0/255 intensities, not both")
     if len(values) >= 16 or values[-1] >= 250:
         return array > 127
     shown = ", ".join(str(int(v)) for v in values[:10])
