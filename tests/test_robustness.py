@@ -486,7 +486,8 @@ def test_output_names_never_meet_even_across_case_and_suffix_tricks(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("train.lr=abc", "train.lr: Value 'abc' of type 'str' could not be converted to Float"),
-    ("train.lr=0", "train.lr must be a number > 0, got 0.0"),
+    ("train.lr=0", "train.lr must be a finite number > 0, got 0.0"),
+    ("train.lr=1e400", "train.lr must be a finite number > 0, got inf"),  # once passed, then NaN at step 2
     ("train.batch_size=0", "train.batch_size must be a whole number >= 1, got 0"),
     ("train.val_every=0", "train.val_every must be a whole number >= 1, got 0"),
     ("train.max_steps=0", "train.max_steps must be a whole number >= 1, got 0"),

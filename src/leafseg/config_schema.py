@@ -8,6 +8,7 @@ change when a run is resumed (``resumable``, instead of a list kept in step by h
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
@@ -394,11 +395,11 @@ def check_train_numbers(tc: DictConfig) -> None:
     ``batch_size=0``, ``val_every=0``, ``max_steps=0``), before anything is decoded, cached or written."""
     for key, (kind, least) in TRAIN_NUMBERS.items():
         value = tc.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if ok and kind is int:
             ok = float(value).is_integer()
         if not ok or value < least or (kind is float and not value > least):
-            what = "a whole number" if kind is int else "a number"
+            what = "a whole number" if kind is int else "a finite number"
             bound = f">= {least}" if kind is int else f"> {least:g}"
             raise ValueError(f"train.{key} must be {what} {bound}, got {value!r}")
 
