@@ -248,10 +248,21 @@ def test_evaluate_reports_lesion_only_metrics_subgroups_and_distance_cis(tmp_pat
     report = (out / "report.md").read_text()
     assert "Subgroups" in report and "| malignant | 2 |" in report and "images with an object" in report
     assert "group malignant: 2 images" in printed and "images with an object: 3" in printed
+    # a table for a whole dataset, evaluated on part of it: the other rows are said and not used
     groups.write_text("0,benign\n7,malignant\n")
     assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output",
-                 str(tmp_path / "ev2"), "--groups", str(groups)]) == 2
-    assert "groups.csv: 1 name(s) are not evaluated images, e.g. ['7']" in capsys.readouterr().err
+                 str(tmp_path / "ev2"), "--groups", str(groups)]) == 0
+    assert "1 name(s) of" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev2" / "summary.json").read_text())["groups_unused"] == {"n": 1, "examples": ["7"]}
+    # a table naming no evaluated image, or a malformed one, is refused before any work
+    groups.write_text("7,benign\n8,malignant\n")
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output",
+                 str(tmp_path / "ev3"), "--groups", str(groups)]) == 2
+    assert "groups.csv: none of its 2 names is an evaluated image" in capsys.readouterr().err
+    groups.write_text("0,benign,extra\n")
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output",
+                 str(tmp_path / "ev4"), "--groups", str(groups)]) == 2
+    assert "row 1 is not 'name,group'" in capsys.readouterr().err and not (tmp_path / "ev4").exists()
 
 
 def test_score_gives_evaluates_numbers_for_the_same_masks(tmp_path, model_and_data, capsys):

@@ -67,6 +67,10 @@ def _print_scores(result: dict) -> None:
     for label, g in (summary.get("groups") or {}).items():
         print(f"  group {label}: {g['n_images']} images, Dice {g['dice']['mean']:.4f} [95% CI "
               f"{g['dice']['ci_low']:.4f}, {g['dice']['ci_high']:.4f}]")
+    unused = summary.get("groups_unused") or {}
+    if unused.get("n"):
+        print(f"  {unused['n']} name(s) of {summary['groups_file']} are not among the evaluated images and were not "
+              f"used, e.g. {unused['examples'][:3]}")
     e = m["empty"]
     if e["gt_empty"]:
         print(f"frames without an object: {e['gt_empty']}, left empty {e['both_empty']}, given a mask "

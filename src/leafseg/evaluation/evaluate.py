@@ -153,10 +153,10 @@ def _stability_summary(stability: list[dict], seeds: list[int]) -> dict:
     }
 
 
-def read_groups(path: str | Path, names: list[str]) -> dict[str, set[str]]:
-    """A subgroup file: CSV rows ``name,group`` (a header row ``name,group`` is allowed), e.g. benign / malignant
-    or the centre of each image. Images it does not list form the group ``(none)``; a name that is not an evaluated
-    image is an error naming the file (a typo would silently empty a group)."""
+def read_group_table(path: str | Path) -> list[tuple[str, str]]:
+    """A subgroup file's rows: CSV ``name,group`` (a header row ``name,group`` is allowed), e.g. benign / malignant
+    or the centre of each image. Read and checked before any work: a missing file or a malformed row is an error
+    naming the file and the row."""
     path = Path(path)
     try:
         lines = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
@@ -170,18 +170,41 @@ def read_groups(path: str | Path, names: list[str]) -> dict[str, set[str]]:
     bad = [i for i, row in enumerate(lines) if len(row) != 2 or not row[1].strip()]
     if bad:
         raise ValueError(f"{path}: row {bad[0] + 1} is not 'name,group' ({lines[bad[0]]})")
+    return [(name.strip(), label.strip()) for name, label in lines]
+
+
+def assign_groups(table: list[tuple[str, str]], names: list[str], path: str | Path = "groups"
+                  ) -> tuple[dict[str, set[str]], list[str]]:
+    """The evaluated images ``names`` by group, and the table's names that are not among them (a table may cover a
+    whole dataset and an evaluation one split of it: those rows are not used, and said so). Evaluated images the
+    table does not list form the group ``(none)``. A table none of whose names is evaluated is an error (a wrong
+    file, or names that are not the images' stems)."""
     known = set(names)
-    unknown = sorted({row[0].strip() for row in lines} - known)
-    if unknown:
-        raise ValueError(f"{path}: {len(unknown)} name(s) are not evaluated images, e.g. {unknown[:3]} (names are "
+    unused = sorted({name for name, _ in table} - known)
+    if table and len(unused) == len({name for name, _ in table}):
+        raise ValueError(f"{path}: none of its {len(table)} names is an evaluated image, e.g. {unused[:3]} (names are "
                          f"the images' stems, volumes' slices as stem/k)")
     groups: dict[str, set[str]] = {}
-    for name, label in lines:
-        groups.setdefault(label.strip(), set()).add(name.strip())
+    for name, label in table:
+        if name in known:
+            groups.setdefault(label, set()).add(name)
     unlabelled = known - set().union(*groups.values()) if groups else known
     if unlabelled:
         groups["(none)"] = unlabelled
-    return groups
+    return groups, unused
+
+
+def read_groups(path: str | Path, names: list[str]) -> dict[str, set[str]]:
+    """:func:`read_group_table` then :func:`assign_groups` (the groups only)."""
+    return assign_groups(read_group_table(path), names, path)[0]
+
+
+def group_summary(metrics, table: list[tuple[str, str]], names: list[str], path: str | Path) -> dict:
+    """The summary's ``groups`` (metrics per group) and ``groups_unused`` (table rows naming other images)."""
+    groups, unused = assign_groups(table, names, path)
+    return {"groups_file": str(Path(path).resolve()),
+            "groups": {label: metrics.subset(members).summary() for label, members in sorted(groups.items())},
+            "groups_unused": {"n": len(unused), "examples": unused[:5]}}
 
 
 def figure_cases(rows: list[dict], k: int = 8, worst_k: int = 8) -> dict[str, list[dict]]:
@@ -366,6 +389,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
         images_dir, masks_dir = source.get("images", "images"), source.get("masks", "masks")
     chosen, split_path = _chosen_pairs(model, data_root, split, split_file, layout, images_dir, masks_dir, source,
                                        allow_training_data)
+    table = read_group_table(groups) if groups is not None else None  # checked before any work
     pipe = load_pipeline(model_dir, device, backend, precision)
     metrics, paper = SegmentationMetrics(spacing=spacing), PaperMetrics()
     out = prepare_output(Path(output) if output else default_output(model, split), overwrite,
@@ -410,10 +434,8 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
                     "false_positives": "false_positives.png: frames without an object given a mask, largest "
                                        "first" if cases["false_positives"] else None},
     }
-    if groups is not None:
-        summary["groups_file"] = str(Path(groups).resolve())
-        summary["groups"] = {label: metrics.subset(names).summary()
-                             for label, names in sorted(read_groups(groups, [r["name"] for r in rows]).items())}
+    if table is not None:
+        summary.update(group_summary(metrics, table, [r["name"] for r in rows], groups))
     if volume_rows is not None:
         summary["volumes"] = volume_rows.summary()
         write_csv(volume_rows.rows(), out / "per_volume.csv")

@@ -18,7 +18,7 @@ from .. import __version__
 from .. import data as D
 from ..files import prepare_output, write_csv, write_json, write_text
 from ..metrics import SegmentationMetrics
-from .evaluate import _write_figures, figure_cases, read_groups
+from .evaluate import _write_figures, figure_cases, group_summary, read_group_table
 from ..figures import OVERLAY_SIZE, save_overlay
 from .report import report_markdown
 
@@ -91,6 +91,7 @@ def score(pred_dir: str | Path, gt_dir: str | Path, output: str | Path | None = 
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     cases, extra = match_predictions(pred_dir, gt_dir, missing_as_empty)
+    table = read_group_table(groups) if groups is not None else None  # checked before any work
     images = {D.file_stem(p): p for p in D.list_images(images_dir)} if images_dir else {}
     out = prepare_output(Path(output) if output else pred_dir.parent / f"score-{pred_dir.name}", overwrite,
                          inputs=[pred_dir, gt_dir, *([images_dir] if images_dir else [])])
@@ -127,10 +128,8 @@ def score(pred_dir: str | Path, gt_dir: str | Path, output: str | Path | None = 
                     "worst_cases": "worst_cases.png" if cases_shown["worst"] else None,
                     "false_positives": "false_positives.png" if cases_shown["false_positives"] else None},
     }
-    if groups is not None:
-        summary["groups_file"] = str(Path(groups).resolve())
-        summary["groups"] = {label: metrics.subset(names).summary()
-                             for label, names in sorted(read_groups(groups, [r["name"] for r in rows]).items())}
+    if table is not None:
+        summary.update(group_summary(metrics, table, [r["name"] for r in rows], groups))
     write_json(summary, out / "summary.json")
     write_text(report_markdown(summary), out / "report.md")
     return {"summary": summary, "output": out}
