@@ -317,6 +317,13 @@ def test_outputs_never_delete_what_the_user_made(tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")
     assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "a-file")]) == 2
     assert "output is a file" in capsys.readouterr().err
+    # a link to an earlier output, with --overwrite: refused naming the link (rmtree's own error named no path)
+    (tmp_path / "link").symlink_to(out)
+    kept = sorted(p.name for p in out.iterdir())
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "link"),
+                 "--overwrite"]) == 2
+    assert f"{tmp_path / 'link'}: the output folder is a link" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == kept
 
 
 def test_a_run_lock_that_is_a_link_is_refused_and_its_target_kept(tmp_path):

@@ -169,6 +169,8 @@ def prepare_output(folder: str | os.PathLike, overwrite: bool, inputs: Sequence[
     of ``inputs`` (images, datasets, the model) is refused, and ``overwrite`` only empties a folder leafseg made
     (it carries :data:`OUTPUT_MARK`)."""
     out = Path(folder)
+    if out.is_symlink():  # emptying or filling it would act on what it points to, not on the folder named
+        raise ValueError(f"{out}: the output folder is a link (to {os.readlink(out)}); give a real folder")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: output is a file, not a folder")
     for given in inputs:
