@@ -41,7 +41,8 @@ def test_predict_single_file(tmp_path, model_and_data):
     assert main(["predict", "--model", str(model), "--input", str(data / "images" / "2.png"),
                  "--output", str(tmp_path / "one")]) == 0
     # and the hidden mark that lets --overwrite empty the folder later
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [".leafseg-output", "2_mask.png", "2_overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [".leafseg-output", "2_mask.png", "2_overlay.png",
+                                                                    "names.csv"]
 
 
 def test_evaluate_uses_the_runs_split_and_writes_reports(tmp_path, model_and_data):

@@ -4,6 +4,7 @@ first-hour fixes (issue 13)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from leafseg import data as D
@@ -485,6 +488,11 @@ def test_output_names_never_meet_even_across_case_and_suffix_tricks(tmp_path):
     names = output_names(files)
     assert len({n.casefold() for n in names.values()}) == len(files)
     assert names[tmp_path / "y.png"] == "y" and names[tmp_path / "1.jpg"] == "1_jpg"
+    # the names that belong to one input never go to another: x_png.png keeps x_png, x_png_2.png keeps x_png_2
+    files = [tmp_path / n for n in ("x.png", "x.PNG", "x_png.png", "x_png_2.png")]
+    names = output_names(files)
+    assert names[tmp_path / "x_png.png"] == "x_png" and names[tmp_path / "x_png_2.png"] == "x_png_2"
+    assert {names[tmp_path / "x.png"], names[tmp_path / "x.PNG"]}.isdisjoint({"x_png", "x_png_2"})
     for f in files:
         f.write_bytes(b"")
     os.mkfifo(tmp_path / "pipe.png")  # reading it would block forever
@@ -516,6 +524,49 @@ def test_a_run_config_with_a_python_tag_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "config.yaml: not a valid run configuration" in err and "Traceback" not in err
     assert not marker.exists()
+
+
+_NAME_CHARS = "aAxX1_.-é"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(_NAME_CHARS, min_size=1, max_size=12).filter(lambda s: s.strip(".")),
+                          st.sampled_from([".png", ".PNG", ".jpg", ".png.png", ".nii.gz", ""]),
+                          st.integers(0, 1)), min_size=1, max_size=12))
+def test_output_names_property(entries):
+    """For any inputs: names unique across case, every output name within 255 bytes, an input whose stem no other
+    input shares keeps it, and no input is given a name another input keeps as its own."""
+    from leafseg.data import file_stem
+    from leafseg.prediction import LONGEST_SUFFIX, output_names
+
+    files = list(dict.fromkeys(Path("in") / (stem * (60 if long else 1) + ext) for stem, ext, long in entries))
+    names = output_names(files)
+    assert len({n.casefold() for n in names.values()}) == len(files)
+    assert all(len(n.encode()) + LONGEST_SUFFIX <= 255 for n in names.values())
+    stems = [file_stem(f).casefold() for f in files]
+    kept = {names[f].casefold() for f, s in zip(files, stems) if stems.count(s) == 1}
+    for f, s in zip(files, stems):
+        if stems.count(s) == 1 and len(file_stem(f).encode()) + LONGEST_SUFFIX <= 255:
+            assert names[f] == file_stem(f)
+        elif stems.count(s) > 1:
+            assert names[f].casefold() not in kept
+
+
+def test_predict_writes_names_csv_and_survives_a_250_character_name(tmp_path, capsys):
+    """A legal 250-character input name once stopped the whole predict at its overlay (name too long)."""
+    model, inputs = _model(tmp_path), tmp_path / "in"
+    inputs.mkdir()
+    long = "p" * 250 + ".png"
+    for name in (long, "x.png", "x.PNG"):
+        Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(inputs / name)
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "named apart in the outputs" in printed
+    rows = {r["input"]: r["output"] for r in csv.DictReader(open(tmp_path / "out" / "names.csv"))}
+    assert len(rows) == 3 and len(set(rows.values())) == 3
+    for output in rows.values():
+        for suffix in ("_mask.png", "_overlay.png"):
+            assert (tmp_path / "out" / f"{output}{suffix}").is_file()
 
 
 def test_a_long_but_legal_file_name_is_written(tmp_path):

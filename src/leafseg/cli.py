@@ -38,6 +38,11 @@ def cmd_predict(args) -> int:
                      args.device, args.uncertainty, args.threshold, args.save_probabilities, args.strict,
                      args.overwrite, args.backend, args.precision, args.tta, not args.no_frame_decision)
     print(f"wrote masks and overlays of {len(report.written)} image(s) to {args.output}")
+    if report.renamed:
+        print(f"{len(report.renamed)} input(s) named apart in the outputs (stems that meet, or too long; every name "
+              f"in {args.output}/names.csv):")
+        for path, name in report.renamed[:20]:
+            print(f"  {path} -> {name}_*")
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable file(s):", file=sys.stderr)
         for path, reason in report.skipped:

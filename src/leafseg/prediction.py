@@ -9,7 +9,7 @@ import numpy as np
 
 from . import data as D
 from .figures import overlay, save_png
-from .files import prepare_output
+from .files import prepare_output, write_csv
 
 
 def input_files(source: str | Path) -> list[Path]:
@@ -26,29 +26,58 @@ def input_files(source: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no such file or folder")
 
 
+#: the longest name predict appends to an output stem; a stem is cut so every output name fits in 255 bytes
+LONGEST_SUFFIX = max(len(x) for x in ("_mask.png", "_overlay.png", "_uncertainty.png", "_probability.npy",
+                                       "_mask.nii.gz"))
+NAME_BYTES = 255
+
+
+def _fit(name: str, tail: str = "") -> str:
+    """``name + tail``, ``name`` cut (on a character boundary) so that the longest output name fits in 255 bytes."""
+    room = NAME_BYTES - LONGEST_SUFFIX - len(tail.encode())
+    return name.encode()[:room].decode(errors="ignore") + tail
+
+
 def output_names(files: list[Path]) -> dict[Path, str]:
-    """The name stem of each input's outputs: its stem, or stem + extension where two inputs share a stem
-    (``1.png`` and ``1.jpg`` -> ``1_png``, ``1_jpg``), then a counter where names still meet (``1_png.png`` beside
-    those -> ``1_png_2``). Names are compared case-insensitively (``x.png`` and ``x.PNG`` meet on macOS and Windows
-    disks), so no output overwrites another."""
+    """The name stem of each input's outputs, decided from all inputs first: an input whose stem no other input
+    shares (case-insensitively: ``x.png`` and ``x.PNG`` meet on macOS and Windows disks) keeps it; inputs that share
+    a stem get stem + extension (``1.png`` and ``1.jpg`` -> ``1_png``, ``1_jpg``), then a counter, never a name
+    another input keeps (``x_png.png`` keeps ``x_png``; ``x.png`` beside ``x.PNG`` becomes ``x_png_2``). Stems are
+    cut so that every output name fits in 255 bytes. No output overwrites another or holds another input's name."""
     stems = [D.file_stem(f) for f in files]
-    folded = [s.casefold() for s in stems]
-    taken, names = set(), {}
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s.casefold()] = counts.get(s.casefold(), 0) + 1
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for f, s in zip(files, stems):  # first, the inputs that keep their own stem
+        if counts[s.casefold()] == 1 and _fit(s).casefold() not in taken:
+            names[f] = _fit(s)
+            taken.add(names[f].casefold())
     for f, s in zip(files, stems):
-        name = s if folded.count(s.casefold()) == 1 else \
-            f"{s}_{f.name[len(s):].lstrip('.').replace('.', '_').lower() or 'dir'}"
-        candidate, k = name, 2
+        if f in names:
+            continue
+        extension = f.name[len(s):].lstrip(".").replace(".", "_").lower() or "dir"
+        base = f"{s}_{extension}" if counts[s.casefold()] > 1 else s
+        candidate, k = _fit(base), 2
         while candidate.casefold() in taken:
-            candidate, k = f"{name}_{k}", k + 1
+            candidate, k = _fit(base, f"_{k}"), k + 1
         taken.add(candidate.casefold())
         names[f] = candidate
     return names
+
+
+def write_names(names: dict[Path, str], out: Path) -> list[tuple[Path, str]]:
+    """``names.csv`` (input, output stem) in the output folder; returns the inputs whose stem changed."""
+    write_csv([{"input": str(f), "output": n} for f, n in names.items()], out / "names.csv")
+    return [(f, n) for f, n in names.items() if n != D.file_stem(f)]
 
 
 @dataclass
 class PredictReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+    renamed: list[tuple[Path, str]] = field(default_factory=list)  # (file, output stem) where not the file's stem
 
 
 def predict(model: str | Path, source: str | Path, output: str | Path, steps: int = 1, ensemble: int = 1,
@@ -76,7 +105,8 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
         overwrite: empty a non-empty output folder first.
 
     Returns:
-        A ``PredictReport``: the files written, and the files skipped with the reason.
+        A ``PredictReport``: the files written, the files skipped with the reason, and the inputs whose outputs
+        carry another name than their stem (all names are in ``OUTPUT/names.csv``).
     """
     from tqdm.auto import tqdm
 
@@ -90,6 +120,7 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
     files = input_files(source)
     out = prepare_output(output, overwrite, inputs=[source, model])
     names, report = output_names(files), PredictReport()
+    report.renamed = write_names(names, out)
     options = {"num_inference_steps": steps, "ensemble_size": ensemble, "seed": seed, "threshold": threshold,
                "flip_tta": flip_tta, "frame_decision": frame_decision}
     volumes = [f for f in files if D.is_volume(f) and not _is_2d_volume(f)]
