@@ -177,7 +177,7 @@ def test_pickle_with_custom_class_is_refused(tmp_path):
     with pytest.raises(UnsafeCheckpointError) as info:
         load_checkpoint(path)
     message = str(info.value)
-    assert str(path) in message and "executing code" in message and "Payload" in message
+    assert message.startswith(f"{path}: refused, loading it would execute code") and "Payload" in message
     assert isinstance(info.value, ValueError)
 
 

@@ -401,6 +401,43 @@ def test_weight_loaders_never_unpickle_code(tmp_path):
     assert not marker.exists()
 
 
+def test_a_pickle_that_would_run_code_is_one_line_naming_the_file(tmp_path):
+    """Wherever leafseg loads weights (TAEF2, LiteMedSAM, a DINOv2 folder, a saved model, a checkpoint to convert),
+    a crafted pickle is refused in one line that names the file; torch's four paragraphs advised weights_only=False
+    and, for the DINOv2 folder, named no file."""
+    import transformers
+
+    from leafseg.conversion import load_checkpoint
+    from leafseg.models.taef2 import TAEF2
+    from leafseg.models.teachers import DINOv2Teacher, LiteMedSAMTeacher
+    from leafseg.pipelines import load_pipeline
+
+    marker = tmp_path / "marker"
+    bad = tmp_path / "bad.pth"
+    _crafted(bad, marker)
+    tiny_pipeline().save_pretrained(tmp_path / "m", safe_serialization=False)
+    unet_bin = tmp_path / "m" / "unet" / "diffusion_pytorch_model.bin"
+    _crafted(unet_bin, marker)
+    dino = tmp_path / "dino"
+    transformers.Dinov2Model(transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                       intermediate_size=64, patch_size=14, image_size=28)
+                             ).save_pretrained(dino)
+    for weights in dino.glob("*.safetensors"):  # transformers prefers them: leave the pickle alone in the folder
+        weights.unlink()
+    _crafted(dino / "pytorch_model.bin", marker)
+    for load, path in ((lambda: TAEF2.from_taesd_weights(bad, bad), bad),
+                       (lambda: LiteMedSAMTeacher(checkpoint=bad), bad),
+                       (lambda: load_checkpoint(bad), bad),
+                       (lambda: load_pipeline(tmp_path / "m", "cpu"), unet_bin),
+                       (lambda: DINOv2Teacher(path=dino), dino / "pytorch_model.bin")):
+        with pytest.raises(ValueError) as info:
+            load()
+        message = str(info.value)
+        assert message.startswith(f"{path}: refused, loading it would execute code"), message
+        assert "\n" not in message and "weights_only=False" not in message
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------------------------- a newcomer's first hour
 def test_evaluation_does_not_change_the_checkpoint_hash(tmp_path, synthetic):
     from leafseg.evaluation import evaluate

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..models.weights import UnsafeWeightsError, refused_pickle
+
 __all__ = ["CHECKPOINT_SUFFIXES", "UnsafeCheckpointError", "load_checkpoint"]
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UnsafeWeightsError):
     """A pickle checkpoint that cannot be read without executing code (custom classes, functions...)."""
 
 
@@ -42,13 +43,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            found = re.search(r"GLOBAL ([\w.]+)", str(err))
-            what = f" (it references {found.group(1)})" if found else ""
-            raise UnsafeCheckpointError(
-                f"{path}: refused: this pickle checkpoint can only be loaded by executing code{what}, and "
-                "checkpoints are read with torch.load(weights_only=True), which accepts plain tensors and "
-                "containers only. If you trust the file, re-save its state_dict (tensors only) or as .safetensors."
-            ) from err
+            raise UnsafeCheckpointError(str(refused_pickle(path, err))) from None
         except (RuntimeError, EOFError, OSError) as err:
             raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from err
     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import pickle
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,16 +43,57 @@ def read_config(folder: str | Path, name: str = "config.json") -> dict[str, Any]
         raise ValueError(f"{path}: {err}") from None
 
 
+class UnsafeWeightsError(ValueError):
+    """A pickle that torch's weights-only loading rejects: loading it would execute code."""
+
+
+def refused_pickle(path: str | Path, err: BaseException | None = None) -> UnsafeWeightsError:
+    """The one-line error for such a file, naming the global it references where torch said so."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err or ""))
+    what = f" (it references {found.group(1)})" if found else ""
+    return UnsafeWeightsError(f"{path}: refused, loading it would execute code{what}; leafseg reads weights as "
+                              "plain tensors only (if you trust the file, re-save its tensors as .safetensors)")
+
+
+def load_weights_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, its failures as one line naming the file: a pickle that
+    would run code (:func:`refused_pickle`), or a file torch cannot read."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        raise refused_pickle(path, err) from None
+    except Exception as err:  # not a torch file, truncated
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable PyTorch weights file ({first})") from None
+
+
+def refused_in(err: BaseException, files: Sequence[str | Path]) -> UnsafeWeightsError | None:
+    """Where a library's loader (diffusers, transformers) failed because torch's weights-only loading refused a
+    pickle somewhere in ``err``'s chain: the one-line error naming the refused file among ``files`` (None
+    otherwise)."""
+    chain, cause = [], err
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if not any(isinstance(e, pickle.UnpicklingError) for e in chain):
+        return None
+    for f in files:
+        try:
+            load_weights_file(f)
+        except UnsafeWeightsError as refused:
+            return refused
+        except ValueError:
+            continue
+    return refused_pickle(files[0] if files else "weights", err)
+
+
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """A state dict from a .pth/.pt file, read with ``weights_only=True`` (no code runs), unwrapped from a
     ``"model"``/``"state_dict"`` entry if there is one."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights not found: {path}")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # not a torch file, truncated, or holds objects that would need code to load
-        raise ValueError(f"could not read {path} as a PyTorch state dict: {err}") from err
+    state = load_weights_file(path)
     for wrapper in ("model", "state_dict"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]

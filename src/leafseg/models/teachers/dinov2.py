@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..weights import cached_sha256
+from ..weights import cached_sha256, refused_in
 from .base import Teacher
 
 __all__ = ["DINOV2_MODEL_TYPES", "DINOv2Teacher", "resample_position_embeddings"]
@@ -136,7 +136,13 @@ class DINOv2Teacher(Teacher):
         if model_cls is None:
             raise ImportError(f"transformers {transformers.__version__} has no {cls_name}; upgrade it: "
                               f"{DINOV2_INSTALL_HINT}")
-        model, info = model_cls.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+        try:
+            model, info = model_cls.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+        except Exception as err:  # a .bin pickle torch's weights-only loading refused: one line naming it
+            refused = refused_in(err, [f for f in weight_files if Path(f).suffix == ".bin"])
+            if refused is not None:
+                raise refused from None
+            raise
         if info.get("missing_keys"):
             missing = sorted(info["missing_keys"])
             raise ValueError(f"{folder} is not a complete {cls_name} checkpoint: missing keys "
