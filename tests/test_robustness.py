@@ -678,3 +678,37 @@ def test_a_crafted_weight_file_is_one_line_naming_it(tmp_path, synthetic, capsys
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert str(bad.parent) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_sigterm_during_predict_keeps_every_written_set_whole(tmp_path, capsys, monkeypatch):
+    """SIGTERM once left hidden temporary files and a mask without its overlay; SIGINT printed a traceback. Now both
+    end with one line, 'interrupted: N of M input(s) written', every written input has all its files, and no
+    temporary file stays."""
+    import signal
+
+    from leafseg import prediction
+
+    model, inputs = _model(tmp_path), tmp_path / "in"
+    inputs.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(inputs / f"{i}.png")
+    calls = {"n": 0}
+    save = prediction.save_png
+
+    def save_then_terminate(array, path):
+        calls["n"] += 1
+        if calls["n"] == 6:  # the third input's overlay: after its mask, before its overlay is in place
+            os.kill(os.getpid(), signal.SIGTERM)
+        return save(array, path)
+
+    monkeypatch.setattr(prediction, "save_png", save_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(out),
+                 "--batch-size", "2"]) == 130
+    err = capsys.readouterr().err
+    assert f"leafseg predict: interrupted: 2 of 6 input(s) written to {out}" in err and "Traceback" not in err
+    files = sorted(p.name for p in out.iterdir())
+    assert [f for f in files if "tmp" in f] == []
+    assert files == [".leafseg-output", "0_mask.png", "0_overlay.png", "1_mask.png", "1_overlay.png", "names.csv"]
+    assert signal.getsignal(signal.SIGTERM) == before  # the CLI put the previous handler back

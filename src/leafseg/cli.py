@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import signal
 import sys
+import threading
 
 from . import __version__
 from .console import configure_console
@@ -426,16 +428,30 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None):
     return args
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt("terminated")  # unwinds like Ctrl-C: temporary files go, finished files stay
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     configure_console()  # what the library logs (leafseg.*) appears on stdout, above progress bars
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return int(args.func(args) or 0)
     except (OSError, ValueError, FloatingPointError, pickle.UnpicklingError) as err:
         # OSError: files (missing, exists, too long a name, no permission), whose message names the file
         print(f"leafseg {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, no traceback
+        done = str(err) if str(err) and str(err) != "terminated" else ""
+        print(f"leafseg {args.command}: interrupted{': ' + done if done else ''}", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import data as D
 from .figures import overlay, save_png
-from .files import prepare_output, write_csv
+from .files import atomic_write, prepare_output, write_csv
 
 
 def input_files(source: str | Path) -> list[Path]:
@@ -108,7 +108,6 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
         A ``PredictReport``: the files written, the files skipped with the reason, and the inputs whose outputs
         carry another name than their stem (all names are in ``OUTPUT/names.csv``).
     """
-    from tqdm.auto import tqdm
 
     from .pipelines import load_pipeline
     from .pipelines.image_processor import check_threshold
@@ -123,6 +122,22 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
     report.renamed = write_names(names, out)
     options = {"num_inference_steps": steps, "ensemble_size": ensemble, "seed": seed, "threshold": threshold,
                "flip_tta": flip_tta, "frame_decision": frame_decision}
+    total = len(files)
+    try:
+        _predict_files(pipe, files, out, names, report, options, batch_size, uncertainty, save_probabilities, strict)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into this): what is written stays whole
+        raise Interrupted(f"{len(report.written)} of {total} input(s) written to {out}") from None
+    return report
+
+
+class Interrupted(KeyboardInterrupt):
+    """Work stopped by the user or a signal; the message says how much was done."""
+
+
+def _predict_files(pipe, files: list[Path], out: Path, names: dict[Path, str], report: PredictReport, options: dict,
+                   batch_size: int, uncertainty: bool, save_probabilities: bool, strict: bool) -> None:
+    from tqdm.auto import tqdm
+
     volumes = [f for f in files if D.is_volume(f) and not _is_2d_volume(f)]
     for f in volumes:
         try:
@@ -150,18 +165,31 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
                     _write(out, names[f], image, mask, result, k, uncertainty, save_probabilities)
                     report.written.append(f)
             bar.update(len(files[i:i + batch_size]))
-    return report
 
 
 def _write(out: Path, name: str, image: np.ndarray, mask: np.ndarray, result, k: int, uncertainty: bool,
            save_probabilities: bool) -> None:
-    save_png(mask.astype(np.uint8) * 255, out / f"{name}_mask.png")
-    save_png(overlay(image, mask), out / f"{name}_overlay.png")
-    if uncertainty and result.uncertainty is not None:
-        std = result.uncertainty[k]  # std of values in [0, 1]: at most 0.5
-        save_png((np.clip(std / 0.5, 0, 1) * 255).astype(np.uint8), out / f"{name}_uncertainty.png")
-    if save_probabilities:
-        np.save(out / f"{name}_probability.npy", result.probabilities[k].astype(np.float32))
+    """One input's output files, all or none: a failure or an interruption half-way removes those already
+    written (a mask without its overlay would pass for a finished one)."""
+    written: list[Path] = []
+
+    def keep(path: Path) -> Path:
+        written.append(path)
+        return path
+
+    try:
+        save_png(mask.astype(np.uint8) * 255, keep(out / f"{name}_mask.png"))
+        save_png(overlay(image, mask), keep(out / f"{name}_overlay.png"))
+        if uncertainty and result.uncertainty is not None:
+            std = result.uncertainty[k]  # std of values in [0, 1]: at most 0.5
+            save_png((np.clip(std / 0.5, 0, 1) * 255).astype(np.uint8), keep(out / f"{name}_uncertainty.png"))
+        if save_probabilities:
+            path = keep(out / f"{name}_probability.npy")
+            atomic_write(path, lambda tmp: np.save(tmp, result.probabilities[k].astype(np.float32)))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _is_2d_volume(path: Path) -> bool:
