@@ -712,3 +712,46 @@ def test_sigterm_during_predict_keeps_every_written_set_whole(tmp_path, capsys, 
     assert [f for f in files if "tmp" in f] == []
     assert files == [".leafseg-output", "0_mask.png", "0_overlay.png", "1_mask.png", "1_overlay.png", "names.csv"]
     assert signal.getsignal(signal.SIGTERM) == before  # the CLI put the previous handler back
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
+    """predict said '[Errno 27] File too large' naming no file; a checkpoint save said torch's 'enforce fail at
+    inline_container.cc ... unexpected pos' and left its temporary folder. Both now name the file, suggest a full
+    disk, remove what they had half-written and keep the last good checkpoint."""
+    import errno
+
+    model, inputs = _model(tmp_path), tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(inputs / "a.png")
+
+    def full(self, fp, *args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+
+    with monkeypatch.context() as m:
+        m.setattr(Image.Image, "save", full)
+        assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"could not write {tmp_path / 'o' / 'a_mask.png'} (File too large; disk full?)" in err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".leafseg-output", "names.csv"]
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_last_good_one(tmp_path, synthetic, monkeypatch):
+    from accelerate import Accelerator
+
+    run = tmp_path / "run"
+    train(tiny_config(run, synthetic, "train.max_steps=2", BITWISE))
+    saved = Accelerator.save_state
+
+    def disk_full(self, output_dir=None, **kwargs):
+        saved(self, output_dir, **kwargs)  # written part-way, then the disk is full
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4352 vs 4240")
+
+    monkeypatch.setattr(Accelerator, "save_state", disk_full)
+    with pytest.raises(OSError) as info:
+        train(tiny_config(run, synthetic, "train.max_steps=4", BITWISE), resume=True)
+    message = str(info.value)
+    assert f"could not write {run / 'checkpoint-last'}" in message and "disk full?" in message
+    assert "the last good checkpoint" in message
+    assert not (run / ".checkpoint-last.tmp").exists()
+    state = json.loads((run / "checkpoint-last" / "trainer_state.json").read_text())
+    assert state["step"] == 2

@@ -7,6 +7,7 @@ place, so a reader (or a run interrupted at any moment) sees the old version or 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import math
@@ -47,10 +48,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         _as_umask_allows(tmp, 0o666)
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a file-size limit, a name too long...: one line naming the file
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, err) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+#: errors a full disk (or a quota, or a file-size limit) gives
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def write_error(path: str | os.PathLike, err: BaseException) -> OSError:
+    """An OSError naming the file that could not be written and why, with a hint where the disk looks full."""
+    code = getattr(err, "errno", None)
+    text = str(err).strip()
+    reason = getattr(err, "strerror", None) or (text.splitlines()[0] if text else type(err).__name__)
+    hint = "; disk full?" if code in DISK_FULL or "unexpected pos" in str(err) else ""
+    return OSError(code or errno.EIO, f"could not write {path} ({reason}{hint})")
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import flatten, read_yaml, to_container
 from ..config_schema import resumable_keys
-from ..files import atomic_dir, replace_dir, write_json, write_text
+from ..files import atomic_dir, replace_dir, write_error, write_json, write_text
 from ..models.weights import assert_finite
 from .run_log import say
 
@@ -144,14 +144,22 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, export
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            scalars, tensors = extra.state()
+            if tensors:
+                save_file(tensors, str(tmp / "ema.safetensors"))
+            write_json({**state, **scalars}, tmp / "trainer_state.json")  # written last: marks the folder complete
+            replace_dir(tmp, run_dir / CHECKPOINT)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as "RuntimeError: ... unexpected pos"
+        shutil.rmtree(tmp, ignore_errors=True)
+        failed = write_error(run_dir / CHECKPOINT, err)
+        if (run_dir / CHECKPOINT).exists():
+            failed.strerror += f"; the last good checkpoint {run_dir / CHECKPOINT} is kept (--resume continues it)"
+        raise failed from None
     if accelerator.is_main_process:
-        scalars, tensors = extra.state()
-        if tensors:
-            save_file(tensors, str(tmp / "ema.safetensors"))
-        write_json({**state, **scalars}, tmp / "trainer_state.json")  # written last: marks the folder complete
-        replace_dir(tmp, run_dir / CHECKPOINT)
         export_last(run_dir / LAST)
     accelerator.wait_for_everyone()
 
