@@ -179,6 +179,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synt
     state = json.loads((run / "checkpoint-last" / "trainer_state.json").read_text())
     assert state["step"] == failed_at - 1 and all(np.isfinite(h["loss"]) for h in state["history"] if "loss" in h)
     assert f"the last good state is {run / 'checkpoint-last'} (step {failed_at - 1})" in err
+    assert "or resume from it" in err
     assert all(torch.isfinite(p).all() for p in tiny_load(run / "model-last").unet.parameters())
     # before the first checkpoint there is none to name
     code = main(["train", "--config", str(tmp_path / "tiny.yaml"), "run.output_dir=" + str(tmp_path / "early"),
@@ -186,6 +187,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synt
                  "train.val_every=100", "train.checkpoint_every=40"])
     err = capsys.readouterr().err
     assert code == 2 and "no checkpoint was written yet" in err
+    assert "resume from it" not in err and "start again in a new run folder" in err  # nothing to resume from
     assert not (tmp_path / "early" / "checkpoint-last").exists()
 
 

@@ -163,10 +163,12 @@ class Trainer:
         Returns the losses and the gradient norm before clipping (None without clipping)."""
         losses = self.method.losses(self.model, batch, generator)
         if not torch.isfinite(losses["loss"].detach()).all():
+            has_checkpoint = (self.run_dir / CHECKPOINT / "trainer_state.json").is_file()
             raise FloatingPointError(
                 f"non-finite training loss at step {self.state['step'] + 1} (lr "
                 f"{self.lr_scheduler.get_last_lr()[0]:.3g}): training stopped; {last_good_state(self.run_dir)} - "
-                "lower train.lr and start again, or resume from it")
+                + ("lower train.lr and start again, or resume from it" if has_checkpoint else
+                   "lower train.lr and start again in a new run folder"))
         grad_norm = optimisation_step(self.accelerator, losses["loss"], self.params, self.optimizer,
                                       self.lr_scheduler, self.cfg.train.grad_clip, self.ema, self.averaged)
         return losses, grad_norm
