@@ -109,3 +109,18 @@ def test_a_broken_file_shows_the_clis_message(app):
     with browser_page() as (page, _):
         segment(page, app["url"], [root / "broken.png"])
         page.get_by_text(message).first.wait_for(timeout=60_000)
+    log = (root / "serve.log").read_text()  # the server's terminal: one line, no traceback (it printed 28 lines)
+    assert f"refused an upload: {message}" in log and "Traceback" not in log
+
+
+def test_the_upload_folder_goes_when_the_server_is_stopped(tmp_path, app):
+    """Stopped with SIGTERM, the server left its upload folder (users' images) in the temp dir."""
+    import re
+
+    log = tmp_path / "serve.log"
+    with browser_page() as (page, _), served(app["root"] / "model", log) as url:
+        segment(page, url, [app["root"] / "frame.png"])
+        page.locator("#mask-file a[download]").first.wait_for(timeout=120_000)
+        folder = Path(re.search(r"kept in (\S+) while serving", log.read_text()).group(1))
+        assert folder.is_dir() and any((folder / "uploads").rglob("frame.png"))
+    assert not folder.exists()

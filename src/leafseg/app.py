@@ -101,13 +101,17 @@ def summary(seg: Segmentation, name: str, seconds: float, pipe) -> str:
 
 def build_app(model: str | Path, device: str | None = None, precision: str = "fp32"):
     """The gradio Blocks page for the saved model folder ``model`` (loaded once, offline)."""
+    # users' uploads (gradio's cache too, unless GRADIO_TEMP_DIR says otherwise), series assembled from them and
+    # masks to download live in one folder, removed when the server stops (Ctrl-C or SIGTERM)
+    workroot = Path(tempfile.mkdtemp(prefix="leafseg-serve-"))
+    atexit.register(shutil.rmtree, workroot, ignore_errors=True)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(workroot / "uploads"))  # read when gradio is first imported
     gr = _import_gradio()
     from .pipelines import load_pipeline
 
     pipe = load_pipeline(model, device, precision=precision)
     kind = type(pipe).__name__
-    workroot = Path(tempfile.mkdtemp(prefix="leafseg-serve-"))  # uploads assembled as series, masks to download
-    atexit.register(shutil.rmtree, workroot, ignore_errors=True)
+    logger.info(f"leafseg serve: uploads and results kept in {workroot} while serving (removed when it stops)")
 
     def run(files, steps, ensemble, seed, threshold):
         upload_dirs = {str(Path(f).parent) for f in files or []}
@@ -123,7 +127,8 @@ def build_app(model: str | Path, device: str | None = None, precision: str = "fp
             message = str(err)
             for folder in upload_dirs | {str(workdir / "series")}:  # name the file as the user knows it
                 message = message.replace(folder + os.sep, "")
-            raise gr.Error(message, duration=None) from None
+            logger.warning(f"leafseg serve: refused an upload: {message}")  # one line in the server's log
+            raise gr.Error(message, duration=None, print_exception=False) from None
         name = Path(files[0]).name if len(files) == 1 else f"DICOM series ({len(files)} files)"
         mask_file = seg.write_mask(workdir / f"{D.file_stem(path)}_mask")
         shown = int(np.argmax([m.sum() for m in seg.masks])) if seg.volume is not None else 0  # largest mask
