@@ -757,3 +757,23 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_good_one(tmp_path, s
     assert not (run / ".checkpoint-last.tmp").exists()
     state = json.loads((run / "checkpoint-last" / "trainer_state.json").read_text())
     assert state["step"] == 2
+
+
+def test_inputs_left_out_are_listed_with_their_reason(tmp_path, capsys):
+    """FIFOs, links that lead nowhere or in a circle, sub-folders and hidden images were left out in silence."""
+    model, inputs = _model(tmp_path), tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(inputs / "a.png")
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(inputs / ".hidden.png")
+    os.mkfifo(inputs / "pipe.png")
+    (inputs / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (inputs / "loop.png").symlink_to(inputs / "loop.png")
+    (inputs / "old").mkdir()
+    (inputs / "notes.txt").write_text("not an input")
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "left out 5 entries" in out
+    for line in (".hidden.png: a hidden file", "pipe.png: not a regular file", "gone.png: a link that leads nowhere",
+                 "loop.png: a link that leads in a circle", "old: a folder that is not a DICOM series"):
+        assert line in out, line
+    assert "notes.txt" not in out and (tmp_path / "o" / "a_mask.png").is_file()

@@ -40,6 +40,10 @@ def cmd_predict(args) -> int:
                      args.device, args.uncertainty, args.threshold, args.save_probabilities, args.strict,
                      args.overwrite, args.backend, args.precision, args.tta, not args.no_frame_decision)
     print(f"wrote masks and overlays of {len(report.written)} image(s) to {args.output}")
+    if report.left_out:
+        print(f"left out {len(report.left_out)} entr{'y' if len(report.left_out) == 1 else 'ies'} of {args.input}:")
+        for path, reason in report.left_out[:20]:
+            print(f"  {path.name}: {reason}")
     if report.renamed:
         print(f"{len(report.renamed)} input(s) named apart in the outputs (stems that meet, or too long; every name "
               f"in {args.output}/names.csv):")

@@ -78,6 +78,7 @@ class PredictReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
     renamed: list[tuple[Path, str]] = field(default_factory=list)  # (file, output stem) where not the file's stem
+    left_out: list[tuple[Path, str]] = field(default_factory=list)  # folder entries not read as inputs, and why
 
 
 def predict(model: str | Path, source: str | Path, output: str | Path, steps: int = 1, ensemble: int = 1,
@@ -105,8 +106,9 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
         overwrite: empty a non-empty output folder first.
 
     Returns:
-        A ``PredictReport``: the files written, the files skipped with the reason, and the inputs whose outputs
-        carry another name than their stem (all names are in ``OUTPUT/names.csv``).
+        A ``PredictReport``: the files written, the files skipped with the reason, the entries of an input folder
+        not read as inputs with the reason, and the inputs whose outputs carry another name than their stem (all
+        names are in ``OUTPUT/names.csv``).
     """
 
     from .pipelines import load_pipeline
@@ -120,6 +122,7 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
     out = prepare_output(output, overwrite, inputs=[source, model])
     names, report = output_names(files), PredictReport()
     report.renamed = write_names(names, out)
+    report.left_out = D.left_out(source) if Path(source).is_dir() and not D.is_volume(Path(source)) else []
     options = {"num_inference_steps": steps, "ensemble_size": ensemble, "seed": seed, "threshold": threshold,
                "flip_tta": flip_tta, "frame_decision": frame_decision}
     total = len(files)

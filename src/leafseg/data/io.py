@@ -47,6 +47,35 @@ def list_images(folder: str | Path) -> list[Path]:
     return [p for p in sorted(folder.iterdir()) if is_image_file(p)]
 
 
+def left_out(folder: str | Path) -> list[tuple[Path, str]]:
+    """The entries of ``folder`` that :func:`list_images` does not read although they could be meant as inputs, each
+    with the reason: hidden image files, named pipes / sockets / devices, links that lead nowhere or in a circle, and
+    sub-folders that are not DICOM series. Plain files with other extensions (notes, CSVs) are not listed."""
+    out = []
+    for p in sorted(Path(folder).iterdir()):
+        if is_image_file(p):
+            continue
+        looks_like_image = p.suffix.lower() in IMAGE_EXTENSIONS or p.name.lower().endswith(VOLUME_SUFFIXES)
+        if p.is_symlink() and not p.exists():
+            try:
+                p.resolve(strict=True)
+                reason = "a link that leads nowhere"
+            except RuntimeError:
+                reason = "a link that leads in a circle"
+            except OSError as err:
+                reason = ("a link that leads in a circle" if err.errno == 40 else "a link that leads nowhere")
+        elif p.name.startswith(".") and looks_like_image:
+            reason = "a hidden file (its name starts with a dot)"
+        elif p.exists() and not p.is_dir() and not p.is_file():
+            reason = "not a regular file (a named pipe, socket or device: reading it could block)"
+        elif p.is_dir() and not p.name.startswith("."):
+            reason = "a folder that is not a DICOM series (only images directly in the folder are read)"
+        else:
+            continue
+        out.append((p, reason))
+    return out
+
+
 def sort_key(stem: str):
     """Natural order: '2' before '10'."""
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
