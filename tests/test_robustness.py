@@ -632,6 +632,13 @@ def test_exif_orientation_is_honoured_and_multi_page_files_refused(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=100)
     shown = D.load_image(tmp_path / "phone.jpg")
     assert shown.shape == (30, 20, 3) and shown[:5, -5:].mean() > 200  # displayed upright, as a viewer shows it
+    # a mask drawn on the stored (unturned) pixels: the mismatch names the EXIF orientation that caused it
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "images" / "phone.jpg", exif=exif, quality=100)
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "masks" / "phone.png")
+    with pytest.raises(ValueError, match=r"phone\.jpg is 20x30 but .*phone\.png is 30x20 after the EXIF orientation"):
+        D.load_arrays(D.find_pairs(tmp_path), 16)
     pages = [Image.fromarray(pixels), Image.fromarray(255 - pixels)]
     pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
     with pytest.raises(ValueError, match=r"stack\.tif: holds 2 pages/frames"):

@@ -256,12 +256,32 @@ def volume_pair_slices(pair, intensity: dict | None = None, axis: int = 2
     return images, masks, mask_volume
 
 
+EXIF_ORIENTATION = 0x0112  # 1 upright; 5-8 turn the picture by 90 degrees
+
+
+def _exif_hint(*paths: Path) -> str:
+    """Where a file's EXIF orientation turned it (images are read as displayed), say so: a camera's JPEG whose mask
+    was drawn on the stored, unturned pixels mismatches only through that tag."""
+    turned = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                if im.getexif().get(EXIF_ORIENTATION, 1) not in (1, None):
+                    turned.append(Path(path).name)
+        except (OSError, ValueError):
+            continue
+    if not turned:
+        return ""
+    return (f" after the EXIF orientation of {', '.join(turned)} was applied (leafseg reads images as displayed); "
+            "if the mask was drawn on the stored pixels, save the image without the tag or the mask turned alike")
+
+
 def _samples(pair, intensity, axis, volume_slices) -> list[tuple[str, np.ndarray, np.ndarray]]:
     if not is_volume(pair.image):
         image, mask = load_image(pair.image), load_mask(pair.mask, pair.mask_rule)
         if image.shape[:2] != mask.shape:
             raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} but {pair.mask} is "
-                             f"{mask.shape[1]}x{mask.shape[0]}")
+                             f"{mask.shape[1]}x{mask.shape[0]}{_exif_hint(pair.image, pair.mask)}")
         return [(pair.stem, image, mask)]
     images, masks, _ = volume_pair_slices(pair, intensity, axis)
     keep = range(len(images)) if volume_slices == "all" else [k for k, m in enumerate(masks) if m.any()]
