@@ -159,6 +159,13 @@ def test_a_dicom_series_with_a_gap_or_two_series_in_one_folder_is_refused(tmp_pa
     middle.unlink()
     with pytest.raises(ValueError, match=r"gap: slices are not evenly spaced \(3 mm, but 6 mm .*missing slice"):
         D.read_volume(tmp_path / "gap")
+    import shutil  # a slice exported twice was once called "a missing slice?"
+
+    _dicom_series(tmp_path / "dup", image)
+    first = sorted((tmp_path / "dup").iterdir())[0]
+    shutil.copy(first, first.with_name("copy-of-" + first.name))
+    with pytest.raises(ValueError, match=r"dup: .*\.dcm and .*\.dcm lie at the same position \(a duplicated slice"):
+        D.read_volume(tmp_path / "dup")
     _dicom_series(tmp_path / "two" / "a", image)
     _dicom_series(tmp_path / "two" / "b", image)
     mixed = tmp_path / "mixed"

@@ -150,8 +150,14 @@ def _read_dicom(path: Path) -> Volume:
     if normal is not None:
         positions = [np.asarray(d.ImagePositionPatient, float) for d in datasets]
         if len(positions) > 1:
-            dz = float(np.linalg.norm(positions[1] - positions[0])) or dz
             gaps = np.diff([float(np.dot(normal, q)) for q in positions])
+            same = np.flatnonzero(np.abs(gaps) < 1e-6)
+            if len(same):  # two files at one position: a slice exported twice, or two series in one folder
+                at = int(same[0])
+                names = [Path(getattr(datasets[k], "filename", "") or f"slice {k + 1}").name for k in (at, at + 1)]
+                raise ValueError(f"{path}: {names[0]} and {names[1]} lie at the same position (a duplicated slice, "
+                                 "or two series in one folder?); keep one file per position")
+            dz = float(np.linalg.norm(positions[1] - positions[0])) or dz
             if np.abs(gaps - gaps[0]).max() > 0.01 * max(abs(gaps[0]), 1e-6) + 1e-3:
                 at = int(np.argmax(np.abs(gaps - gaps[0])))
                 raise ValueError(f"{path}: slices are not evenly spaced ({gaps[0]:g} mm, but {gaps[at]:g} mm between "
