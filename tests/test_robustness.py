@@ -784,3 +784,31 @@ def test_inputs_left_out_are_listed_with_their_reason(tmp_path, capsys):
                  "loop.png: a link that leads in a circle", "old: a folder that is not a DICOM series"):
         assert line in out, line
     assert "notes.txt" not in out and (tmp_path / "o" / "a_mask.png").is_file()
+
+
+def test_a_failed_evaluation_keeps_the_previous_one(tmp_path, monkeypatch):
+    """With --overwrite, a failing evaluation emptied the old results first and left half its overlays."""
+    import importlib
+
+    ev = importlib.import_module("leafseg.evaluation.evaluate")  # the module (the package exports the function)
+
+    model, data = _model(tmp_path), tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)).save(data / "images" / f"{i}.png")
+        mask = np.zeros((20, 30), np.uint8)
+        mask[5:10, 5:10] = 255
+        Image.fromarray(mask).save(data / "masks" / f"{i}.png")
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output", str(out)]) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "could not write report.md (No space left on device; disk full?)")
+
+    monkeypatch.setattr(ev, "report_markdown", broken)
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "all", "--output", str(out),
+                 "--overwrite"]) == 2
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # the previous results, whole
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ev")] == []  # no staging folder left

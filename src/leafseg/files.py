@@ -180,11 +180,9 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def prepare_output(folder: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """An empty output folder: a folder that already holds files is refused (or, with ``overwrite``, emptied), so
-    the results of two runs never mix. Nothing a user made is removed: an output that is, holds or lies inside one
-    of ``inputs`` (images, datasets, the model) is refused, and ``overwrite`` only empties a folder leafseg made
-    (it carries :data:`OUTPUT_MARK`)."""
+def check_output(folder: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """:func:`prepare_output`'s checks alone, touching nothing: the folder it may write (or, with ``overwrite``,
+    replace)."""
     out = Path(folder)
     if out.is_symlink():  # emptying or filling it would act on what it points to, not on the folder named
         raise ValueError(f"{out}: the output folder is a link (to {os.readlink(out)}); give a real folder")
@@ -201,7 +199,22 @@ def prepare_output(folder: str | os.PathLike, overwrite: bool, inputs: Sequence[
         if not (out / OUTPUT_MARK).is_file():
             raise FileExistsError(f"{out}: --overwrite only empties a folder leafseg wrote (it holds {OUTPUT_MARK}); "
                                   "this one was not, so nothing in it was touched: choose another output folder")
+    return out
+
+
+def mark_output(folder: Path) -> Path:
+    """Put :data:`OUTPUT_MARK` into a folder leafseg writes, so a later ``--overwrite`` may replace it."""
+    (folder / OUTPUT_MARK).write_text("written by leafseg; --overwrite may empty this folder\n", encoding="utf-8")
+    return folder
+
+
+def prepare_output(folder: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """An empty output folder: a folder that already holds files is refused (or, with ``overwrite``, emptied), so
+    the results of two runs never mix. Nothing a user made is removed: an output that is, holds or lies inside one
+    of ``inputs`` (images, datasets, the model) is refused, and ``overwrite`` only empties a folder leafseg made
+    (it carries :data:`OUTPUT_MARK`)."""
+    out = check_output(folder, overwrite, inputs)
+    if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / OUTPUT_MARK).write_text("written by leafseg; --overwrite may empty this folder\n", encoding="utf-8")
-    return out
+    return mark_output(out)

@@ -15,7 +15,8 @@ import numpy as np
 from .. import __version__
 from .. import data as D
 from ..figures import OVERLAY_SIZE, figure, read_own_png, save_overlay, save_png
-from ..files import folder_digest, prepare_output, same_folder, write_csv, write_json, write_text
+from ..files import (atomic_dir, check_output, folder_digest, mark_output, same_folder, write_csv, write_json,
+                     write_text)
 from ..metrics import PaperMetrics, SegmentationMetrics, dice
 from .read_ahead import read_ahead
 from .report import report_markdown
@@ -392,59 +393,63 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     table = read_group_table(groups) if groups is not None else None  # checked before any work
     pipe = load_pipeline(model_dir, device, backend, precision)
     metrics, paper = SegmentationMetrics(spacing=spacing), PaperMetrics()
-    out = prepare_output(Path(output) if output else default_output(model, split), overwrite,
+    final = check_output(Path(output) if output else default_output(model, split), overwrite,
                          inputs=[data_root, model])
-    (out / "overlays").mkdir()
-    started = time.time()
-    frames: list[dict] = []
-    stability, volumes = _predict_and_score(pipe, chosen, out, metrics, paper, split, steps, ensemble, seed,
-                                            seeds, batch_size, spacing, overlay_size, flip_tta, threshold,
-                                            frame_decision, frames)
-    volume_rows = _volume_metrics(volumes)
-    rows = metrics.rows()
-    write_csv(rows, out / "per_image.csv")
-    if frames:
-        write_csv(frames, out / "frame_scores.csv")
-    cases = _write_figures(out, rows, worst_k, ensemble > 1 or seeds > 1)
-    worst = cases["worst"]
-    summary = {
-        "model": str(model.resolve()), "checkpoint_sha256": model_digest(model),
-        "data": str(Path(data_root).resolve()), "layout": layout, "split": split,
-        "split_file": None if split == "all" else str(split_path.resolve()),
-        "split_file_sha256": None if split == "all" else D.split_digest(split_path),
-        "n_images": len(rows),
-        "inference": {"steps": steps, "ensemble": ensemble, "seed": seed, "seeds": seeds,
-                      "flip_tta": flip_tta, "threshold": threshold,
-                      "frame_decision": stored_decision(pipe, frame_decision).to_config()
-                      if stored_decision(pipe, frame_decision) else None,
-                      "pipeline": type(pipe).__name__, "device": str(pipe.device), "precision": pipe.precision},
-        "versions": _versions(), "leafseg": __version__,
-        "wall_s": round(time.time() - started, 1),
-        "metrics": {**metrics.summary(), "paper_compatible": paper.result()},
-        "frame_level": frame_level(frames),
-        "worst_cases": [{"name": r["name"], "dice": r["dice"], "iou": r["iou"]} for r in worst],
-        "false_positive_cases": [{"name": r["name"], "predicted_fraction": r["pred_pixels"] / max(
-            r["tp"] + r["fp"] + r["fn"] + r["tn"], 1)} for r in cases["false_positives"]],
-        "config": run_config,
-        "figures": {"overlays": "overlays/<stem>.png: image | ground truth | prediction | uncertainty",
-                    "grid": "grid.png: images with an object at evenly spaced quantiles of Dice, lowest first"
-                    if cases["grid"] else None,
-                    "worst_cases": "worst_cases.png: lowest Dice among images with an object (ties: larger "
-                                   "object first)" if worst else None,
-                    "false_positives": "false_positives.png: frames without an object given a mask, largest "
-                                       "first" if cases["false_positives"] else None},
-    }
-    if table is not None:
-        summary.update(group_summary(metrics, table, [r["name"] for r in rows], groups))
-    if volume_rows is not None:
-        summary["volumes"] = volume_rows.summary()
-        write_csv(volume_rows.rows(), out / "per_volume.csv")
-    if seeds > 1:
-        summary["seed_stability"] = _stability_summary(stability, [seed + 1000 * k for k in range(seeds)])
-        write_csv(stability, out / "seed_stability.csv")
-    write_json(summary, out / "summary.json")
-    write_text(report_markdown(summary), out / "report.md")
-    return {"summary": summary, "output": out}
+    # written beside the old results and swapped in when complete: a failed or interrupted evaluation leaves the
+    # previous one as it was (with --overwrite it was emptied first and lost)
+    with atomic_dir(final) as out:
+        mark_output(out)
+        (out / "overlays").mkdir()
+        started = time.time()
+        frames: list[dict] = []
+        stability, volumes = _predict_and_score(pipe, chosen, out, metrics, paper, split, steps, ensemble, seed,
+                                                seeds, batch_size, spacing, overlay_size, flip_tta, threshold,
+                                                frame_decision, frames)
+        volume_rows = _volume_metrics(volumes)
+        rows = metrics.rows()
+        write_csv(rows, out / "per_image.csv")
+        if frames:
+            write_csv(frames, out / "frame_scores.csv")
+        cases = _write_figures(out, rows, worst_k, ensemble > 1 or seeds > 1)
+        worst = cases["worst"]
+        summary = {
+            "model": str(model.resolve()), "checkpoint_sha256": model_digest(model),
+            "data": str(Path(data_root).resolve()), "layout": layout, "split": split,
+            "split_file": None if split == "all" else str(split_path.resolve()),
+            "split_file_sha256": None if split == "all" else D.split_digest(split_path),
+            "n_images": len(rows),
+            "inference": {"steps": steps, "ensemble": ensemble, "seed": seed, "seeds": seeds,
+                          "flip_tta": flip_tta, "threshold": threshold,
+                          "frame_decision": stored_decision(pipe, frame_decision).to_config()
+                          if stored_decision(pipe, frame_decision) else None,
+                          "pipeline": type(pipe).__name__, "device": str(pipe.device), "precision": pipe.precision},
+            "versions": _versions(), "leafseg": __version__,
+            "wall_s": round(time.time() - started, 1),
+            "metrics": {**metrics.summary(), "paper_compatible": paper.result()},
+            "frame_level": frame_level(frames),
+            "worst_cases": [{"name": r["name"], "dice": r["dice"], "iou": r["iou"]} for r in worst],
+            "false_positive_cases": [{"name": r["name"], "predicted_fraction": r["pred_pixels"] / max(
+                r["tp"] + r["fp"] + r["fn"] + r["tn"], 1)} for r in cases["false_positives"]],
+            "config": run_config,
+            "figures": {"overlays": "overlays/<stem>.png: image | ground truth | prediction | uncertainty",
+                        "grid": "grid.png: images with an object at evenly spaced quantiles of Dice, lowest first"
+                        if cases["grid"] else None,
+                        "worst_cases": "worst_cases.png: lowest Dice among images with an object (ties: larger "
+                                       "object first)" if worst else None,
+                        "false_positives": "false_positives.png: frames without an object given a mask, largest "
+                                           "first" if cases["false_positives"] else None},
+        }
+        if table is not None:
+            summary.update(group_summary(metrics, table, [r["name"] for r in rows], groups))
+        if volume_rows is not None:
+            summary["volumes"] = volume_rows.summary()
+            write_csv(volume_rows.rows(), out / "per_volume.csv")
+        if seeds > 1:
+            summary["seed_stability"] = _stability_summary(stability, [seed + 1000 * k for k in range(seeds)])
+            write_csv(stability, out / "seed_stability.csv")
+        write_json(summary, out / "summary.json")
+        write_text(report_markdown(summary), out / "report.md")
+    return {"summary": summary, "output": final}
 
 
 def _versions() -> dict:
