@@ -3,6 +3,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from leafseg import data as D
@@ -146,3 +148,26 @@ def test_a_grey_voc_mask_with_a_255_void_border_is_refused_naming_file_and_value
     palette.putpalette([0, 0, 0, 128, 0, 0] + [224] * 762)
     palette.save(tmp_path / "pal.png")
     np.testing.assert_array_equal(D.load_mask(tmp_path / "pal.png"), voc == 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(2, 12), st.integers(2, 12), st.integers(0, 2**32 - 1),
+       st.sampled_from(["0/255", "0/1", "0/k", "voc-grey"]), st.integers(2, 200))
+def test_mask_reading_property(tmp_path_factory, h, w, seed, encoding, k):
+    """Any binary mask written as 0/255, 0/1 or 0/k reads back as itself; a grey mask with small labels beside a
+    255 border (VOC's convention) is refused, naming the file."""
+    rng = np.random.default_rng(seed)
+    truth = rng.random((h, w)) < 0.5
+    truth[0, 0], truth[-1, -1] = True, False  # both values present
+    path = tmp_path_factory.mktemp("m") / "mask.png"
+    if encoding == "voc-grey":
+        grey = np.where(truth, min(k, 20), 0).astype(np.uint8)
+        grey[0, :] = 255  # the void border
+        grey[-1, 0], grey[-1, -1] = min(k, 20), 0  # an object pixel and background outside it
+        Image.fromarray(grey).save(path)
+        with pytest.raises(ValueError, match=r"mask\.png: mask holds label value"):
+            D.load_mask(path)
+        return
+    value = {"0/255": 255, "0/1": 1, "0/k": k}[encoding]
+    Image.fromarray(truth.astype(np.uint8) * value).save(path)
+    np.testing.assert_array_equal(D.load_mask(path), truth)

@@ -129,10 +129,13 @@ def save_pipeline(pipe, path: Path, card: str | None = None) -> None:
     for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module):
             assert_finite(component, f"{name} of the model to be saved to {path}")
-    with atomic_dir(path) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if card is not None:
-            (tmp / "README.md").write_text(card)
+    try:
+        with atomic_dir(path) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            if card is not None:
+                (tmp / "README.md").write_text(card)
+    except OSError as err:  # the temporary folder is gone, the previous model in place
+        raise write_error(path, err) from None
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict, export_last, extra) -> None:
