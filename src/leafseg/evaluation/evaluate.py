@@ -393,6 +393,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     table = read_group_table(groups) if groups is not None else None  # checked before any work
     pipe = load_pipeline(model_dir, device, backend, precision)
     metrics, paper = SegmentationMetrics(spacing=spacing), PaperMetrics()
+    decision = stored_decision(pipe, frame_decision)  # the summary records what was applied
     final = check_output(Path(output) if output else default_output(model, split), overwrite,
                          inputs=[data_root, model])
     # written beside the old results and swapped in when complete: a failed or interrupted evaluation leaves the
@@ -420,8 +421,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
             "n_images": len(rows),
             "inference": {"steps": steps, "ensemble": ensemble, "seed": seed, "seeds": seeds,
                           "flip_tta": flip_tta, "threshold": threshold,
-                          "frame_decision": stored_decision(pipe, frame_decision).to_config()
-                          if stored_decision(pipe, frame_decision) else None,
+                          "frame_decision": decision.to_config() if decision else None,
                           "pipeline": type(pipe).__name__, "device": str(pipe.device), "precision": pipe.precision},
             "versions": _versions(), "leafseg": __version__,
             "wall_s": round(time.time() - started, 1),

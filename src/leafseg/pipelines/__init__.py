@@ -5,15 +5,13 @@ ensembles), ``supervised`` (the plain UNet baseline and the MONAI peers), their 
 from __future__ import annotations
 
 import importlib
-import pickle
-import re
 import sys
 from pathlib import Path
 
 import torch
 from diffusers.utils import logging as diffusers_logging
 
-from ..models.weights import assert_finite, read_config, refused_pickle
+from ..models.weights import assert_finite, read_config, refused_in
 from .image_processor import SegmentationImageProcessor, SegmentationPipelineOutput
 from .leaf import LeafSegPipeline, LeafSegPipelineOutput
 from .precision import resolve_precision, set_precision
@@ -108,13 +106,9 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str
         diffusers_logging.disable_progress_bar()  # "Loading pipeline components" on every call is noise here
         pipe = PIPELINES[name].from_pretrained(folder, local_files_only=True)
     except (OSError, RuntimeError) as err:  # truncated or corrupt weight files, among others
-        cause, chain = err, []
-        while cause is not None and len(chain) < 8:
-            chain.append(cause)
-            cause = cause.__cause__ or cause.__context__
-        if any(isinstance(e, pickle.UnpicklingError) for e in chain):  # torch's weights-only loading said no
-            found = re.search(r"at '([^']+)'", str(err))
-            raise refused_pickle(found.group(1) if found else folder) from None
+        refused = refused_in(err, sorted(folder.rglob("*.bin")))  # torch's weights-only loading said no
+        if refused is not None:
+            raise refused from None
         raise ValueError(f"{folder}: could not load the saved model ({type(err).__name__}: {err})") from None
     for component_name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module):
