@@ -161,7 +161,7 @@ def cmd_split(args) -> int:
     from .data import write_or_show_split
 
     print(write_or_show_split(args.data, args.layout, args.output, args.train, args.val, args.test, args.seed,
-                              args.images, args.masks, args.force))
+                              args.images, args.masks, args.force, args.groups, args.group_column))
     return 0
 
 
@@ -370,6 +370,9 @@ def _add_split(sub) -> None:
     p.add_argument("--images", default="images", help="layout=folder: image sub-folder")
     p.add_argument("--masks", default="masks", help="layout=folder: mask sub-folder")
     p.add_argument("--force", action="store_true", help="replace an existing split file")
+    p.add_argument("--groups", default=None, help="CSV with a header naming each image's group (e.g. its patient): "
+                   "whole groups go to one split")
+    p.add_argument("--group-column", default=None, help="the --groups column holding the group (default: the second)")
 
 
 def _add_demo(sub) -> None:
