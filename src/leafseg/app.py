@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
-from .figures import overlay
-from .prediction import Segmentation, segment_file
+from .prediction import Segmentation, overlay_file_array, segment_file
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +77,12 @@ def colour_bar_figure(values: np.ndarray, vmax: float, label: str) -> np.ndarray
 def views(seg: Segmentation, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Overlay, probability picture and (ensembles) uncertainty picture of plane ``index``."""
     index = int(np.clip(index, 0, len(seg.masks) - 1))
-    picture = overlay(seg.images[index], seg.masks[index])
-    probability = colour_bar_figure(seg.probabilities[index], 1.0, "foreground probability")
+    picture = overlay_file_array(seg.images[index], seg.masks[index], seg.labels)  # label maps: with a legend
+    prob = seg.probabilities[index]
+    if prob.ndim == 3:  # several structures: the probability of the chosen class (how sure each pixel is)
+        probability = colour_bar_figure(prob.max(0), 1.0, "probability of the shown structure")
+    else:
+        probability = colour_bar_figure(prob, 1.0, "foreground probability")
     uncertainty = None
     if seg.uncertainty is not None:  # std of values in [0, 1] is at most 0.5
         uncertainty = colour_bar_figure(seg.uncertainty[index], 0.5, "std over the ensemble")
@@ -87,7 +90,7 @@ def views(seg: Segmentation, index: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def summary(seg: Segmentation, name: str, seconds: float, pipe) -> str:
-    area = [float(m.mean()) for m in seg.masks]
+    area = [float(np.count_nonzero(m)) / m.size for m in seg.masks]
     what = "image" if seg.volume is None else f"volume, {len(seg.masks)} slices along axis {seg.axis}"
     found = (f"{area[0]:.1%} of the image" if seg.volume is None
              else f"on {sum(a > 0 for a in area)} of {len(area)} slices")

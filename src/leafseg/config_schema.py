@@ -142,6 +142,7 @@ class DataConfig:
     layout: Layout = _value()
     images: str = _value()
     masks: str = _value()
+    labels: Optional[str] = _value()
     split_file: Optional[str] = _value(resumable=True)
     split: SplitConfig = _section(SplitConfig)
     sources: list[SourceConfig] = _value()

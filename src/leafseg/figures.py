@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from .files import atomic_write
-from .metrics import dice
+from .metrics import dice, mean_class_dice
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 0), alpha: float = 0.45) -> np.ndarray:
@@ -19,6 +19,33 @@ def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 0), alpha: floa
     edge = mask & ~_erode(mask)
     out[edge] = color
     return out.clip(0, 255).astype(np.uint8)
+
+
+#: one colour per structure of a label map (class 1, 2, ...), distinct on grey X-rays and on colour frames
+CLASS_COLOURS = ((255, 64, 0), (0, 160, 255), (255, 215, 0), (200, 0, 255), (0, 220, 120), (255, 0, 120),
+                 (140, 90, 40))
+
+
+def overlay_labels(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Image with each structure of a label map (class indices 1..K) tinted and outlined in its colour."""
+    out = image
+    for k in range(1, int(labels.max()) + 1 if labels.size else 1):
+        out = overlay(out, labels == k, CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)], alpha)
+    return out
+
+
+def legend(width: int, names: dict[int, str], size: int = 14) -> np.ndarray:
+    """A strip naming each structure beside a swatch of its colour, (h, width, 3) uint8."""
+    from PIL import ImageDraw
+
+    strip = Image.new("RGB", (width, size + 10), (255, 255, 255))
+    draw, font, x = ImageDraw.Draw(strip), _font(size), 6
+    for k, name in sorted(names.items()):
+        colour = CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]
+        draw.rectangle([x, 5, x + size, 5 + size], fill=colour)
+        draw.text((x + size + 4, 4), name, fill=(0, 0, 0), font=font)
+        x += size + 16 + int(draw.textlength(name, font=font))
+    return np.asarray(strip)
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -50,7 +77,8 @@ def fit_panels(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, uncertainty:
     def resized(array: np.ndarray, resample) -> np.ndarray:
         return np.asarray(Image.fromarray(array).resize(size, resample))
 
-    masks = [resized(m.astype(np.uint8), Image.NEAREST).astype(bool) for m in (gt, pred)]
+    masks = [resized(m.astype(np.uint8), Image.NEAREST) for m in (gt, pred)]
+    masks = [m.astype(bool) if src.dtype == bool else m for m, src in zip(masks, (gt, pred))]
     small_uncertainty = None if uncertainty is None else resized(uncertainty.astype(np.float32), Image.BILINEAR)
     return resized(image, Image.BILINEAR), *masks, small_uncertainty
 
@@ -99,29 +127,42 @@ def colour_bar(height: int, vmax: float = 0.5, width: int = _BAR) -> np.ndarray:
 
 
 def panel_row(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, uncertainty: np.ndarray | None,
-              title: str | None = None) -> np.ndarray:
+              title: str | None = None, names: dict[int, str] | None = None) -> np.ndarray:
     """image | ground truth | prediction [| uncertainty with its colour bar (std of values in [0, 1]: 0..0.5)],
-    under a strip with ``title`` (e.g. the case and its Dice). No uncertainty column without an ensemble."""
-    panels = [image, overlay(image, gt, (0, 200, 0)), overlay(image, pred)]
+    under a strip with ``title`` (e.g. the case and its Dice). No uncertainty column without an ensemble. With
+    ``names`` ({class index: name}) ``gt`` and ``pred`` are label maps, drawn a colour per structure over a
+    legend."""
+    if names is not None:
+        panels = [image, overlay_labels(image, gt), overlay_labels(image, pred)]
+    else:
+        panels = [image, overlay(image, gt, (0, 200, 0)), overlay(image, pred)]
     if uncertainty is not None:  # the bar keeps its share of a figure's 192-px panels whatever the image's size
         bar_width = max(_BAR, round(_BAR * image.shape[1] / FIGURE_PANEL))
         panels += [heatmap(uncertainty, 0.5), colour_bar(image.shape[0], width=bar_width)]
     row = np.concatenate(panels, axis=1)
+    size = max(12, row.shape[1] // 55)  # readable once a grid shrinks the row to its width
+    if names is not None:
+        row = np.concatenate([row, legend(row.shape[1], names, size)], axis=0)
     if title is None:
         return row
-    size = max(12, row.shape[1] // 55)  # readable once a grid shrinks the row to its width
     return np.concatenate([_label(row.shape[1], title, height=size + 8, size=size), row], axis=0)
 
 
 
 def save_overlay(path: Path, name: str, image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
-                 uncertainty: np.ndarray | None, max_side: int | None = OVERLAY_SIZE) -> None:
-    """One case's overlay row (:func:`panel_row`) titled with its Dice, or for a frame without an object the share
-    of it given a mask; drawn at most ``max_side`` pixels a side (:func:`fit_panels`; the title's numbers are the
-    full-size ones) and written with fast PNG compression."""
-    title = (f"{name}   Dice {dice(pred, gt):.3f}" if gt.any() else
-             f"{name}   no object; predicted {pred.mean():.1%} of the frame")
-    save_png(panel_row(*fit_panels(image, gt, pred, uncertainty, max_side), title), path, compress_level=1)
+                 uncertainty: np.ndarray | None, max_side: int | None = OVERLAY_SIZE,
+                 names: dict[int, str] | None = None) -> None:
+    """One case's overlay row (:func:`panel_row`) titled with its Dice (label maps: the mean over the structures
+    present, with ``names`` {class index: name}), or for a frame without an object the share of it given a mask;
+    drawn at most ``max_side`` pixels a side (:func:`fit_panels`; the title's numbers are the full-size ones) and
+    written with fast PNG compression."""
+    if names is not None:
+        title = (f"{name}   mean Dice {mean_class_dice(pred, gt, max(names)):.3f}" if gt.any() else
+                 f"{name}   no structure; predicted {(pred > 0).mean():.1%} of the frame")
+    else:
+        title = (f"{name}   Dice {dice(pred, gt):.3f}" if gt.any() else
+                 f"{name}   no object; predicted {pred.mean():.1%} of the frame")
+    save_png(panel_row(*fit_panels(image, gt, pred, uncertainty, max_side), title, names), path, compress_level=1)
 
 def figure(rows: list[np.ndarray], with_uncertainty: bool, panel_width: int = FIGURE_PANEL) -> np.ndarray:
     """Rows of panels (from :func:`panel_row`) resized to a common panel width, under a header naming the columns."""

@@ -1,4 +1,5 @@
-"""Binary segmentation metrics: per-image pure functions and small accumulator classes (as MONAI has them).
+"""Segmentation metrics: per-image pure functions and small accumulator classes (as MONAI has them); binary masks
+here, label maps of several structures at the end (:func:`class_dice`, :class:`MultiClassMetrics`).
 
 Inputs are binary masks of one image, shape (H, W) (any N-d shape works for the pure functions), as numpy arrays or
 torch tensors, dtype bool or with values in {0, 1}; anything else is rejected (binarise first). "Foreground" is True.
@@ -54,6 +55,7 @@ from scipy import ndimage
 __all__ = [
     "dice", "iou", "precision", "recall", "specificity", "surface_distances", "hd95", "assd",
     "SegmentationMetrics", "paper_dice", "paper_iou", "PaperMetrics", "bootstrap_mean_ci",
+    "class_dice", "mean_class_dice", "MultiClassMetrics",
 ]
 
 FOREGROUND_METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "assd")
@@ -375,6 +377,109 @@ class SegmentationMetrics:
         sp = self.spacing
         out["units"] = "pixels" if sp is None else f"spacing {[float(v) for v in np.atleast_1d(sp)]}"
         return out
+
+
+# ---------------------------------------------------------------------------------------------- several structures
+def class_dice(pred: Any, gt: Any, num_classes: int) -> list[float]:
+    """Label maps (class indices 0..K) -> the Dice of each structure 1..K; a structure in neither map is nan (not
+    scored, as nnU-Net counts it)."""
+    p, g = np.asarray(pred), np.asarray(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"pred and gt shapes differ: {p.shape} vs {g.shape}")
+    return [dice(p == k, g == k, empty_score=math.nan) for k in range(1, num_classes + 1)]
+
+
+def mean_class_dice(pred: Any, gt: Any, num_classes: int) -> float:
+    """The mean of :func:`class_dice` over the structures in either map; 1.0 when neither map has any."""
+    scores = [v for v in class_dice(pred, gt, num_classes) if not math.isnan(v)]
+    return float(np.mean(scores)) if scores else 1.0
+
+
+class MultiClassMetrics:
+    """Per-structure metrics of label maps: one :class:`SegmentationMetrics` per structure, on ``pred == k`` vs
+    ``gt == k``. A structure absent from both the prediction and the ground truth of an image is not scored there
+    (Dice, IoU, hd95 and assd nan, left out of the means), as nnU-Net counts it. ``summary()`` gives each structure's
+    summary under ``classes`` and ``mean_foreground``: for Dice, IoU and hd95 the mean over structures of their
+    means (nnU-Net's foreground mean), with a bootstrap CI that resamples images."""
+
+    def __init__(self, names: dict[int, str], spacing: float | Sequence[float] | None = None):
+        self.names = dict(names)
+        self.spacing = spacing
+        self.per_class = {k: SegmentationMetrics(spacing, empty_score=math.nan) for k in self.names}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.per_class.values())))
+
+    def update(self, pred: Any, gt: Any, name: str | None = None,
+               spacing: float | Sequence[float] | None = None) -> None:
+        """Add one label map pair (H, W) (or (B, H, W) with one name per image, or any N-d case)."""
+        p, g = np.asarray(pred), np.asarray(gt)
+        if p.shape != g.shape:
+            raise ValueError(f"pred and gt shapes differ: {p.shape} vs {g.shape}")
+        for k, metrics in self.per_class.items():
+            metrics.add(p == k, g == k, name, spacing)
+            row = metrics._rows[-1]
+            if row["gt_empty"] and row["pred_empty"]:
+                row["hd95"] = row["assd"] = math.nan
+
+    add = update
+
+    def rows(self) -> list[dict]:
+        """One dict per image: its name, the mean Dice / IoU over the structures it scores (nan: none), and each
+        structure's
+        dice, iou, hd95, gt_pixels and pred_pixels as ``dice_<name>`` etc."""
+        per = {k: m.rows() for k, m in self.per_class.items()}
+        out = []
+        for i in range(len(self)):
+            first = per[next(iter(per))][i]
+            gt_px = sum(per[k][i]["gt_pixels"] for k in per)
+            pred_px = sum(per[k][i]["pred_pixels"] for k in per)
+            row = {"name": first["name"], "gt_empty": gt_px == 0, "pred_empty": pred_px == 0,
+                   "gt_pixels": gt_px, "pred_pixels": pred_px}
+            for key in ("dice", "iou"):
+                v = [per[k][i][key] for k in per if not math.isnan(per[k][i][key])]
+                row[key] = float(np.mean(v)) if v else math.nan
+            for k, name in self.names.items():
+                for key in ("dice", "iou", "hd95", "gt_pixels", "pred_pixels"):
+                    row[f"{key}_{name}"] = per[k][i][key]
+            out.append(row)
+        return out
+
+    def subset(self, names: set[str]) -> MultiClassMetrics:
+        part = MultiClassMetrics(self.names, self.spacing)
+        part.per_class = {k: m.subset(names) for k, m in self.per_class.items()}
+        return part
+
+    def summary(self, n_bootstrap: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:
+        classes = {self.names[k]: m.summary(n_bootstrap, seed, ci) for k, m in self.per_class.items()}
+        rng = np.random.default_rng(seed)
+        mean_fg = {}
+        for key in ("dice", "iou", "hd95"):
+            table = np.array([[r[key] for r in m._rows] for m in self.per_class.values()], dtype=float).T
+            means = [float(np.nanmean(col)) if np.any(~np.isnan(col)) else math.nan for col in table.T]
+            mean_fg[key] = {"mean": float(np.nanmean(means)) if np.any(~np.isnan(means)) else math.nan,
+                            **_class_mean_ci(table, n_bootstrap, ci, rng)}
+        return {"n_images": len(self), "classes": classes, "mean_foreground": mean_fg,
+                "empty_rule": "a structure in neither the prediction nor the ground truth of an image is not scored "
+                              "there (nan, left out of the means), as nnU-Net counts it",
+                "units": "pixels" if self.spacing is None else
+                f"spacing {[float(v) for v in np.atleast_1d(self.spacing)]}"}
+
+
+def _class_mean_ci(table: np.ndarray, n_bootstrap: int, ci: float, rng: np.random.Generator) -> dict:
+    """Bootstrap CI of the mean over structures of their per-image means: images resampled with replacement."""
+    n = len(table)
+    if n == 0 or n_bootstrap <= 0:
+        return {"ci_low": math.nan, "ci_high": math.nan, "ci": ci, "n_bootstrap": n_bootstrap}
+    means = np.empty(n_bootstrap)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without a structure: nan, skipped
+        for b in range(n_bootstrap):
+            means[b] = np.nanmean(np.nanmean(table[rng.integers(0, n, n)], axis=0))
+    lo, hi = np.nanpercentile(means, [50 * (1 - ci), 50 * (1 + ci)])
+    return {"ci_low": float(lo), "ci_high": float(hi), "ci": ci, "n_bootstrap": n_bootstrap}
 
 
 def bootstrap_mean_ci(values, n_bootstrap: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
-from .figures import overlay, save_png
+from .figures import legend, overlay, overlay_labels, save_png
 from .files import atomic_write, prepare_output, write_csv
 
 
@@ -165,15 +165,32 @@ def _predict_files(pipe, files: list[Path], out: Path, names: dict[Path, str], r
             if chunk:
                 result = pipe(images, **options)
                 for k, (f, image, mask) in enumerate(zip(chunk, images, result.masks)):
-                    _write(out, names[f], image, mask, result, k, uncertainty, save_probabilities)
+                    _write(out, names[f], image, mask, result, k, uncertainty, save_probabilities,
+                           getattr(pipe, "label_table", None))
                     report.written.append(f)
             bar.update(len(files[i:i + batch_size]))
 
 
+def mask_file_array(mask: np.ndarray, labels=None) -> np.ndarray:
+    """What a written 2D mask holds: 0/255 for one structure; for a label map (class indices) the label table's
+    values, as the training masks were written."""
+    return labels.values_of(mask) if labels is not None else mask.astype(np.uint8) * 255
+
+
+def overlay_file_array(image: np.ndarray, mask: np.ndarray, labels=None) -> np.ndarray:
+    """The overlay a prediction writes: the mask tinted on the image; label maps a colour per structure, over a
+    legend naming them."""
+    if labels is None:
+        return overlay(image, mask)
+    drawn = overlay_labels(image, mask)
+    return np.concatenate([drawn, legend(drawn.shape[1], labels.foreground, max(12, drawn.shape[1] // 55))])
+
+
 def _write(out: Path, name: str, image: np.ndarray, mask: np.ndarray, result, k: int, uncertainty: bool,
-           save_probabilities: bool) -> None:
+           save_probabilities: bool, labels=None) -> None:
     """One input's output files, all or none: a failure or an interruption half-way removes those already
-    written (a mask without its overlay would pass for a finished one)."""
+    written (a mask without its overlay would pass for a finished one). ``labels``: the model's label table (a
+    label map is written with its values and drawn with a legend)."""
     written: list[Path] = []
 
     def keep(path: Path) -> Path:
@@ -181,8 +198,8 @@ def _write(out: Path, name: str, image: np.ndarray, mask: np.ndarray, result, k:
         return path
 
     try:
-        save_png(mask.astype(np.uint8) * 255, keep(out / f"{name}_mask.png"))
-        save_png(overlay(image, mask), keep(out / f"{name}_overlay.png"))
+        save_png(mask_file_array(mask, labels), keep(out / f"{name}_mask.png"))
+        save_png(overlay_file_array(image, mask, labels), keep(out / f"{name}_overlay.png"))
         if uncertainty and result.uncertainty is not None:
             std = result.uncertainty[k]  # std of values in [0, 1]: at most 0.5
             save_png((np.clip(std / 0.5, 0, 1) * 255).astype(np.uint8), keep(out / f"{name}_uncertainty.png"))
@@ -216,15 +233,17 @@ class Segmentation:
     volume: D.Volume | None = None
     axis: int = 2
     cleared: list[bool] | None = None  # planes the model's frame decision emptied
+    labels: D.LabelTable | None = None  # a multi-class model's label table: the masks are label maps
 
     def write_mask(self, stem: Path) -> Path:
-        """``<stem>.png`` (0/255) for a 2D image, ``<stem>.nii.gz`` (0/1, the input's affine and header) for a
-        volume; the path written."""
+        """``<stem>.png`` (0/255; label maps: the table's values) for a 2D image, ``<stem>.nii.gz`` (0/1; label
+        maps: the table's values; the input's affine and header) for a volume; the path written."""
         if self.volume is None:
             path = stem.with_name(stem.name + ".png")
-            save_png(self.masks[0].astype(np.uint8) * 255, path)
+            save_png(mask_file_array(self.masks[0], self.labels), path)
             return path
-        return D.write_mask_volume(np.stack(self.masks, axis=self.axis), self.volume,
+        planes = [self.labels.values_of(m) for m in self.masks] if self.labels is not None else self.masks
+        return D.write_mask_volume(np.stack(planes, axis=self.axis), self.volume,
                                    stem.with_name(stem.name + ".nii.gz"))
 
 
@@ -253,7 +272,7 @@ def segment_file(pipe, path: str | Path, options: dict, batch_size: int = 8) -> 
         image = D.load_image(path, pipe.config.get("intensity"))
         result = pipe([image], **options)
         return Segmentation([image], result.masks, result.probabilities, result.uncertainty,
-                            cleared=result.cleared)
+                            cleared=result.cleared, labels=getattr(pipe, "label_table", None))
     axis = int(pipe.config.get("slice_axis", 2))
     scaled = D.to_uint8(volume.array, pipe.config.get("intensity"))
     slices = [np.repeat(plane[..., None], 3, axis=-1) for plane in D.slices_along(scaled, axis)]
@@ -264,7 +283,8 @@ def segment_file(pipe, path: str | Path, options: dict, batch_size: int = 8) -> 
         probabilities += result.probabilities
         uncertainty += result.uncertainty or []
         cleared += result.cleared or [False] * len(result.masks)
-    return Segmentation(slices, masks, probabilities, uncertainty or None, volume, axis, cleared)
+    return Segmentation(slices, masks, probabilities, uncertainty or None, volume, axis, cleared,
+                        getattr(pipe, "label_table", None))
 
 
 def _predict_volume(pipe, path: Path, out: Path, name: str, batch_size: int, options: dict,
@@ -274,7 +294,7 @@ def _predict_volume(pipe, path: Path, out: Path, name: str, batch_size: int, opt
     ``save_probabilities`` ``<name>_probability.npy`` (X, Y, Z)."""
     seg = segment_file(pipe, path, options, batch_size)
     seg.write_mask(out / f"{name}_mask")
-    k = int(np.argmax([m.sum() for m in seg.masks]))
-    save_png(overlay(seg.images[k], seg.masks[k]), out / f"{name}_overlay.png")
+    k = int(np.argmax([np.count_nonzero(m) for m in seg.masks]))
+    save_png(overlay_file_array(seg.images[k], seg.masks[k], seg.labels), out / f"{name}_overlay.png")
     if save_probabilities:
         np.save(out / f"{name}_probability.npy", np.stack(seg.probabilities, axis=seg.axis).astype(np.float32))

@@ -191,8 +191,13 @@ class SampleAugmentation:
                                                         torch.Generator().manual_seed(int(seed)))
             x = images.float() / 255
             if self._geo_spec:
-                x, m = self._geo(x, masks[:, None].float())
-                masks = m[:, 0] > 0.5
+                if masks.max() > 1:  # a label map: each structure warped as a soft map, each pixel the largest
+                    onehot = torch.stack([masks == k for k in range(1, int(masks.max()) + 1)], 1).float()
+                    x, m = self._geo(x, onehot)
+                    masks = torch.cat([1 - m.sum(1, keepdim=True), m], 1).argmax(1).to(torch.uint8)
+                else:
+                    x, m = self._geo(x, masks[:, None].float())
+                    masks = m[:, 0] > 0.5
                 for params in self._geo._params:  # which samples each transform touched
                     changed |= params.data["batch_prob"].cpu() > 0.5
                 view = (x.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -341,7 +346,7 @@ def draw_overlays(images: torch.Tensor, masks: torch.Tensor, fraction: float, se
         drawn = np.zeros((size, size), bool)
         for _ in range(int(rng.integers(1, 4))):
             _draw_mark(colour, drawn, str(rng.choice(["box", "cut", "text", "frame"])), rng)
-        if (drawn & masks[i].numpy()).any():
+        if (drawn & (masks[i].numpy() != 0)).any():
             continue
         where = torch.from_numpy(drawn)
         out[i][:, where] = torch.from_numpy(colour[drawn].T.copy())

@@ -148,6 +148,29 @@ def load_image(path: str | Path, intensity: dict | None = None) -> np.ndarray:
 MASK_RULES = ("binary", "refuge_cup")
 
 
+def load_label_map(path: str | Path, table) -> np.ndarray:
+    """(H, W) uint8 class indices 0..K of a multi-class label map (PNG grey or palette indices, 16-bit PNG, a 2D
+    NIfTI/DICOM), by ``table`` (a :class:`~leafseg.data.labels.LabelTable`); a value the table does not name is an
+    error naming the file and the value."""
+    path = Path(path)
+    if is_volume(path):
+        return table.indices(_single_slice(path), path)
+    image = _open(path)
+    if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
+        raise ValueError(f"{path}: a {image.mode} image; a label map is one plane of values (grey or palette PNG, "
+                         f"NIfTI), each value a structure of the label table {table.to_dict()}")
+    return table.indices(np.asarray(image), path)
+
+
+def load_pair_mask(pair) -> np.ndarray:
+    """The mask of a 2D :class:`~leafseg.data.layouts.Pair`: a label map (uint8 class indices) when the pair carries
+    a multi-class label table, else the bool foreground."""
+    table = getattr(pair, "labels", None)
+    if table is not None and not table.binary:
+        return load_label_map(pair.mask, table)
+    return load_mask(pair.mask, pair.mask_rule)
+
+
 def load_mask(path: str | Path, rule: str = "binary") -> np.ndarray:
     """(H, W) bool foreground mask, read by what the file encodes (see :func:`mask_from_array`).
 
@@ -236,23 +259,38 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize as a soft map and re-threshold at 0.5, which keeps thin structures better than nearest."""
+    """Resize as a soft map and re-threshold at 0.5, which keeps thin structures better than nearest. A label map
+    (uint8 class indices) is resized class by class as soft maps, each pixel taking the class of the largest."""
     if mask.shape == (size, size):
         return mask
+    if mask.dtype != bool and mask.max() > 1:
+        return resize_labels(mask, size)
     soft = Image.fromarray(mask.astype(np.float32)).resize((size, size), Image.BILINEAR)
     return np.asarray(soft) > 0.5
+
+
+def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) uint8 class indices -> (size, size): per class a bilinear soft map, then the argmax (ties to the lower
+    index, so to the background)."""
+    soft = [np.asarray(Image.fromarray((labels == k).astype(np.float32)).resize((size, size), Image.BILINEAR))
+            for k in range(int(labels.max()) + 1)]
+    return np.argmax(np.stack(soft), axis=0).astype(np.uint8)
 
 
 def volume_pair_slices(pair, intensity: dict | None = None, axis: int = 2
                        ) -> tuple[list[np.ndarray], list[np.ndarray], object]:
     """The 8-bit RGB slices of a volume pair's image and the mask slices, along ``axis``, and the mask volume."""
     image_volume, mask_volume = read_volume(pair.image), read_volume(pair.mask)
+    table = getattr(pair, "labels", None)
     if image_volume.array.shape != mask_volume.array.shape:
         raise ValueError(f"{pair.image} is {'x'.join(map(str, image_volume.array.shape))} but {pair.mask} is "
                          f"{'x'.join(map(str, mask_volume.array.shape))}")
     scaled = _scaled(image_volume.array, intensity, pair.image)
     images = [np.repeat(plane[..., None], 3, axis=-1) for plane in slices_along(scaled, axis)]
-    masks = [mask_from_array(m, pair.mask) for m in mask_volume.slices(axis)]
+    if table is not None and not table.binary:
+        masks = [table.indices(m, pair.mask) for m in mask_volume.slices(axis)]
+    else:
+        masks = [mask_from_array(m, pair.mask) for m in mask_volume.slices(axis)]
     return images, masks, mask_volume
 
 
@@ -278,7 +316,7 @@ def _exif_hint(*paths: Path) -> str:
 
 def _samples(pair, intensity, axis, volume_slices) -> list[tuple[str, np.ndarray, np.ndarray]]:
     if not is_volume(pair.image):
-        image, mask = load_image(pair.image), load_mask(pair.mask, pair.mask_rule)
+        mask, image = load_pair_mask(pair), load_image(pair.image)
         if image.shape[:2] != mask.shape:
             raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} but {pair.mask} is "
                              f"{mask.shape[1]}x{mask.shape[0]}{_exif_hint(pair.image, pair.mask)}")

@@ -29,13 +29,14 @@ Seeded splits shuffle the *sorted* stems with ``random.Random(seed)``, so a spli
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from .io import IMAGE_EXTENSIONS, file_stem, list_images, sort_key
+from .labels import LabelTable, find_label_table, read_label_table
 
-__all__ = ["LAYOUTS", "Layout", "Pair", "find_dataset", "find_pairs", "match_pairs"]
+__all__ = ["LAYOUTS", "Layout", "Pair", "dataset_labels", "find_dataset", "find_pairs", "match_pairs"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Pair:
     mask: Path | None
     mask_rule: str = "binary"   # how the mask file becomes a foreground mask (see ``leafseg.data.io.load_mask``)
     subset: str | None = None   # the dataset's own train/val/test folder, where it has one
+    labels: LabelTable | None = None  # the label table of a multi-class dataset (None: one structure)
 
 
 @dataclass(frozen=True)
@@ -184,14 +186,24 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
-def find_dataset(root: str | Path, layout: str = "folder", images: str = "images", masks: str = "masks"
-                 ) -> list[Pair]:
-    """All image/mask pairs of a dataset root in the given layout (see the module docstring)."""
+def find_dataset(root: str | Path, layout: str = "folder", images: str = "images", masks: str = "masks",
+                 labels: str | Path | None = None) -> list[Pair]:
+    """All image/mask pairs of a dataset root in the given layout (see the module docstring). A multi-class dataset
+    is one whose label table (``labels``, else a ``labels.json`` / nnU-Net ``dataset.json`` in the root) names
+    several structures: its pairs carry the table, and their masks are read as label maps."""
     root = Path(root)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown data layout {layout!r}; choose one of {sorted(LAYOUTS)}")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data folder not found")
-    if layout == "folder":
-        return find_pairs(root, images, masks)
-    return LAYOUTS[layout].find(root)
+    pairs = find_pairs(root, images, masks) if layout == "folder" else LAYOUTS[layout].find(root)
+    table = dataset_labels(root, labels)
+    if table is None or table.binary:
+        return pairs
+    return [replace(p, labels=table) for p in pairs]
+
+
+def dataset_labels(root: str | Path, labels: str | Path | None = None) -> LabelTable | None:
+    """The label table of a dataset: the file ``labels`` if given, else the one found in ``root``, else None."""
+    path = Path(labels) if labels is not None else find_label_table(root)
+    return None if path is None else read_label_table(path)

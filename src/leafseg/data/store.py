@@ -173,6 +173,8 @@ def store_key(pairs: list, resolution: int, volume_options: dict) -> str:
             st = os.stat(path)
             files.append([str(Path(path).resolve()), st.st_size, st.st_mtime_ns])
         files.append(getattr(pair, "mask_rule", "binary"))
+        if getattr(pair, "labels", None) is not None:  # a multi-class table (binary keys stay as they were)
+            files.append(pair.labels.to_dict())
     blob = json.dumps([files, int(resolution), volume_options], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

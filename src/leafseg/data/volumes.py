@@ -199,7 +199,8 @@ def to_uint8(array: np.ndarray, intensity: dict | None = None) -> np.ndarray:
 
 
 def write_mask_volume(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
-    """A (X, Y, Z) mask as NIfTI (uint8, 1 = foreground) with ``like``'s affine and, for NIfTI input, its header."""
+    """A (X, Y, Z) mask as NIfTI (uint8: 1 = foreground, or a label map's values) with ``like``'s affine and, for
+    NIfTI input, its header."""
     import nibabel as nib
 
     data = mask.astype(np.uint8)

@@ -17,7 +17,7 @@ from .. import data as D
 from ..figures import OVERLAY_SIZE, figure, read_own_png, save_overlay, save_png
 from ..files import (atomic_dir, check_output, folder_digest, mark_output, same_folder, write_csv, write_json,
                      write_text)
-from ..metrics import PaperMetrics, SegmentationMetrics, dice
+from ..metrics import MultiClassMetrics, PaperMetrics, SegmentationMetrics, dice
 from .read_ahead import read_ahead
 from .report import report_markdown
 
@@ -88,7 +88,7 @@ def _samples(pairs: list, intensity: dict | None, axis: int, volumes: dict):
     the predictions can be stacked back), scaled to 8 bit as the model was trained."""
     for pair in pairs:
         if not D.is_volume(pair.image):
-            image, gt = D.load_image(pair.image), D.load_mask(pair.mask, pair.mask_rule)
+            image, gt = D.load_image(pair.image), D.load_pair_mask(pair)
             if gt.shape != image.shape[:2]:
                 raise ValueError(f"{pair.mask}: mask is {gt.shape[1]}x{gt.shape[0]} but its image {pair.image} is "
                                  f"{image.shape[1]}x{image.shape[0]}")
@@ -114,14 +114,30 @@ def _batches(samples, batch_size: int, bar):
         yield chunk
 
 
-def _volume_metrics(volumes: dict) -> SegmentationMetrics | None:
-    """3D metrics of each volume (its slices stacked back), distances in the voxel spacing of its header (mm)."""
+def _volume_metrics(volumes: dict, names: dict[int, str] | None = None
+                    ) -> SegmentationMetrics | MultiClassMetrics | None:
+    """3D metrics of each volume (its slices stacked back), distances in the voxel spacing of its header (mm); per
+    structure with ``names`` ({class index: name})."""
     if not volumes:
         return None
-    acc = SegmentationMetrics()
+    acc = MultiClassMetrics(names) if names else SegmentationMetrics()
     for stem, v in volumes.items():
         acc.add(np.stack(v["pred"], axis=v["axis"]), np.stack(v["gt"], axis=v["axis"]), stem, v["spacing"])
     return acc
+
+
+def _same_labels(model_labels, chosen: list, model: Path, data_root: str):
+    """The label table a multi-class evaluation scores by: the model's, which must be the dataset's (the same names
+    for the same values); None for a binary model on a binary dataset."""
+    data_labels = chosen[0].labels if chosen else None
+    if model_labels is None and data_labels is None:
+        return None
+    if model_labels is None or data_labels is None or model_labels.to_dict() != data_labels.to_dict():
+        shown = {k: t.to_dict() if t is not None else "one structure" for k, t in
+                 ((str(model), model_labels), (str(data_root), data_labels))}
+        raise ValueError(f"the model and the dataset name different structures: {shown}; evaluate a model on data "
+                         "labelled as it was trained (a labels.json / dataset.json in the data folder)")
+    return model_labels
 
 
 def model_digest(model: Path) -> str:
@@ -256,11 +272,14 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
     samples = _samples(chosen, pipe.config.get("intensity"), int(pipe.config.get("slice_axis", 2)), volumes)
     bar = tqdm(total=len(chosen), desc=f"evaluating {split}", unit="case")
 
+    names = pipe.label_table.foreground if pipe.label_table is not None else None
+
     def score(chunk: list, runs: list) -> None:
         result = runs[0]
         for j, (c, pred) in enumerate(zip(chunk, result.masks)):
             metrics.update(pred, c.gt, name=c.name, spacing=c.spacing or spacing)
-            paper.update(result.processing_masks[j], D.resize_mask(c.gt, pipe.resolution))
+            if names is None:  # the paper's numbers are binary
+                paper.update(result.processing_masks[j], D.resize_mask(c.gt, pipe.resolution))
             if result.frame_scores is not None:
                 frames.append({"name": c.name, "has_object": bool(c.gt.any()), "given_mask": bool(pred.any()),
                                **result.frame_scores[j], "cleared": bool(result.cleared[j])})
@@ -269,12 +288,13 @@ def _predict_and_score(pipe, chosen: list, out: Path, metrics: SegmentationMetri
             unc = result.uncertainty[j] if result.uncertainty is not None else None
             if seeds > 1:
                 stability.append(_seed_stability(c.name, c.gt, runs, j))
-                if unc is None:
+                if unc is None:  # std over seeds of the soft mask (label maps: of each class, averaged)
                     unc = np.stack([r.probabilities[j] for r in runs]).std(0)
+                    unc = unc.mean(0) if unc.ndim == 3 else unc
             if c.volume is not None and not (pred.any() or c.gt.any()):
                 continue  # a volume's empty slices get no figure
             save_overlay(out / "overlays" / f"{c.name.replace('/', '_')}.png", c.name, c.image, c.gt, pred, unc,
-                         overlay_size)
+                         overlay_size, names)
 
     # Reading the next batch and scoring the last one (PNG decoding and encoding, surface distances) run on two
     # threads beside the inference: one reader, one scorer, so rows keep their order and the numbers are the
@@ -392,7 +412,9 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
                                        allow_training_data)
     table = read_group_table(groups) if groups is not None else None  # checked before any work
     pipe = load_pipeline(model_dir, device, backend, precision)
-    metrics, paper = SegmentationMetrics(spacing=spacing), PaperMetrics()
+    labels = _same_labels(getattr(pipe, "label_table", None), chosen, model, data_root)
+    metrics = MultiClassMetrics(labels.foreground, spacing) if labels else SegmentationMetrics(spacing=spacing)
+    paper = PaperMetrics()
     decision = stored_decision(pipe, frame_decision)  # the summary records what was applied
     final = check_output(Path(output) if output else default_output(model, split), overwrite,
                          inputs=[data_root, model])
@@ -406,7 +428,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
         stability, volumes = _predict_and_score(pipe, chosen, out, metrics, paper, split, steps, ensemble, seed,
                                                 seeds, batch_size, spacing, overlay_size, flip_tta, threshold,
                                                 frame_decision, frames)
-        volume_rows = _volume_metrics(volumes)
+        volume_rows = _volume_metrics(volumes, labels.foreground if labels else None)
         rows = metrics.rows()
         write_csv(rows, out / "per_image.csv")
         if frames:
@@ -425,11 +447,13 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
                           "pipeline": type(pipe).__name__, "device": str(pipe.device), "precision": pipe.precision},
             "versions": _versions(), "leafseg": __version__,
             "wall_s": round(time.time() - started, 1),
-            "metrics": {**metrics.summary(), "paper_compatible": paper.result()},
+            "labels": labels.to_dict() if labels else None,
+            "metrics": {**metrics.summary(), "paper_compatible": None if labels else paper.result()},
             "frame_level": frame_level(frames),
             "worst_cases": [{"name": r["name"], "dice": r["dice"], "iou": r["iou"]} for r in worst],
             "false_positive_cases": [{"name": r["name"], "predicted_fraction": r["pred_pixels"] / max(
-                r["tp"] + r["fp"] + r["fn"] + r["tn"], 1)} for r in cases["false_positives"]],
+                r["tp"] + r["fp"] + r["fn"] + r["tn"], 1)} for r in cases["false_positives"]] if not labels else
+            [{"name": r["name"], "predicted_pixels": r["pred_pixels"]} for r in cases["false_positives"]],
             "config": run_config,
             "figures": {"overlays": "overlays/<stem>.png: image | ground truth | prediction | uncertainty",
                         "grid": "grid.png: images with an object at evenly spaced quantiles of Dice, lowest first"

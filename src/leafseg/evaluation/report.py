@@ -29,8 +29,38 @@ def _header(summary: dict) -> list[str]:
             f"on {inf['device']} ({inf.get('precision', 'fp32')}); leafseg {summary['leafseg']}.", ""]
 
 
+def _per_class_markdown(summary: dict) -> str:
+    """The report of a multi-class evaluation: Dice, IoU and HD95 per structure and their foreground mean."""
+    m = summary["metrics"]
+    rows = []
+    for name, c in m["classes"].items():
+        cells = []
+        for key in ("dice", "iou", "hd95"):
+            s = c[key]
+            cells.append(f"{_num(s['mean'])} [{_num(s['ci_low'])}, {_num(s['ci_high'])}]")
+        rows.append(f"| {name} | {' | '.join(cells)} | {c['dice']['n_valid']} |")
+    fg = m["mean_foreground"]
+    rows.append("| **mean over structures** | " + " | ".join(
+        f"**{_num(fg[k]['mean'])}** [{_num(fg[k]['ci_low'])}, {_num(fg[k]['ci_high'])}]"
+        for k in ("dice", "iou", "hd95")) + " | |")
+    worst = ", ".join(f"{w['name']} ({w['dice']:.3f})" for w in summary["worst_cases"])
+    lines = [*_header(summary),
+             "Per-image metrics of each structure at each image's original size, then their mean over structures "
+             f"(the mean of the structures' means); 95% CI: percentile bootstrap over images. {m['empty_rule']}.",
+             "", f"| structure | Dice [95% CI] | IoU | HD95 ({m['units']}) | n scored |", "|---|---|---|---|---|",
+             *rows, "", f"Lowest mean Dice: {worst or 'n/a'}.", ""]
+    for key, alt in (("grid", "images at quantiles of mean Dice, lowest first"), ("worst_cases", "lowest mean Dice")):
+        if summary["figures"].get(key):
+            lines += [f"![{alt}]({summary['figures'][key].split(':')[0]})", ""]
+    lines.append("Panels: image | ground truth | prediction, a colour per structure (legend below each row); every "
+                 "image's panel is in `overlays/`, every number in `per_image.csv`.")
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(summary: dict) -> str:
     m, inf = summary["metrics"], summary.get("inference") or {}
+    if "classes" in m:
+        return _per_class_markdown(summary)
     rows = []
     for key, label in (("dice", "Dice"), ("iou", "IoU"), ("precision", "precision"), ("recall", "recall"),
                        ("specificity", "specificity"), ("hd95", f"HD95 ({m['units']})"),

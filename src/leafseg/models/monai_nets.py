@@ -127,3 +127,7 @@ class MonaiSegmenter(ModelMixin, ConfigMixin):
         """(B, R, R) probability of the last class (foreground), in eval mode's single output."""
         logits = self(images)
         return torch.softmax(logits.float(), dim=1)[:, -1]
+
+    def class_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes, R, R) softmax over the classes (background first), in eval mode's single output."""
+        return torch.softmax(self(images).float(), dim=1)

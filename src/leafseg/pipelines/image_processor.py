@@ -27,7 +27,9 @@ def check_threshold(threshold: float) -> float:
 class SegmentationPipelineOutput(BaseOutput):
     """Per input image, at the input's own size:
 
-    masks: bool arrays (H, W); probabilities: float32 arrays in [0, 1] (the soft mask, ensemble mean);
+    masks: bool arrays (H, W) -- for a multi-class model uint8 class indices 0..K (0 background; the label table's
+    values through ``pipe.label_table.values_of``); probabilities: float32 arrays in [0, 1] (the soft mask, ensemble
+    mean; multi-class: (K + 1, H, W), one map per class);
     uncertainty: float32 per-pixel std over the ensemble (None when ``ensemble_size == 1``);
     processing_masks: bool arrays (R, R), the masks at the processing resolution before resizing back (what the
     paper's numbers are computed on);
@@ -131,3 +133,23 @@ class SegmentationImageProcessor:
                                           frame_scores=[{k: float(v[i]) for k, v in scores.items()}
                                                         for i in range(len(prob))],
                                           cleared=[bool(c) for c in cleared])
+
+    @staticmethod
+    def postprocess_labels(prob: torch.Tensor, std: torch.Tensor | None, sizes: list[tuple[int, int]]
+                           ) -> SegmentationPipelineOutput:
+        """(B, K + 1, R, R) class probabilities (and ensemble std (B, R, R)) -> per image the class probabilities at
+        the input's own size (bilinear) and the label map of their argmax (uint8 class indices)."""
+        prob = prob.float().cpu()
+        masks, probabilities, uncertainty = [], [], []
+        for i, (hh, ww) in enumerate(sizes):
+            p = F.interpolate(prob[i][None], size=(hh, ww), mode="bilinear", align_corners=False)[0]
+            masks.append(p.argmax(0).to(torch.uint8).numpy())
+            probabilities.append(p.numpy().astype(np.float32))
+            if std is not None:
+                u = F.interpolate(std[i].float().cpu()[None, None], size=(hh, ww), mode="bilinear",
+                                  align_corners=False)[0, 0]
+                uncertainty.append(u.numpy().astype(np.float32))
+        return SegmentationPipelineOutput(masks=masks, probabilities=probabilities,
+                                          uncertainty=uncertainty if std is not None else None,
+                                          processing_masks=list(prob.argmax(1).to(torch.uint8).numpy()),
+                                          frame_scores=None, cleared=[False] * len(prob))

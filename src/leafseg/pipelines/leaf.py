@@ -18,6 +18,8 @@ from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 
 from ..diffusion import single_step_x0
 from ..models import autoencoder as ae_ops
+from ..data.labels import LabelTable
+from ..models.class_codes import class_codes, class_probabilities
 from ..models.image_encoder import ImageEncoder
 from .flips import flipped_views, merge_views
 from .frame_decision import FrameDecision, stored_decision
@@ -39,13 +41,28 @@ class LeafSegPipeline(DiffusionPipeline):
     supports_ensembles = True
 
     def __init__(self, autoencoder, image_encoder: ImageEncoder, unet: UNet2DModel, scheduler: DDIMScheduler,
-                 intensity: dict | None = None, slice_axis: int = 2, frame_decision: dict | None = None):
+                 intensity: dict | None = None, slice_axis: int = 2, frame_decision: dict | None = None,
+                 labels: dict | None = None):
         super().__init__()
         self.register_modules(autoencoder=autoencoder, image_encoder=image_encoder, unet=unet, scheduler=scheduler)
         # how NIfTI/DICOM volumes were turned into 8-bit slices in training: predict does the same; the calibrated
-        # frame-level decision (leafseg calibrate), if any
+        # frame-level decision (leafseg calibrate), if any; the label table of a multi-class model ({name: value})
         FrameDecision.from_config(frame_decision)
-        self.register_to_config(intensity=intensity, slice_axis=slice_axis, frame_decision=frame_decision)
+        if labels is not None:
+            class_codes(LabelTable.from_dict(labels, "labels").num_classes)  # refuses what one latent cannot carry
+        self.register_to_config(intensity=intensity, slice_axis=slice_axis, frame_decision=frame_decision,
+                                labels=labels)
+
+    @property
+    def label_table(self) -> LabelTable | None:
+        """The structures of a multi-class model (None: one structure, binary masks)."""
+        labels = self.config.get("labels")
+        return LabelTable.from_dict(dict(labels), "labels") if labels else None
+
+    @property
+    def num_classes(self) -> int:
+        table = self.label_table
+        return 1 if table is None else table.num_classes
 
     @property
     def resolution(self) -> int:
@@ -74,6 +91,18 @@ class LeafSegPipeline(DiffusionPipeline):
         # unscaled in float32, then cast: a bf16 decoder (leafseg.pipelines.precision) gets one rounding, not two
         decoded = ae_ops.decode(self.autoencoder, (latents / ae_ops.latent_scale(self.autoencoder)).to(ae_dtype))
         return ((decoded.float() + 1) / 2).mean(dim=1)
+
+    @torch.no_grad()
+    def latents_to_colours(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> the decoded images (B, 3, R, R) in [0, 1]."""
+        ae_dtype = next(self.autoencoder.parameters()).dtype
+        decoded = ae_ops.decode(self.autoencoder, (latents / ae_ops.latent_scale(self.autoencoder)).to(ae_dtype))
+        return (decoded.float() + 1) / 2
+
+    @torch.no_grad()
+    def latents_to_labels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> (B, R, R) uint8 class indices 0..K (the most probable class of each pixel)."""
+        return class_probabilities(self.latents_to_colours(latents), self.num_classes).argmax(1).to(torch.uint8)
 
     @torch.no_grad()
     def predict_latents(self, images: torch.Tensor, num_inference_steps: int = 1, ensemble_size: int = 1,
@@ -134,6 +163,9 @@ class LeafSegPipeline(DiffusionPipeline):
         if num_inference_steps < 1 or ensemble_size < 1:
             raise ValueError("num_inference_steps and ensemble_size must be >= 1")
         images, sizes = self.image_processor.preprocess(image)
+        if self.num_classes > 1:
+            return self._segment_classes(images, sizes, num_inference_steps, ensemble_size, seed, generator,
+                                         batch_size, flip_tta, return_dict)
         probs, stds = [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
@@ -149,4 +181,30 @@ class LeafSegPipeline(DiffusionPipeline):
             stds.append(soft.std(0, unbiased=False))
         output = self.image_processor.postprocess(torch.cat(probs), torch.cat(stds) if ensemble_size > 1 else None,
                                                   sizes, threshold, stored_decision(self, frame_decision))
+        return output if return_dict else (output.masks, output.probabilities, output.uncertainty)
+
+    def _segment_classes(self, images, sizes, num_inference_steps, ensemble_size, seed, generator, batch_size,
+                         flip_tta, return_dict):
+        """Several structures: per member the decoded colours read as class probabilities
+        (:func:`~leafseg.models.class_codes.class_probabilities`), averaged over members (and flipped views); the
+        uncertainty is the members' per-pixel std of the decoded colours, averaged over the three channels."""
+        k = self.num_classes
+        if flip_tta:
+            self.label_table.check_mirroring("flip_tta")
+        probs, stds = [], []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            if flip_tta:
+                chunk = flipped_views(chunk)
+            latents = self.predict_latents(chunk, num_inference_steps, ensemble_size, seed, generator)
+            e, b = latents.shape[:2]
+            colours = self.latents_to_colours(latents.flatten(0, 1))
+            colours = colours.view(e, b, *colours.shape[1:])
+            if flip_tta:  # merge_views wants the batch third from the end
+                colours = merge_views(colours.transpose(1, 2)).transpose(1, 2)
+            p = class_probabilities(colours.flatten(0, 1), k)
+            probs.append(p.view(e, -1, *p.shape[1:]).mean(0))
+            stds.append(colours.std(0, unbiased=False).mean(1))
+        output = self.image_processor.postprocess_labels(torch.cat(probs),
+                                                         torch.cat(stds) if ensemble_size > 1 else None, sizes)
         return output if return_dict else (output.masks, output.probabilities, output.uncertainty)

@@ -1,5 +1,5 @@
 """Supervised segmenters' pipelines: the UNet baseline (image (3, R, R) -> one foreground logit per pixel) and the
-MONAI peer networks (softmax over background / foreground).
+MONAI peer networks (softmax over background and the structures: label maps for multi-class models).
 
 The baseline network is a diffusers ``UNet2DModel`` (3 in, 1 out) called at a constant timestep 0: its time
 embedding is then a learned per-block bias, and the rest is an ordinary convolutional UNet with attention in the deep
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 
+from ..data.labels import LabelTable
 from ..models.monai_nets import MonaiSegmenter
 from .flips import flipped_views, merge_views
 from .frame_decision import FrameDecision, stored_decision
@@ -52,6 +53,16 @@ class _SegmenterPipeline(DiffusionPipeline):
         """(B, 3, R, R) in [-1, 1], on the network's device and dtype -> (B, R, R) probabilities."""
         raise NotImplementedError
 
+    def class_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) in [-1, 1] -> (B, K + 1, R, R) class probabilities (multi-class networks only)."""
+        raise NotImplementedError(f"{type(self).__name__} segments one structure")
+
+    @property
+    def label_table(self) -> LabelTable | None:
+        """The structures of a multi-class model (None: one structure)."""
+        labels = self.config.get("labels")
+        return LabelTable.from_dict(dict(labels), "labels") if labels else None
+
     @torch.no_grad()
     def __call__(self, image, num_inference_steps: int = 1, ensemble_size: int = 1, seed: int = 0,
                  generator=None, threshold: float = 0.5, batch_size: int = 8, flip_tta: bool = False,
@@ -82,6 +93,17 @@ class _SegmenterPipeline(DiffusionPipeline):
         processor = SegmentationImageProcessor(self.resolution)
         images, sizes = processor.preprocess(image)
         device, dtype = self.device, self.dtype
+        if self.config.get("labels"):  # several structures: softmax over the classes, label maps out
+            if flip_tta:
+                self.label_table.check_mirroring("flip_tta")
+            probs = []
+            for i in range(0, len(images), batch_size):
+                chunk = images[i:i + batch_size]
+                chunk = flipped_views(chunk) if flip_tta else chunk
+                p = self.class_probabilities(chunk.to(device, dtype)).float()
+                probs.append(merge_views(p.transpose(0, 1)).transpose(0, 1) if flip_tta else p)
+            output = processor.postprocess_labels(torch.cat(probs), None, sizes)
+            return output if return_dict else (output.masks, output.probabilities, output.uncertainty)
         probs = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
@@ -116,11 +138,14 @@ class MonaiSegPipeline(_SegmenterPipeline):
     LeafSegPipeline's call signature and output: softmax, the foreground class's probability."""
 
     def __init__(self, network: MonaiSegmenter, intensity: dict | None = None, slice_axis: int = 2,
-                 frame_decision: dict | None = None):
+                 frame_decision: dict | None = None, labels: dict | None = None):
         super().__init__()
         self.register_modules(network=network)
         FrameDecision.from_config(frame_decision)
-        self.register_to_config(intensity=intensity, slice_axis=slice_axis, frame_decision=frame_decision)
+        if labels is not None and len(labels) != int(network.config.num_classes):
+            raise ValueError(f"labels name {len(labels)} classes but the network has {network.config.num_classes}")
+        self.register_to_config(intensity=intensity, slice_axis=slice_axis, frame_decision=frame_decision,
+                                labels=labels)
 
     @property
     def resolution(self) -> int:
@@ -128,3 +153,6 @@ class MonaiSegPipeline(_SegmenterPipeline):
 
     def foreground_probability(self, images: torch.Tensor) -> torch.Tensor:
         return self.network.foreground_probability(images)
+
+    def class_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.class_probabilities(images)

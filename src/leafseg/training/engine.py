@@ -321,7 +321,12 @@ def _augmentations(trainer: Trainer) -> str:
     flips = [name for name, on in (("horizontal", trainer.cfg.data.hflip), ("vertical", trainer.cfg.data.vflip)) if on]
     sampling = ("each dataset equally often" if sampling_weights(trainer.cfg, trainer.data) is not None else
                 "each image equally often")
-    return (f"{' and '.join(flips) + ' flips' if flips else 'no flips'}, {trainer.augmentation}, "
+    lateral = trainer.data.labels.lateral if trainer.data.labels is not None else []
+    warning = ""
+    if lateral and trainer.cfg.data.hflip:  # a mirrored chest X-ray shows the right lung where the left one was
+        warning = (f" (warning: data.hflip mirrors images whose structures {lateral} are named by side: the "
+                   "mirrored image keeps the old side's name; set data.hflip=false)")
+    return (f"{' and '.join(flips) + ' flips' if flips else 'no flips'}{warning}, {trainer.augmentation}, "
             f"{trainer.colour_jitter}, {sampling}")
 
 

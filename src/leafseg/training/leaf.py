@@ -21,9 +21,10 @@ from omegaconf import DictConfig
 from .. import data as D
 from ..config import to_container
 from ..diffusion import add_noise, make_scheduler, training_target
-from ..metrics import dice as dice_score
+from ..metrics import dice as dice_score, mean_class_dice
 from ..models import autoencoder as ae_ops
 from ..models.alignment import Projector, alignment_loss, feature_map_to_tokens
+from ..models.class_codes import colour_masks
 from ..models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, load_pretrained_unet,
                                set_unet_dropout)
 from ..models.image_encoder import ImageEncoder
@@ -173,7 +174,10 @@ class LeafMethod:
         cache_dir = trainer.cache_dir
 
         def read_masks(a: int, b: int) -> torch.Tensor:
-            return torch.from_numpy(store.masks.read_range(a, b))[:, None].expand(-1, 3, -1, -1) * 255
+            masks = torch.from_numpy(store.masks.read_range(a, b))
+            if self.num_classes > 1:  # each structure in its colour (leafseg.models.class_codes)
+                return (colour_masks(masks, self.num_classes) * 255).to(torch.uint8)
+            return masks[:, None].expand(-1, 3, -1, -1) * 255
 
         def read_images(a: int, b: int) -> torch.Tensor:
             return torch.from_numpy(store.images.read_range(a, b))
@@ -280,7 +284,8 @@ class LeafMethod:
         fresh = batch.changed if z0 is not None else torch.ones(len(batch.indices), dtype=torch.bool)
         if fresh.any():  # augmented masks (or no cache): encoded by the frozen mask autoencoder, as the cache would be
             with torch.no_grad():
-                masks = batch.masks[fresh][:, None].expand(-1, 3, -1, -1).to(device).float()
+                masks = (colour_masks(batch.masks[fresh], self.num_classes) if self.num_classes > 1 else
+                         batch.masks[fresh][:, None].expand(-1, 3, -1, -1)).to(device).float()
                 latents = self.frozen_mask_latents(masks.contiguous(memory_format=torch.channels_last)).float().cpu()
             if z0 is None:
                 z0 = latents
@@ -298,21 +303,32 @@ class LeafMethod:
         with self.trainer.accelerator.autocast():
             return model(x, z0.to(device), noise.to(device), t.to(device), tokens, aligned)
 
+    @property
+    def num_classes(self) -> int:
+        return self.trainer.data.num_classes
+
     def _pipe(self, model: LeafTrainingModel) -> LeafSegPipeline:
+        labels = self.trainer.data.labels
         pipe = LeafSegPipeline(self.autoencoder, model.image_encoder, model.unet, self.components["scheduler"],
-                               **volume_config(self.cfg))
+                               **volume_config(self.cfg), labels=labels.to_dict() if labels is not None else None)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def validate(self, model: LeafTrainingModel) -> list[float]:
-        """Per-image Dice on the val samples at the processing resolution (single step)."""
+        """Per-image Dice on the val samples at the processing resolution (single step); with several structures
+        the mean over them of each one's Dice."""
         pipe, device = self._pipe(model), self.trainer.device
         scores = []
         for images, masks in self.trainer.data.val.batches(16):
             x = images.to(device).float() / 255 * 2 - 1
             with self.trainer.accelerator.autocast():
-                soft = pipe.latents_to_soft_masks(pipe.predict_latents(x)[0])
-            scores += [dice_score(p, gt) for p, gt in zip((soft > 0.5).cpu().numpy(), masks.numpy())]
+                latents = pipe.predict_latents(x)[0]
+            if self.num_classes > 1:
+                pred = pipe.latents_to_labels(latents).cpu().numpy()
+                scores += [mean_class_dice(p, gt, self.num_classes) for p, gt in zip(pred, masks.numpy())]
+            else:
+                soft = pipe.latents_to_soft_masks(latents)
+                scores += [dice_score(p, gt) for p, gt in zip((soft > 0.5).cpu().numpy(), masks.numpy())]
         return scores
 
     def pipeline(self, model: LeafTrainingModel) -> LeafSegPipeline:

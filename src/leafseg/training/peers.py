@@ -2,13 +2,14 @@
 train, on leafseg's engine, batches, splits, optimiser and time budget, so that a comparison differs in the network
 and its loss only.
 
-Loss as nnU-Net trains its 2D UNet: MONAI ``DiceCELoss`` with softmax over background / foreground, soft Dice of
-the foreground class over the whole batch (nnU-Net's 2D ``batch_dice``, smooth 1e-5) plus cross-entropy over both
-classes, weights 1 and 1. DynUNet adds deep supervision: the full-size output and 3 lower-resolution heads weighted
-1, 1/2, 1/4, 1/8 (normalised), nnU-Net's weights for the heads it uses (it gives the lowest one weight 0). Where
-leafseg differs from nnU-Net's own trainer: MONAI upsamples the low-resolution heads to the target's size instead
-of downsampling the target; the optimiser (AdamW, the engine's warm-up and schedule) and the augmentation are
-leafseg's, shared by every method; nnU-Net itself runs as a reference in ``benchmarks/peers/``.
+Loss as nnU-Net trains its 2D UNet: MONAI ``DiceCELoss`` with softmax over background and the structures (one
+foreground class, or several for a multi-class dataset), soft Dice of each foreground class over the whole batch
+(nnU-Net's 2D ``batch_dice``, smooth 1e-5) plus cross-entropy over all classes, weights 1 and 1. DynUNet adds
+deep supervision: the full-size output and 3 lower-resolution heads weighted 1, 1/2, 1/4, 1/8 (normalised),
+nnU-Net's weights for the heads it uses (it gives the lowest one weight 0). Where leafseg differs from nnU-Net's own
+trainer: MONAI upsamples the low-resolution heads to the target's size instead of downsampling the target; the
+optimiser (AdamW, the engine's warm-up and schedule) and the augmentation are leafseg's, shared by every method;
+nnU-Net itself runs as a reference in ``benchmarks/peers/``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from ..config import to_container
 from ..data.loader import TrainBatch
+from ..metrics import mean_class_dice
 from ..models.monai_nets import MonaiSegmenter
 from ..pipelines.supervised import MonaiSegPipeline
 from .engine import Trainer
@@ -26,7 +28,7 @@ from .supervised import SupervisedMethod
 
 
 def dice_ce_loss(batch_dice: bool = True, dice_weight: float = 1.0, ce_weight: float = 1.0):
-    """nnU-Net's DC_and_CE loss in MONAI terms: (B, 2, R, R) logits, (B, 1, R, R) class indices -> scalar."""
+    """nnU-Net's DC_and_CE loss in MONAI terms: (B, K + 1, R, R) logits, (B, 1, R, R) class indices -> scalar."""
     from monai.losses import DiceCELoss
 
     return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice, smooth_nr=1e-5,
@@ -55,7 +57,7 @@ class MonaiPeerMethod(SupervisedMethod):
         deep = bool(options.pop("deep_supervision", False))
         self.loss = dice_ce_loss(bool(pc.batch_dice), float(pc.dice_weight), float(pc.ce_weight))
         return MonaiSegmenter(self.architecture, int(self.cfg.data.resolution), zscore_input=bool(pc.zscore_input),
-                              deep_supervision=deep, network=options)
+                              num_classes=trainer.data.num_classes + 1, deep_supervision=deep, network=options)
 
     def losses(self, model: torch.nn.Module, batch: TrainBatch, generator: torch.Generator
                ) -> dict[str, torch.Tensor]:
@@ -72,7 +74,15 @@ class MonaiPeerMethod(SupervisedMethod):
         return {"loss": self.loss(out, target)}
 
     def _foreground(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        if self.trainer.data.num_classes > 1:  # a label map: the most probable class
+            return model(images).argmax(1).to(torch.uint8)
         return model.foreground_probability(images) > 0.5
 
+    def _score(self, pred, gt) -> float:
+        k = self.trainer.data.num_classes
+        return mean_class_dice(pred, gt, k) if k > 1 else super()._score(pred, gt)
+
     def pipeline(self, model: MonaiSegmenter) -> MonaiSegPipeline:
-        return MonaiSegPipeline(network=model, **volume_config(self.cfg))
+        labels = self.trainer.data.labels
+        return MonaiSegPipeline(network=model, **volume_config(self.cfg),
+                                labels=labels.to_dict() if labels is not None else None)

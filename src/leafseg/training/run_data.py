@@ -43,6 +43,11 @@ class RunData:
     val_sources: list[tuple[str, int]] = field(default_factory=list)
     train_sources: list[tuple[str, int]] = field(default_factory=list)  # samples of each source in ``train``
     first_pass_s: float = 0.0   # decoding into the stores (0 when a cache folder already held them)
+    labels: D.LabelTable | None = None  # the label table of a multi-class run (None: one structure)
+
+    @property
+    def num_classes(self) -> int:
+        return 1 if self.labels is None else self.labels.num_classes
 
 
 SOURCES_FILE = "sources.json"
@@ -89,8 +94,11 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
     sc, res = cfg.data.split, int(cfg.data.resolution)
     train_pairs, val_groups, train_groups = [], [], []
     sources = data_sources(cfg, run_dir)
-    for source in sources:
-        pairs = D.find_dataset(source.root, source.layout, source.images, source.masks)
+    tables = []
+    for i, source in enumerate(sources):
+        pairs = D.find_dataset(source.root, source.layout, source.images, source.masks,
+                               cfg.data.labels if i == 0 else None)
+        tables.append((source.name, pairs[0].labels))
         if accelerator.is_main_process:
             D.load_or_create_split(source.split_file, pairs, source.layout, sc.train, sc.val, sc.test, sc.seed)
         accelerator.wait_for_everyone()
@@ -102,6 +110,9 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
         if cfg.train.val_max_images:
             val = val[: int(cfg.train.val_max_images)]
         val_groups.append((source.name, val))
+    if len({t for _, t in tables}) > 1:
+        shown = "; ".join(f"{n}: {t.to_dict() if t else 'one structure'}" for n, t in tables)
+        raise ValueError(f"the data sources name their structures differently ({shown}); give them one label table")
     if accelerator.is_main_process:
         write_sources(sources, run_dir)
     vc = volume_config(cfg)  # NIfTI/DICOM pairs: one sample per slice
@@ -134,4 +145,5 @@ def load_run_data(cfg: DictConfig, run_dir: Path, accelerator: Accelerator) -> R
         if samples is not None and not any(samples.foreground):  # nothing to learn or select on: a wrong encoding
             raise ValueError(f"all {len(pairs)} {name} masks are empty at {res}x{res} (e.g. {pairs[0].mask}); "
                              "check the mask files and their encoding")
-    return RunData(sources, train_pairs, train, val, val_sources, train_sources, time.perf_counter() - started)
+    return RunData(sources, train_pairs, train, val, val_sources, train_sources, time.perf_counter() - started,
+                   tables[0][1])

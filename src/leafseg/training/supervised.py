@@ -43,6 +43,9 @@ class SupervisedMethod:
 
     def build(self, trainer: Trainer) -> torch.nn.Module:
         self.trainer = trainer
+        if trainer.data.num_classes > 1:
+            raise ValueError("method supervised_unet segments one structure; for a multi-class dataset train a MONAI "
+                             "peer (method=basicunet or dynunet) or LEAF")
         return build_segmentation_unet(int(self.cfg.data.resolution), **to_container(self.cfg.baseline.unet))
 
     def ema_module(self, model: UNet2DModel) -> torch.nn.Module:
@@ -65,8 +68,11 @@ class SupervisedMethod:
             x = images.to(device).float() / 255 * 2 - 1
             with self.trainer.accelerator.autocast():
                 pred = self._foreground(model, x)
-            scores += [dice_score(p, g) for p, g in zip(pred.cpu().numpy(), masks.numpy())]
+            scores += [self._score(p, g) for p, g in zip(pred.cpu().numpy(), masks.numpy())]
         return scores
+
+    def _score(self, pred, gt) -> float:
+        return dice_score(pred, gt)
 
     def _foreground(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         """(B, R, R) bool: the network's mask of images in [-1, 1] (probability > 0.5)."""

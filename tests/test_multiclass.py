@@ -1,0 +1,232 @@
+"""Several structures in one model: label maps read and written, the class codes through the mask latent, per-class
+metrics against hand-computed values, the pipeline's label maps, and a short real training on cxr-structures with
+evaluate and predict after it."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from leafseg import data as D
+from leafseg.metrics import MultiClassMetrics, class_dice, mean_class_dice
+from leafseg.models.class_codes import MAX_CLASSES, class_codes, class_probabilities, colour_masks
+from leafseg.pipelines import LeafSegPipeline
+
+from conftest import require_shared
+from tiny import tiny_pipeline
+
+TABLE = {"background": 0, "right lung": 1, "left lung": 2, "heart": 3}
+
+
+# ------------------------------------------------------------------------------------------------ class codes
+def test_binary_code_is_leafs_white_mask():
+    assert class_codes(1).tolist() == [[0, 0, 0], [1, 1, 1]]
+    mask = torch.tensor([[[0, 1], [1, 0]]], dtype=torch.bool)
+    assert torch.equal(colour_masks(mask, 1), mask[:, None].expand(-1, 3, -1, -1).float())
+
+
+def test_codes_are_distinct_corners_and_read_back():
+    for k in range(1, MAX_CLASSES + 1):
+        codes = class_codes(k)
+        assert len({tuple(c) for c in codes.tolist()}) == k + 1
+    labels = torch.randint(0, 5, (2, 6, 7))
+    colours = colour_masks(labels, 4)
+    probs = class_probabilities(colours, 4)
+    assert probs.shape == (2, 5, 6, 7)
+    assert torch.allclose(probs.sum(1), torch.ones(2, 6, 7))
+    assert torch.equal(probs.argmax(1), labels)
+    with pytest.raises(ValueError, match="1 to 7 structures"):
+        class_codes(8)
+
+
+def test_class_probability_of_a_blurred_pixel():
+    # halfway between class 1 (white) and background (black): equally likely, the lower index wins the tie
+    grey = torch.full((1, 3, 1, 1), 0.5)
+    p = class_probabilities(grey, 2)
+    assert torch.allclose(p[0, :, 0, 0], torch.full((3,), 1 / 3), atol=1e-6)
+    # (1, 1, 0.1): class 2's code (1, 1, 0) is nearest
+    assert class_probabilities(torch.tensor([1.0, 1.0, 0.1]).view(1, 3, 1, 1), 2).argmax(1).item() == 2
+
+
+# ------------------------------------------------------------------------------------------------- label maps
+def test_label_maps_read_from_grey_palette_and_nifti(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    table = D.LabelTable.from_dict(TABLE, "labels.json")
+    labels = np.array([[0, 1, 1], [2, 3, 0]], np.uint8)
+    Image.fromarray(labels).save(tmp_path / "grey.png")
+    pal = Image.fromarray(labels, mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    pal.save(tmp_path / "palette.png")
+    nib.save(nib.Nifti1Image(labels[..., None].astype(np.int16), np.eye(4)), str(tmp_path / "vol.nii.gz"))
+    for name in ("grey.png", "palette.png", "vol.nii.gz"):
+        got = D.load_label_map(tmp_path / name, table)
+        assert got.dtype == np.uint8 and got.tolist() == labels.tolist(), name
+
+
+def test_unknown_label_value_names_file_and_value(tmp_path):
+    table = D.LabelTable.from_dict(TABLE, "labels.json")
+    Image.fromarray(np.array([[0, 1], [7, 3]], np.uint8)).save(tmp_path / "case9.png")
+    with pytest.raises(ValueError, match=r"case9\.png: mask value\(s\) \[7\] not in the label table"):
+        D.load_label_map(tmp_path / "case9.png", table)
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="rgb.png: a RGB image; a label map is one plane"):
+        D.load_label_map(tmp_path / "rgb.png", table)
+
+
+def test_dataset_with_a_table_gives_label_map_pairs(tmp_path):
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.array([[0, 1, 2, 3]] * 8, np.uint8).repeat(2, 1)).save(tmp_path / "masks" / "a.png")
+    (tmp_path / "labels.json").write_text(json.dumps({str(v): k for k, v in TABLE.items()}))
+    pairs = D.find_dataset(tmp_path)
+    assert pairs[0].labels.to_dict() == TABLE
+    assert D.load_pair_mask(pairs[0]).max() == 3
+    # the same folder without its table: a binary dataset would refuse several labels (as today)
+    (tmp_path / "labels.json").unlink()
+    assert D.find_dataset(tmp_path)[0].labels is None
+    with pytest.raises(ValueError, match="ambiguous mask"):
+        D.load_pair_mask(D.find_dataset(tmp_path)[0])
+
+
+def test_resize_labels_keeps_classes_and_binary_path():
+    labels = np.zeros((64, 64), np.uint8)
+    labels[8:40, 4:30], labels[10:50, 34:60], labels[50:60, 20:44] = 1, 2, 3
+    small = D.resize_mask(labels, 32)
+    assert small.dtype == np.uint8 and set(np.unique(small)) == {0, 1, 2, 3}
+    back = np.asarray(Image.fromarray(small).resize((64, 64), Image.NEAREST))
+    assert np.mean(back == labels) > 0.97
+    binary = labels == 1  # a bool mask still takes the binary rule
+    assert D.resize_mask(binary, 32).dtype == bool
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+def test_class_metrics_against_hand_computed_values():
+    gt = np.array([[0, 1, 1, 0], [2, 2, 0, 0]])
+    pred = np.array([[0, 1, 0, 0], [2, 2, 2, 3]])
+    # class 1: |P|=1 |G|=2 TP=1 -> 2/3; class 2: |P|=3 |G|=2 TP=2 -> 0.8; class 3: in pred only -> 0
+    assert class_dice(pred, gt, 3) == pytest.approx([2 / 3, 0.8, 0.0])
+    assert mean_class_dice(pred, gt, 3) == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+    assert math.isnan(class_dice(pred, gt, 4)[3])  # class 4 in neither: not scored
+    m = MultiClassMetrics({1: "a", 2: "b", 3: "c"})
+    m.update(pred, gt, "x")
+    m.update(np.zeros_like(gt), np.zeros_like(gt), "empty")  # nothing anywhere: no structure scored
+    s = m.summary(n_bootstrap=100)
+    assert s["classes"]["a"]["dice"]["mean"] == pytest.approx(2 / 3)
+    assert s["classes"]["b"]["iou"]["mean"] == pytest.approx(2 / 3)  # TP 2 / union 3
+    assert s["classes"]["c"]["dice"]["n_valid"] == 1 and s["classes"]["c"]["dice"]["n_nan"] == 1
+    assert s["mean_foreground"]["dice"]["mean"] == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+    rows = m.rows()
+    assert rows[0]["dice_b"] == pytest.approx(0.8) and math.isnan(rows[1]["dice"]) and rows[1]["gt_empty"]
+
+
+# ----------------------------------------------------------------------------------------------------- pipeline
+def test_pipeline_returns_label_maps_and_saves_its_table(tmp_path):
+    pipe = tiny_pipeline()
+    multi = LeafSegPipeline(pipe.autoencoder, pipe.image_encoder, pipe.unet, pipe.scheduler, labels=TABLE)
+    assert multi.num_classes == 3 and pipe.num_classes == 1
+    images = [np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)]
+    out = multi(images, ensemble_size=2)
+    assert out.masks[0].shape == (40, 50) and out.masks[0].dtype == np.uint8 and out.masks[0].max() <= 3
+    assert out.probabilities[0].shape == (4, 40, 50)
+    assert np.allclose(out.probabilities[0].sum(0), 1, atol=1e-5)
+    assert out.uncertainty[0].shape == (40, 50)
+    assert np.array_equal(out.masks[0], out.probabilities[0].argmax(0))
+    multi.save_pretrained(tmp_path / "m")
+    again = LeafSegPipeline.from_pretrained(tmp_path / "m", local_files_only=True)
+    assert again.label_table.to_dict() == TABLE
+    assert np.array_equal(again(images, ensemble_size=2).masks[0], out.masks[0])
+    with pytest.raises(ValueError, match=r"flip_tta mirrors the image, but \['right lung', 'left lung'\]"):
+        multi(images, flip_tta=True)
+    unsided = LeafSegPipeline(pipe.autoencoder, pipe.image_encoder, pipe.unet, pipe.scheduler,
+                              labels={"background": 0, "liver": 1, "tumour": 2})
+    assert unsided(images, flip_tta=True).masks[0].shape == (40, 50)
+
+
+def test_pipeline_refuses_more_structures_than_codes():
+    pipe = tiny_pipeline()
+    many = {"background": 0, **{f"s{i}": i for i in range(1, 9)}}
+    with pytest.raises(ValueError, match="1 to 7 structures"):
+        LeafSegPipeline(pipe.autoencoder, pipe.image_encoder, pipe.unet, pipe.scheduler, labels=many)
+
+
+# ---------------------------------------------------------------------------- real data: train, evaluate, predict
+CXR = "data/cxr-structures"
+
+
+def _small_cxr(tmp_path, n=8, size=96):
+    """The first n cxr-structures pairs at size x size (label maps resized class by class), with their table."""
+    root = require_shared(CXR + "/labels.json", "weights/taef2") / CXR
+    out = tmp_path / "cxr"
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True)
+    for path in sorted((root / "masks").glob("*.png"))[:n]:
+        image = Image.open(root / "images" / path.name).convert("RGB").resize((size, size), Image.BILINEAR)
+        image.save(out / "images" / path.name)
+        Image.fromarray(D.resize_labels(np.asarray(Image.open(path)), size)).save(out / "masks" / path.name)
+    (out / "labels.json").write_text((root / "labels.json").read_text())
+    return out
+
+
+@pytest.mark.slow
+def test_cxr_training_evaluate_predict_write_label_maps(tmp_path):
+    from leafseg.config import load_config
+    from leafseg.evaluation.evaluate import evaluate
+    from leafseg.prediction import predict
+    from leafseg.training import train
+
+    data = _small_cxr(tmp_path)
+    taef2 = require_shared("weights/taef2") / "weights" / "taef2"
+    stems = sorted(p.stem for p in (data / "images").iterdir())
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": stems[:6], "val": stems[6:7], "test": stems[7:]}))
+    cfg = load_config("cpu-small", [f"run.output_dir={tmp_path / 'run'}", f"data.root={data}",
+                                    f"data.split_file={split}", f"autoencoder.path={taef2}", "data.resolution=64",
+                                    "data.hflip=false",
+                                    "train.max_steps=6", "train.val_every=3", "train.checkpoint_every=6",
+                                    "train.log_every=3", "train.warmup_steps=2", "run.device=cpu"])
+    result = train(cfg)
+    model = result.run_dir / "model-best"
+    pipe = LeafSegPipeline.from_pretrained(model, local_files_only=True)
+    table = json.loads((data / "labels.json").read_text())
+    assert pipe.label_table.to_dict() == {name: int(v) for v, name in table.items()}
+    summary = evaluate(str(model), str(data), "test", str(split), str(tmp_path / "eval"))["summary"]
+    assert set(summary["metrics"]["classes"]) == {"right lung", "left lung", "cardiomediastinum", "airways"}
+    assert summary["metrics"]["paper_compatible"] is None
+    assert 0 <= summary["metrics"]["mean_foreground"]["dice"]["mean"] <= 1
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "| right lung |" in report and "mean over structures" in report
+    assert "dice_left lung" in (tmp_path / "eval" / "per_image.csv").read_text().splitlines()[0]
+    predict(str(model), str(data / "images" / f"{stems[7]}.png"), str(tmp_path / "pred"))
+    written = np.asarray(Image.open(tmp_path / "pred" / f"{stems[7]}_mask.png"))
+    assert set(np.unique(written)) <= {0, 1, 2, 3, 4}
+    again = pipe([np.asarray(Image.open(data / "images" / f"{stems[7]}.png"))]).masks[0]
+    assert np.array_equal(written, pipe.label_table.values_of(again))  # written and read back equal
+
+
+@pytest.mark.slow
+def test_cxr_basicunet_peer_trains_on_label_maps(tmp_path):
+    from leafseg.config import load_config
+    from leafseg.evaluation.evaluate import evaluate
+    from leafseg.pipelines import load_pipeline
+    from leafseg.training import train
+
+    data = _small_cxr(tmp_path, n=6, size=64)
+    stems = sorted(p.stem for p in (data / "images").iterdir())
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": stems[:4], "val": stems[4:5], "test": stems[5:]}))
+    cfg = load_config("cpu", [f"run.output_dir={tmp_path / 'run'}", f"data.root={data}", "method=basicunet",
+                              f"data.split_file={split}", "data.resolution=64", "train.max_steps=4",
+                              "train.val_every=2", "train.checkpoint_every=4", "train.log_every=2",
+                              "train.warmup_steps=1", "train.time_budget_min=null", "run.device=cpu",
+                              "peers.basicunet.features=[8,8,16,16,32,8]"])
+    result = train(cfg)
+    pipe = load_pipeline(result.run_dir / "model-best")
+    assert pipe.label_table.num_classes == 4
+    out = pipe([np.asarray(Image.open(data / "images" / f"{stems[5]}.png"))])
+    assert out.masks[0].dtype == np.uint8 and out.probabilities[0].shape == (5, 64, 64)
+    summary = evaluate(str(result.run_dir / "model-best"), str(data), "test", str(split), str(tmp_path / "e"))
+    assert "airways" in summary["summary"]["metrics"]["classes"]
