@@ -230,3 +230,35 @@ def test_cxr_basicunet_peer_trains_on_label_maps(tmp_path):
     assert out.masks[0].dtype == np.uint8 and out.probabilities[0].shape == (5, 64, 64)
     summary = evaluate(str(result.run_dir / "model-best"), str(data), "test", str(split), str(tmp_path / "e"))
     assert "airways" in summary["summary"]["metrics"]["classes"]
+
+
+def test_onnx_export_refuses_a_multi_class_model(tmp_path):
+    from leafseg.pipelines.onnx import export_onnx
+
+    pipe = tiny_pipeline()
+    multi = LeafSegPipeline(pipe.autoencoder, pipe.image_encoder, pipe.unet, pipe.scheduler, labels=TABLE)
+    with pytest.raises(ValueError, match="segments several structures; ONNX export covers one-structure"):
+        export_onnx(multi, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_score_reads_label_maps_by_the_table_above_the_masks(tmp_path):
+    from leafseg.evaluation.compare import read_per_image
+    from leafseg.evaluation.score import score
+
+    (tmp_path / "data" / "masks").mkdir(parents=True)
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "data" / "labels.json").write_text(json.dumps(TABLE))
+    gt = np.array([[0, 1, 1, 0], [2, 2, 0, 3]], np.uint8)
+    pred = np.array([[0, 1, 0, 0], [2, 2, 2, 3]], np.uint8)
+    Image.fromarray(gt).save(tmp_path / "data" / "masks" / "c1.png")
+    Image.fromarray(pred).save(tmp_path / "pred" / "c1_mask.png")
+    summary = score(tmp_path / "pred", tmp_path / "data" / "masks", tmp_path / "out")["summary"]
+    classes = summary["metrics"]["classes"]
+    assert classes["right lung"]["dice"]["mean"] == pytest.approx(2 / 3)
+    assert classes["left lung"]["dice"]["mean"] == pytest.approx(0.8)
+    assert classes["heart"]["dice"]["mean"] == pytest.approx(1.0)
+    assert read_per_image(tmp_path / "out", "dice_left lung") == {"c1": pytest.approx(0.8)}
+    Image.fromarray(np.array([[0, 9]], np.uint8)).save(tmp_path / "pred" / "c1_mask.png")
+    with pytest.raises(ValueError, match=r"c1_mask\.png: mask value\(s\) \[9\] not in the label table"):
+        score(tmp_path / "pred", tmp_path / "data" / "masks", tmp_path / "out2")

@@ -57,10 +57,27 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _print_class_scores(result: dict) -> None:
+    """A multi-class evaluation or score: each structure's Dice with its CI, then their mean."""
+    summary = result["summary"]
+    m = summary["metrics"]
+    print(f"{summary['n_images']} images, {len(m['classes'])} structures (per-image metrics at each image's size; "
+          f"{m['units']}):")
+    for name, c in m["classes"].items():
+        print(f"  {name}: Dice {c['dice']['mean']:.4f} [95% CI {c['dice']['ci_low']:.4f}, {c['dice']['ci_high']:.4f}]"
+              f", IoU {c['iou']['mean']:.4f}, HD95 {c['hd95']['mean']:.2f} ({c['dice']['n_valid']} scored)")
+    fg = m["mean_foreground"]["dice"]
+    print(f"  mean over structures: Dice {fg['mean']:.4f} [95% CI {fg['ci_low']:.4f}, {fg['ci_high']:.4f}]")
+    print(f"results in {result['output']} (report.md, per_image.csv, summary.json)")
+
+
 def _print_scores(result: dict) -> None:
     """What evaluate and score print: the headline metrics with CIs, subgroups, frames without an object, files."""
     summary = result["summary"]
     m = summary["metrics"]
+    if "classes" in m:  # several structures
+        _print_class_scores(result)
+        return
     print(f"{summary['n_images']} images: Dice {m['dice']['mean']:.4f} [95% CI {m['dice']['ci_low']:.4f}, "
           f"{m['dice']['ci_high']:.4f}], IoU {m['iou']['mean']:.4f}, HD95 {m['hd95']['mean']:.2f} "
           f"(per-image foreground means at each image's size; {m['units']})")
@@ -107,7 +124,7 @@ def cmd_score(args) -> int:
     from .evaluation.score import score
 
     result = score(args.pred, args.gt, args.output, args.images, tuple(args.spacing) if args.spacing else None,
-                   args.groups, args.worst, args.missing_as_empty, args.overwrite, args.overlay_size)
+                   args.groups, args.worst, args.missing_as_empty, args.overwrite, args.overlay_size, args.labels)
     _print_scores(result)
     return 0
 
@@ -328,6 +345,9 @@ def _add_score(sub) -> None:
     p.add_argument("--missing-as-empty", action="store_true",
                    help="score a ground truth without a prediction as an empty mask (default: an error)")
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder leafseg wrote first")
+    p.add_argument("--labels", default=None, metavar="JSON",
+                   help="label table of multi-class masks (labels.json or nnU-Net dataset.json; default: one in the "
+                   "ground-truth folder or above it): metrics per structure")
     _add_overlay_size(p)
 
 

@@ -139,6 +139,9 @@ def export_onnx(pipe, output: str | Path, opset: int = 17, source: str | None = 
     """Write the ONNX graphs of a loaded pipeline (CPU, float32) and their manifest into ``output``."""
     from .leaf import LeafSegPipeline
 
+    if pipe.config.get("labels"):  # the ONNX runner reads one foreground probability
+        raise ValueError(f"{source or 'this model'}: segments several structures; ONNX export covers one-structure "
+                         "models so far (predict and serve the saved model folder instead)")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     pipe = pipe.to("cpu", torch.float32)
