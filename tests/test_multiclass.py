@@ -259,6 +259,12 @@ def test_score_reads_label_maps_by_the_table_above_the_masks(tmp_path):
     assert classes["left lung"]["dice"]["mean"] == pytest.approx(0.8)
     assert classes["heart"]["dice"]["mean"] == pytest.approx(1.0)
     assert read_per_image(tmp_path / "out", "dice_left lung") == {"c1": pytest.approx(0.8)}
+    from leafseg.evaluation.compare import compare
+
+    paired = compare(tmp_path / "out", tmp_path / "out", "dice_left lung", n_bootstrap=50)
+    assert paired["mean_a"] == pytest.approx(0.8) and paired["difference"] == 0
+    with pytest.raises(ValueError, match="dice_<structure>"):
+        compare(tmp_path / "out", tmp_path / "out", "volume_left lung")
     Image.fromarray(np.array([[0, 9]], np.uint8)).save(tmp_path / "pred" / "c1_mask.png")
     with pytest.raises(ValueError, match=r"c1_mask\.png: mask value\(s\) \[9\] not in the label table"):
         score(tmp_path / "pred", tmp_path / "data" / "masks", tmp_path / "out2")

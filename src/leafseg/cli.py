@@ -358,8 +358,9 @@ def _add_compare(sub) -> None:
     p.add_argument("a", help="evaluation A: a folder written by `leafseg evaluate` / `leafseg score`, or its "
                              "per_image.csv")
     p.add_argument("b", help="evaluation B, of the same images")
-    p.add_argument("--metric", default="dice", choices=["dice", "iou", "precision", "recall", "specificity",
-                                                        "hd95", "assd"], help="per-image metric to compare")
+    p.add_argument("--metric", default="dice",
+                   help="per-image metric to compare: dice, iou, precision, recall, specificity, hd95, assd; for "
+                   "multi-class evaluations also dice_<structure>, iou_<structure>, hd95_<structure>")
     p.add_argument("--n-bootstrap", type=int, default=10000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (the same seed, the same CI)")
     p.add_argument("--output", default=None, help="also write the numbers to this JSON file")

@@ -87,9 +87,11 @@ def compare(a: str | Path, b: str | Path, metric: str = "dice", n_bootstrap: int
     Returns :func:`compare_values`' numbers plus the metric, both paths and, where the folders' ``summary.json`` say
     it, whether both scored the same data and split (``same_data``: a pairing of two datasets' images that happen to
     share names would be meaningless)."""
-    if metric not in HIGHER_IS_BETTER:
-        raise ValueError(f"metric {metric!r}: choose one of {sorted(HIGHER_IS_BETTER)}")
-    out = compare_values(read_per_image(a, metric), read_per_image(b, metric), HIGHER_IS_BETTER[metric],
+    base = metric.split("_", 1)[0] if metric.startswith(("dice_", "iou_", "hd95_")) else metric
+    if base not in HIGHER_IS_BETTER:  # dice_<structure> etc.: one structure of a multi-class evaluation
+        raise ValueError(f"metric {metric!r}: choose one of {sorted(HIGHER_IS_BETTER)}, or for a multi-class "
+                         "evaluation dice_<structure>, iou_<structure> or hd95_<structure>")
+    out = compare_values(read_per_image(a, metric), read_per_image(b, metric), HIGHER_IS_BETTER[base],
                          n_bootstrap, seed, ci)
     scored_a, scored_b = _what_was_scored(a), _what_was_scored(b)
     same = None  # unknown: a bare CSV, or an `evaluate` folder against a `score` folder (a data root and split
