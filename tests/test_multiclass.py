@@ -1,4 +1,4 @@
-"""Several structures in one model: label maps read and written, the class codes through the mask latent, per-class
+"""Several structures in one model: label maps read and written, one mask latent per structure, per-class
 metrics against hand-computed values, the pipeline's label maps, and a short real training on cxr-structures with
 evaluate and predict after it."""
 
@@ -12,43 +12,50 @@ from PIL import Image
 
 from leafseg import data as D
 from leafseg.metrics import MultiClassMetrics, class_dice, mean_class_dice
-from leafseg.models.class_codes import MAX_CLASSES, class_codes, class_probabilities, colour_masks
+from leafseg.models.class_latents import class_masks, class_probabilities, split_groups
 from leafseg.pipelines import LeafSegPipeline
 
 from conftest import require_shared
-from tiny import tiny_pipeline
+from tiny import TINY_UNET, tiny_autoencoder, tiny_pipeline
 
 TABLE = {"background": 0, "right lung": 1, "left lung": 2, "heart": 3}
 
 
-# ------------------------------------------------------------------------------------------------ class codes
-def test_binary_code_is_leafs_white_mask():
-    assert class_codes(1).tolist() == [[0, 0, 0], [1, 1, 1]]
+# --------------------------------------------------------------------------------------------- class latents
+def test_class_masks_of_one_structure_are_leafs_mask():
     mask = torch.tensor([[[0, 1], [1, 0]]], dtype=torch.bool)
-    assert torch.equal(colour_masks(mask, 1), mask[:, None].expand(-1, 3, -1, -1).float())
+    assert torch.equal(class_masks(mask, 1), mask[:, None].expand(-1, 3, -1, -1).float())
+    labels = torch.tensor([[[0, 1], [2, 3]]])
+    stacked = class_masks(labels, 3)
+    assert stacked.shape == (1, 9, 2, 2)
+    for k in (1, 2, 3):
+        assert torch.equal(stacked[0, 3 * (k - 1):3 * k], (labels[0] == k).float().expand(3, -1, -1))
 
 
-def test_codes_are_distinct_corners_and_read_back():
-    for k in range(1, MAX_CLASSES + 1):
-        codes = class_codes(k)
-        assert len({tuple(c) for c in codes.tolist()}) == k + 1
+def test_class_probabilities_hand_values():
+    # one structure: the foreground probability is the soft mask itself (LEAF's reading)
+    soft = torch.tensor([0.1, 0.5, 0.9]).view(1, 1, 1, 3)
+    p = class_probabilities(soft)
+    assert torch.allclose(p[:, 1], soft[:, 0], atol=1e-6)
+    # two structures at 0.8 and 0.4: background 0.2*0.6, class 1 0.8*0.6, class 2 0.2*0.4, normalised
+    p = class_probabilities(torch.tensor([0.8, 0.4]).view(1, 2, 1, 1))[0, :, 0, 0]
+    raw = torch.tensor([0.12, 0.48, 0.08])
+    assert torch.allclose(p, raw / raw.sum(), atol=1e-5)
     labels = torch.randint(0, 5, (2, 6, 7))
-    colours = colour_masks(labels, 4)
-    probs = class_probabilities(colours, 4)
-    assert probs.shape == (2, 5, 6, 7)
-    assert torch.allclose(probs.sum(1), torch.ones(2, 6, 7))
-    assert torch.equal(probs.argmax(1), labels)
-    with pytest.raises(ValueError, match="1 to 7 structures"):
-        class_codes(8)
+    exact = class_masks(labels, 4)[:, ::3]  # (B, K, H, W) hard masks
+    assert torch.equal(class_probabilities(exact).argmax(1), labels)
 
 
-def test_class_probability_of_a_blurred_pixel():
-    # halfway between class 1 (white) and background (black): equally likely, the lower index wins the tie
-    grey = torch.full((1, 3, 1, 1), 0.5)
-    p = class_probabilities(grey, 2)
-    assert torch.allclose(p[0, :, 0, 0], torch.full((3,), 1 / 3), atol=1e-6)
-    # (1, 1, 0.1): class 2's code (1, 1, 0) is nearest
-    assert class_probabilities(torch.tensor([1.0, 1.0, 0.1]).view(1, 3, 1, 1), 2).argmax(1).item() == 2
+def test_channel_groups_encode_and_decode_each_structure_alone():
+    from leafseg.training.caches import MaskLatents
+
+    ae = tiny_autoencoder()
+    labels = torch.randint(0, 3, (2, 32, 32))
+    grouped = MaskLatents(ae, 0.5, groups=2)(class_masks(labels, 2))
+    assert grouped.shape == (2, 8, 4, 4)
+    one = MaskLatents(ae, 0.5)((labels == 2).float()[:, None].expand(-1, 3, -1, -1).contiguous())
+    assert torch.allclose(grouped[:, 4:], one, atol=1e-5)
+    assert split_groups(grouped, 2).shape == (4, 4, 4, 4)
 
 
 # ------------------------------------------------------------------------------------------------- label maps
@@ -124,10 +131,19 @@ def test_class_metrics_against_hand_computed_values():
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
-def test_pipeline_returns_label_maps_and_saves_its_table(tmp_path):
+def _multi(labels=TABLE):
+    from leafseg.models.denoiser import build_unet
+
     pipe = tiny_pipeline()
-    multi = LeafSegPipeline(pipe.autoencoder, pipe.image_encoder, pipe.unet, pipe.scheduler, labels=TABLE)
-    assert multi.num_classes == 3 and pipe.num_classes == 1
+    torch.manual_seed(3)
+    unet = build_unet(latent_channels=4, sample_size=4, mask_groups=len(labels) - 1, **TINY_UNET).eval()
+    return LeafSegPipeline(pipe.autoencoder, pipe.image_encoder, unet, pipe.scheduler, labels=labels)
+
+
+def test_pipeline_returns_label_maps_and_saves_its_table(tmp_path):
+    multi = _multi()
+    assert multi.num_classes == 3 and tiny_pipeline().num_classes == 1
+    assert multi.unet.config.in_channels == 4 + 3 * 4 and multi.unet.config.out_channels == 3 * 4
     images = [np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)]
     out = multi(images, ensemble_size=2)
     assert out.masks[0].shape == (40, 50) and out.masks[0].dtype == np.uint8 and out.masks[0].max() <= 3
@@ -141,16 +157,14 @@ def test_pipeline_returns_label_maps_and_saves_its_table(tmp_path):
     assert np.array_equal(again(images, ensemble_size=2).masks[0], out.masks[0])
     with pytest.raises(ValueError, match=r"flip_tta mirrors the image, but \['right lung', 'left lung'\]"):
         multi(images, flip_tta=True)
-    unsided = LeafSegPipeline(pipe.autoencoder, pipe.image_encoder, pipe.unet, pipe.scheduler,
-                              labels={"background": 0, "liver": 1, "tumour": 2})
+    unsided = _multi({"background": 0, "liver": 1, "tumour": 2})
     assert unsided(images, flip_tta=True).masks[0].shape == (40, 50)
 
 
-def test_pipeline_refuses_more_structures_than_codes():
+def test_pipeline_refuses_a_table_its_unet_cannot_predict():
     pipe = tiny_pipeline()
-    many = {"background": 0, **{f"s{i}": i for i in range(1, 9)}}
-    with pytest.raises(ValueError, match="1 to 7 structures"):
-        LeafSegPipeline(pipe.autoencoder, pipe.image_encoder, pipe.unet, pipe.scheduler, labels=many)
+    with pytest.raises(ValueError, match="labels name 3 structures but the UNet predicts 4 channels, not 3 x 4"):
+        LeafSegPipeline(pipe.autoencoder, pipe.image_encoder, pipe.unet, pipe.scheduler, labels=TABLE)
 
 
 # ---------------------------------------------------------------------------- real data: train, evaluate, predict
@@ -235,10 +249,8 @@ def test_cxr_basicunet_peer_trains_on_label_maps(tmp_path):
 def test_onnx_export_refuses_a_multi_class_model(tmp_path):
     from leafseg.pipelines.onnx import export_onnx
 
-    pipe = tiny_pipeline()
-    multi = LeafSegPipeline(pipe.autoencoder, pipe.image_encoder, pipe.unet, pipe.scheduler, labels=TABLE)
     with pytest.raises(ValueError, match="segments several structures; ONNX export covers one-structure"):
-        export_onnx(multi, tmp_path / "onnx")
+        export_onnx(_multi(), tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
 
 

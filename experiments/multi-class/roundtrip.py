@@ -46,7 +46,7 @@ def main() -> None:
               "machine": platform.processor() or platform.machine(), "sizes": {}}
     for size in args.sizes:
         labels = np.stack([resize_labels(m, size) for m in masks])
-        lab = torch.from_numpy(labels)
+        lab = torch.from_numpy(labels).long()
         t0 = time.perf_counter()
         # A: one RGB image per mask, class c painted in its code's colour, in [-1, 1]
         rgb = codes[lab].permute(0, 3, 1, 2) * 2 - 1

@@ -21,14 +21,16 @@ from .ldm_unet import load_converted_unet
 
 def build_unet(latent_channels: int, sample_size: int, block_out_channels=(64, 128, 256), layers_per_block: int = 1,
                down_block_types=None, up_block_types=None, attention_head_dim: int = 8, norm_num_groups: int = 32,
-               dropout: float = 0.0, **extra) -> UNet2DModel:
-    """A fresh UNet with 2C input and C output channels. Block types default to resnet blocks with attention at
-    every level but the first, LDM-style (scale-shift norm, resnet up/down-sampling)."""
+               dropout: float = 0.0, mask_groups: int = 1, **extra) -> UNet2DModel:
+    """A fresh UNet with 2C input and C output channels (``mask_groups`` K structures: C + K x C in, K x C out).
+    Block types default to resnet blocks with attention at every level but the first, LDM-style (scale-shift norm,
+    resnet up/down-sampling)."""
     n = len(block_out_channels)
     down = list(down_block_types or ["DownBlock2D"] + ["AttnDownBlock2D"] * (n - 1))
     up = list(up_block_types or ["AttnUpBlock2D"] * (n - 1) + ["UpBlock2D"])
     return UNet2DModel(
-        sample_size=sample_size, in_channels=2 * latent_channels, out_channels=latent_channels,
+        sample_size=sample_size, in_channels=(1 + mask_groups) * latent_channels,
+        out_channels=mask_groups * latent_channels,
         block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
         down_block_types=tuple(down), up_block_types=tuple(up), attention_head_dim=attention_head_dim,
         norm_num_groups=norm_num_groups, dropout=dropout, **extra,

@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from ..diffusion import single_step_x0
 from ..models import autoencoder as ae_ops
 from ..data.labels import LabelTable
-from ..models.class_codes import class_codes, class_probabilities
+from ..models.class_latents import class_probabilities, split_groups
 from ..models.image_encoder import ImageEncoder
 from .flips import flipped_views, merge_views
 from .frame_decision import FrameDecision, stored_decision
@@ -48,8 +48,11 @@ class LeafSegPipeline(DiffusionPipeline):
         # how NIfTI/DICOM volumes were turned into 8-bit slices in training: predict does the same; the calibrated
         # frame-level decision (leafseg calibrate), if any; the label table of a multi-class model ({name: value})
         FrameDecision.from_config(frame_decision)
-        if labels is not None:
-            class_codes(LabelTable.from_dict(labels, "labels").num_classes)  # refuses what one latent cannot carry
+        if labels is not None:  # K structures: the UNet predicts K latents (leafseg.models.class_latents)
+            k, c = LabelTable.from_dict(labels, "labels").num_classes, ae_ops.latent_channels(autoencoder)
+            if unet.config.out_channels != k * c:
+                raise ValueError(f"labels name {k} structures but the UNet predicts {unet.config.out_channels} "
+                                 f"channels, not {k} x {c}")
         self.register_to_config(intensity=intensity, slice_axis=slice_axis, frame_decision=frame_decision,
                                 labels=labels)
 
@@ -93,16 +96,16 @@ class LeafSegPipeline(DiffusionPipeline):
         return ((decoded.float() + 1) / 2).mean(dim=1)
 
     @torch.no_grad()
-    def latents_to_colours(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> the decoded images (B, 3, R, R) in [0, 1]."""
-        ae_dtype = next(self.autoencoder.parameters()).dtype
-        decoded = ae_ops.decode(self.autoencoder, (latents / ae_ops.latent_scale(self.autoencoder)).to(ae_dtype))
-        return (decoded.float() + 1) / 2
+    def latents_to_class_masks(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents of K structures (B, K x C, h, w) -> their soft masks (B, K, R, R), each group decoded."""
+        b = latents.shape[0]
+        soft = self.latents_to_soft_masks(split_groups(latents, self.num_classes))
+        return soft.view(b, self.num_classes, *soft.shape[-2:])
 
     @torch.no_grad()
     def latents_to_labels(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> (B, R, R) uint8 class indices 0..K (the most probable class of each pixel)."""
-        return class_probabilities(self.latents_to_colours(latents), self.num_classes).argmax(1).to(torch.uint8)
+        return class_probabilities(self.latents_to_class_masks(latents)).argmax(1).to(torch.uint8)
 
     @torch.no_grad()
     def predict_latents(self, images: torch.Tensor, num_inference_steps: int = 1, ensemble_size: int = 1,
@@ -113,7 +116,8 @@ class LeafSegPipeline(DiffusionPipeline):
         device, dtype, f32 = self.unet.device, self.unet.dtype, torch.float32
         scale = ae_ops.latent_scale(self.autoencoder)
         zx = self.image_encoder(images.to(device, self.image_encoder.dtype)).to(f32) * scale
-        b, c, h, w = zx.shape
+        b, _, h, w = zx.shape
+        c = int(self.unet.config.out_channels)  # the mask latent: C channels, K x C for K structures
         noise = torch.stack([self._noise((c, h, w), seed + k, generator, device, f32) for k in range(ensemble_size)])
         z = noise[:, None].expand(ensemble_size, b, c, h, w).reshape(ensemble_size * b, c, h, w)
         cond = zx.repeat(ensemble_size, 1, 1, 1)
@@ -185,10 +189,9 @@ class LeafSegPipeline(DiffusionPipeline):
 
     def _segment_classes(self, images, sizes, num_inference_steps, ensemble_size, seed, generator, batch_size,
                          flip_tta, return_dict):
-        """Several structures: per member the decoded colours read as class probabilities
-        (:func:`~leafseg.models.class_codes.class_probabilities`), averaged over members (and flipped views); the
-        uncertainty is the members' per-pixel std of the decoded colours, averaged over the three channels."""
-        k = self.num_classes
+        """Several structures: per member each structure's soft mask, averaged over members (and flipped views),
+        read as class probabilities (:func:`~leafseg.models.class_latents.class_probabilities`); the uncertainty is
+        the members' per-pixel std of the soft masks, averaged over the structures."""
         if flip_tta:
             self.label_table.check_mirroring("flip_tta")
         probs, stds = [], []
@@ -198,13 +201,12 @@ class LeafSegPipeline(DiffusionPipeline):
                 chunk = flipped_views(chunk)
             latents = self.predict_latents(chunk, num_inference_steps, ensemble_size, seed, generator)
             e, b = latents.shape[:2]
-            colours = self.latents_to_colours(latents.flatten(0, 1))
-            colours = colours.view(e, b, *colours.shape[1:])
+            soft = self.latents_to_class_masks(latents.flatten(0, 1))
+            soft = soft.view(e, b, *soft.shape[1:])
             if flip_tta:  # merge_views wants the batch third from the end
-                colours = merge_views(colours.transpose(1, 2)).transpose(1, 2)
-            p = class_probabilities(colours.flatten(0, 1), k)
-            probs.append(p.view(e, -1, *p.shape[1:]).mean(0))
-            stds.append(colours.std(0, unbiased=False).mean(1))
+                soft = merge_views(soft.transpose(1, 2)).transpose(1, 2)
+            probs.append(class_probabilities(soft.mean(0)))
+            stds.append(soft.std(0, unbiased=False).mean(1))
         output = self.image_processor.postprocess_labels(torch.cat(probs),
                                                          torch.cat(stds) if ensemble_size > 1 else None, sizes)
         return output if return_dict else (output.masks, output.probabilities, output.uncertainty)

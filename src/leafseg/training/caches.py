@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .. import data as D
 from ..data.store import RowFile, RowWriter
 from ..models import autoencoder as ae_ops
+from ..models.class_latents import split_groups
 from . import run_log
 
 
@@ -63,14 +64,19 @@ CACHE_BACKENDS = ("torch", "onnx")
 
 
 class MaskLatents(torch.nn.Module):
-    """Masks in [0, 1] (B, 3, H, W) -> scaled mask latents z_0 (the x0 targets)."""
+    """Masks in [0, 1] (B, 3, H, W) -> scaled mask latents z_0 (the x0 targets); with ``groups`` K structures,
+    (B, 3K, H, W) (:func:`~leafseg.models.class_latents.class_masks`) -> (B, K x C, h, w), each encoded alone."""
 
-    def __init__(self, autoencoder: torch.nn.Module, scale: float):
+    def __init__(self, autoencoder: torch.nn.Module, scale: float, groups: int = 1):
         super().__init__()
-        self.autoencoder, self.scale = autoencoder, scale
+        self.autoencoder, self.scale, self.groups = autoencoder, scale, groups
 
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
-        return ae_ops.encode(self.autoencoder, masks * 2 - 1) * self.scale
+        if self.groups == 1:
+            return ae_ops.encode(self.autoencoder, masks * 2 - 1) * self.scale
+        b = masks.shape[0]
+        latents = ae_ops.encode(self.autoencoder, split_groups(masks, self.groups) * 2 - 1) * self.scale
+        return latents.reshape(b, -1, *latents.shape[2:])
 
 
 class TeacherFeatures(torch.nn.Module):

@@ -24,7 +24,7 @@ from ..diffusion import add_noise, make_scheduler, training_target
 from ..metrics import dice as dice_score, mean_class_dice
 from ..models import autoencoder as ae_ops
 from ..models.alignment import Projector, alignment_loss, feature_map_to_tokens
-from ..models.class_codes import colour_masks
+from ..models.class_latents import class_masks
 from ..models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, load_pretrained_unet,
                                set_unet_dropout)
 from ..models.image_encoder import ImageEncoder
@@ -46,8 +46,9 @@ def autoencoder_path(ac: DictConfig) -> Path | None:
     return path
 
 
-def build_components(cfg: DictConfig) -> dict:
-    """Autoencoder (frozen), image encoder (copy of its encoder), UNet (2C in), scheduler."""
+def build_components(cfg: DictConfig, num_classes: int = 1) -> dict:
+    """Autoencoder (frozen), image encoder (copy of its encoder), UNet (2C in; for K structures C + K x C in, K x C
+    out), scheduler."""
     ac = cfg.autoencoder
     ae = ae_ops.load_autoencoder(ac.kind, autoencoder_path(ac), to_container(ac)["config"], ac.scaling_factor)
     factor = ae_ops.downscale_factor(ae)
@@ -63,9 +64,12 @@ def build_components(cfg: DictConfig) -> dict:
     uc = to_container(cfg.unet)
     pretrained = uc.pop("pretrained")
     if pretrained:
+        if num_classes > 1:
+            raise ValueError("unet.pretrained: a pretrained LDM UNet predicts one mask latent; train a multi-class "
+                             "model from a fresh UNet (unet.pretrained=null)")
         unet = set_unet_dropout(load_pretrained_unet(pretrained, channels, sample_size=latent_size), uc["dropout"])
     else:
-        unet = build_unet(channels, latent_size, **uc)
+        unet = build_unet(channels, latent_size, mask_groups=num_classes, **uc)
     scheduler = make_scheduler(**to_container(cfg.diffusion))
     return {"autoencoder": ae, "image_encoder": image_encoder, "unet": unet, "scheduler": scheduler}
 
@@ -133,7 +137,7 @@ class LeafMethod:
     def build(self, trainer: Trainer) -> torch.nn.Module:
         cfg, ac, device = self.cfg, self.cfg.align, trainer.device
         self.trainer = trainer
-        self.components = build_components(cfg)
+        self.components = build_components(cfg, trainer.data.num_classes)
         self.autoencoder = self.components["autoencoder"].to(device)
         scale = ae_ops.latent_scale(self.autoencoder)
         unet: UNet2DModel = self.components["unet"]
@@ -155,13 +159,14 @@ class LeafMethod:
         instead (:meth:`losses`), by the same backend (``run.cache_backend``) as the cache."""
         cfg, ac, trainer = self.cfg, self.cfg.align, self.trainer
         store, codes, device = trainer.data.train, trainer.codes, trainer.device
-        self.mask_latents = MaskLatents(self.autoencoder, scale)
+        self.mask_latents = MaskLatents(self.autoencoder, scale, self.num_classes)
         self.z0_cache = self.tokens_cache = None
         self.backend = cache_backend(str(cfg.run.cache_backend), device,
                                      say=None if trainer.accelerator.is_main_process else lambda _: None)  # once
         # ONNX Runtime for a float32 teacher only (paper.yaml's bf16 teacher stays with torch)
         self.teacher_backend = self.backend if ac.teacher_dtype == "float32" else "torch"
-        self.example = torch.zeros(1, 3, store.resolution, store.resolution)
+        self.example = torch.zeros(1, 3, store.resolution, store.resolution)  # the teacher's input
+        self.mask_example = torch.zeros(1, 3 * self.num_classes, store.resolution, store.resolution)
         self._functions = {}
         if cfg.run.frozen_targets == "on_the_fly" or trainer.augmentation.has_geometric:
             for name in ("latents", "teacher") if self.teacher is not None else ("latents",):
@@ -175,8 +180,8 @@ class LeafMethod:
 
         def read_masks(a: int, b: int) -> torch.Tensor:
             masks = torch.from_numpy(store.masks.read_range(a, b))
-            if self.num_classes > 1:  # each structure in its colour (leafseg.models.class_codes)
-                return (colour_masks(masks, self.num_classes) * 255).to(torch.uint8)
+            if self.num_classes > 1:  # each structure's mask apart (leafseg.models.class_latents)
+                return (class_masks(masks, self.num_classes) * 255).to(torch.uint8)
             return masks[:, None].expand(-1, 3, -1, -1) * 255
 
         def read_images(a: int, b: int) -> torch.Tensor:
@@ -216,13 +221,13 @@ class LeafMethod:
         by ``run.cache_backend``, exported on first use: the cache and the per-batch targets of augmented samples
         come from this one function (ONNX Runtime: 1.5x faster than eager torch on 2 Zen 4 cores)."""
         if name not in self._functions:
-            module, backend = ((self.mask_latents, self.backend) if name == "latents" else
-                               (TeacherFeatures(self.teacher), self.teacher_backend))
-            self._functions[name] = frozen_function(module, self.example, backend)
+            module, backend, example = ((self.mask_latents, self.backend, self.mask_example) if name == "latents" else
+                                        (TeacherFeatures(self.teacher), self.teacher_backend, self.example))
+            self._functions[name] = frozen_function(module, example, backend)
         return self._functions[name]
 
     def frozen_mask_latents(self, masks: torch.Tensor) -> torch.Tensor:
-        """Masks in [0, 1] (B, 3, H, W) -> scaled mask latents, as cached."""
+        """Masks in [0, 1] (B, 3, H, W), or (B, 3K, H, W) for K structures -> scaled mask latents, as cached."""
         return self._frozen("latents")(masks)
 
     def frozen_teacher_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -284,7 +289,7 @@ class LeafMethod:
         fresh = batch.changed if z0 is not None else torch.ones(len(batch.indices), dtype=torch.bool)
         if fresh.any():  # augmented masks (or no cache): encoded by the frozen mask autoencoder, as the cache would be
             with torch.no_grad():
-                masks = (colour_masks(batch.masks[fresh], self.num_classes) if self.num_classes > 1 else
+                masks = (class_masks(batch.masks[fresh], self.num_classes) if self.num_classes > 1 else
                          batch.masks[fresh][:, None].expand(-1, 3, -1, -1)).to(device).float()
                 latents = self.frozen_mask_latents(masks.contiguous(memory_format=torch.channels_last)).float().cpu()
             if z0 is None:
