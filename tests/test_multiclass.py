@@ -280,3 +280,23 @@ def test_score_reads_label_maps_by_the_table_above_the_masks(tmp_path):
     Image.fromarray(np.array([[0, 9]], np.uint8)).save(tmp_path / "pred" / "c1_mask.png")
     with pytest.raises(ValueError, match=r"c1_mask\.png: mask value\(s\) \[9\] not in the label table"):
         score(tmp_path / "pred", tmp_path / "data" / "masks", tmp_path / "out2")
+
+
+def test_serve_and_predict_draw_a_legend_for_label_maps(tmp_path):
+    pytest.importorskip("matplotlib")
+    from leafseg.app import views
+    from leafseg.prediction import Segmentation, overlay_file_array
+
+    table = D.LabelTable.from_dict(TABLE)
+    image = np.zeros((60, 80, 3), np.uint8)
+    labels = np.zeros((60, 80), np.uint8)
+    labels[10:30, 10:30], labels[10:30, 40:60], labels[40:55, 20:60] = 1, 2, 3
+    drawn = overlay_file_array(image, labels, table)
+    assert drawn.shape[1] == 80 and drawn.shape[0] > 60  # the legend strip below
+    assert tuple(drawn[20, 20]) != tuple(drawn[20, 50])  # two structures, two colours
+    probs = np.stack([labels == k for k in range(4)]).astype(np.float32)
+    seg = Segmentation([image], [labels], [probs], None, labels=table)
+    picture, probability, uncertainty = views(seg, 0)
+    assert picture.shape[0] > 60 and probability.ndim == 3 and uncertainty is None
+    path = seg.write_mask(tmp_path / "case")
+    assert np.array_equal(np.asarray(Image.open(path)), table.values_of(labels))
