@@ -127,8 +127,9 @@ STORE_FORMAT = 1  # samples.json's layout; a store of another format is rebuilt
 
 class SampleStore:
     """The samples of one split at one resolution: ``images`` (3, R, R) and ``masks`` (R, R) uint8 row files
-    (masks 0/1), ``names`` (``stem``, or ``stem/k`` for slice k of a volume), each mask's ``foreground`` pixel
-    count at that resolution, and how many samples each source file gave (``samples_per_pair``)."""
+    (masks 0/1, or class indices of label maps), ``names`` (``stem``, or ``stem/k`` for slice k of a volume), each
+    mask's ``foreground`` pixel count at that resolution, and how many samples each source file gave
+    (``samples_per_pair``)."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -207,7 +208,7 @@ def build_sample_store(pairs: list, resolution: int, folder: str | os.PathLike, 
                 for name, image, mask in samples:
                     small = resize_mask(mask, resolution)
                     names.append(name)
-                    foreground.append(int(small.sum()))
+                    foreground.append(int(np.count_nonzero(small)))  # label maps: every structure
                     images.write(resize_image(image, resolution).transpose(2, 0, 1)[None])
                     masks.write(small[None].astype(np.uint8))
         if not names:
