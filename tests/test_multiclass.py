@@ -154,6 +154,10 @@ def test_pipeline_returns_label_maps_and_saves_its_table(tmp_path):
     multi.save_pretrained(tmp_path / "m")
     again = LeafSegPipeline.from_pretrained(tmp_path / "m", local_files_only=True)
     assert again.label_table.to_dict() == TABLE
+    from leafseg.evaluation.calibrate import calibrate_model
+
+    with pytest.raises(ValueError, match="segments several structures; the frame-level decision"):
+        calibrate_model(tmp_path / "m", [], [])
     assert np.array_equal(again(images, ensemble_size=2).masks[0], out.masks[0])
     with pytest.raises(ValueError, match=r"flip_tta mirrors the image, but \['right lung', 'left lung'\]"):
         multi(images, flip_tta=True)

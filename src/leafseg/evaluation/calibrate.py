@@ -57,6 +57,9 @@ def calibrate_model(model: str | Path, positives: list[str], negatives: list[str
     config_file = model / ("leafseg_onnx.json" if (model / "leafseg_onnx.json").is_file() else "model_index.json")
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: not a saved leafseg model folder")
+    if json.loads(config_file.read_text()).get("labels"):
+        raise ValueError(f"{model}: segments several structures; the frame-level decision is for one-structure "
+                         "models (a frame with or without the object)")
     digest = model_digest(model)
     pos_scores = {k: [] for k in FRAME_SCORES}
     neg_scores = {k: [] for k in FRAME_SCORES}
