@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +35,16 @@ DEMO_AUTOENCODER = {
 
 
 # ------------------------------------------------------------------------------------------- synthetic data
+
+
+def _command() -> str:
+    """How to call leafseg as printed: the environment's own script when it is not on the PATH (``make demo`` runs
+    ``.venv/bin/leafseg`` without activating the environment)."""
+    import shutil
+
+    script = Path(sys.executable).parent / "leafseg"
+    on_path = shutil.which("leafseg")
+    return "leafseg" if on_path and Path(on_path).resolve() == script.resolve() else str(script)
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
     field = gaussian_filter(rng.standard_normal((size, size)), sigma)
@@ -184,9 +195,9 @@ def run_demo(output: str | Path = "leafseg-demo", minutes: float | None = None, 
     logger.info(f"[4/4] test split ({ev['summary']['n_images']} images): Dice {m['dice']['mean']:.4f}, "
           f"IoU {m['iou']['mean']:.4f} (mean per-image foreground)")
     logger.info(f"figures:  {ev['output'] / 'grid.png'}, worst_cases.png, overlays/ "
-          "(image | ground truth | prediction | uncertainty)")
+          "(image | ground truth | prediction)")
     logger.info(f"metrics:  {ev['output'] / 'summary.json'} and per_image.csv")
-    logger.info(f"model:    {run_dir / BEST} (try: leafseg predict --model {run_dir / BEST} --input IMAGE "
+    logger.info(f"model:    {run_dir / BEST} (try: {_command()} predict --model {run_dir / BEST} --input IMAGE "
                 "--output DIR)")
     logger.info(f"demo wall time {wall / 60:.1f} min")
     return {"dice": m["dice"]["mean"], "iou": m["iou"]["mean"], "wall_s": wall, "output": out}
