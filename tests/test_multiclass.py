@@ -304,3 +304,21 @@ def test_serve_and_predict_draw_a_legend_for_label_maps(tmp_path):
     assert picture.shape[0] > 60 and probability.ndim == 3 and uncertainty is None
     path = seg.write_mask(tmp_path / "case")
     assert np.array_equal(np.asarray(Image.open(path)), table.values_of(labels))
+
+
+def test_sample_store_keeps_class_indices(tmp_path):
+    from leafseg.data.store import SampleStore, build_sample_store
+
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    labels = np.zeros((32, 32), np.uint8)
+    labels[2:12, 2:12], labels[16:30, 4:20], labels[4:10, 20:30] = 1, 2, 3
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "d" / "images" / "a.png")
+    Image.fromarray(labels).save(tmp_path / "d" / "masks" / "a.png")
+    (tmp_path / "d" / "labels.json").write_text(json.dumps(TABLE))
+    store = build_sample_store(D.find_dataset(tmp_path / "d"), 32, tmp_path / "store")
+    assert store.foreground == [int(np.count_nonzero(labels))]
+    _, masks = SampleStore(tmp_path / "store").read([0])
+    assert masks.dtype == np.uint8 and np.array_equal(masks[0], labels)  # what training and validation see
+    _, batch = next(store.batches(4))
+    assert np.array_equal(batch[0].numpy(), labels)

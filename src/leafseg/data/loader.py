@@ -96,7 +96,7 @@ class TrainBatch:
     codes: torch.Tensor
     view: torch.Tensor          # (B, 3, R, R) uint8
     images: torch.Tensor        # (B, 3, R, R) uint8
-    masks: torch.Tensor         # (B, R, R) bool
+    masks: torch.Tensor         # (B, R, R) bool, or uint8 class indices of label maps
     changed: torch.Tensor       # (B,) bool
     z0: torch.Tensor | None = None
     tokens: torch.Tensor | None = None

@@ -125,6 +125,12 @@ class RowWriter:
 STORE_FORMAT = 1  # samples.json's layout; a store of another format is rebuilt
 
 
+def _masks(rows: np.ndarray) -> np.ndarray:
+    """Stored masks as the training reads them: bool foreground, but class indices kept where a label map holds a
+    structure above 1 (a batch whose label maps hold structure 1 alone reads alike either way)."""
+    return rows if rows.size and rows.max() > 1 else rows.astype(bool)
+
+
 class SampleStore:
     """The samples of one split at one resolution: ``images`` (3, R, R) and ``masks`` (R, R) uint8 row files
     (masks 0/1, or class indices of label maps), ``names`` (``stem``, or ``stem/k`` for slice k of a volume), each
@@ -150,16 +156,18 @@ class SampleStore:
         return len(self.names)
 
     def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
-        """Images (B, 3, R, R) uint8 and masks (B, R, R) bool of samples ``indices``."""
-        return self.images.read(indices), self.masks.read(indices).astype(bool)
+        """Images (B, 3, R, R) uint8 and masks (B, R, R) of samples ``indices``: bool, or the uint8 class indices of
+        label maps."""
+        return self.images.read(indices), _masks(self.masks.read(indices))
 
     def batches(self, size: int):
-        """(images, masks) torch tensors of consecutive samples, ``size`` at a time (validation order)."""
+        """(images, masks) torch tensors of consecutive samples, ``size`` at a time (validation order); masks as
+        :meth:`read` gives them."""
         import torch
 
         for start in range(0, len(self), size):
             yield (torch.from_numpy(self.images.read_range(start, start + size)),
-                   torch.from_numpy(self.masks.read_range(start, start + size).astype(bool)))
+                   torch.from_numpy(_masks(self.masks.read_range(start, start + size))))
 
     def bytes(self) -> int:
         return (self.images.rows * self.images.row_bytes) + (self.masks.rows * self.masks.row_bytes)
