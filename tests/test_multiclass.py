@@ -322,3 +322,19 @@ def test_sample_store_keeps_class_indices(tmp_path):
     assert masks.dtype == np.uint8 and np.array_equal(masks[0], labels)  # what training and validation see
     _, batch = next(store.batches(4))
     assert np.array_equal(batch[0].numpy(), labels)
+
+
+def test_label_volume_written_with_the_tables_values(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from leafseg.prediction import Segmentation
+
+    table = D.LabelTable.from_dict({"background": 0, "liver": 1, "tumour": 7})
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 3), np.int16), affine), str(tmp_path / "ct.nii.gz"))
+    volume = D.read_volume(tmp_path / "ct.nii.gz")
+    planes = [np.full((6, 5), k % 3, np.uint8) for k in range(3)]  # class indices 0, 1, 2 slice by slice
+    seg = Segmentation([None] * 3, planes, [None] * 3, None, volume, 2, labels=table)
+    written = nib.load(str(seg.write_mask(tmp_path / "ct_mask")))
+    data = np.asarray(written.dataobj)
+    assert data.shape == (6, 5, 3) and [int(data[0, 0, k]) for k in range(3)] == [0, 1, 7]
+    assert np.allclose(written.affine, affine)
