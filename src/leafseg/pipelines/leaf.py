@@ -159,7 +159,9 @@ class LeafSegPipeline(DiffusionPipeline):
 
         Returns:
             A :class:`SegmentationPipelineOutput` with masks, probabilities and (for ensembles) uncertainty at each
-            input's own size.
+            input's own size. A multi-class model (``label_table``) returns label maps of class indices and (K + 1)
+            class probabilities, each pixel the most probable class: ``threshold`` and ``frame_decision`` are for
+            one structure and do not apply.
 
         Raises:
             ValueError, TypeError: an input of another shape, range or type (the message says what is accepted).
