@@ -277,8 +277,11 @@ def test_score_reads_label_maps_by_the_table_above_the_masks(tmp_path):
     assert read_per_image(tmp_path / "out", "dice_left lung") == {"c1": pytest.approx(0.8)}
     from leafseg.evaluation.compare import compare
 
+    from leafseg.evaluation.compare import compare_text
+
     paired = compare(tmp_path / "out", tmp_path / "out", "dice_left lung", n_bootstrap=50)
     assert paired["mean_a"] == pytest.approx(0.8) and paired["difference"] == 0
+    assert "dice_left lung over 1 images" in compare_text(paired)
     with pytest.raises(ValueError, match="dice_<structure>"):
         compare(tmp_path / "out", tmp_path / "out", "volume_left lung")
     Image.fromarray(np.array([[0, 9]], np.uint8)).save(tmp_path / "pred" / "c1_mask.png")

@@ -80,6 +80,11 @@ def compare_values(a: dict[str, float | None], b: dict[str, float | None], highe
             "undefined": sorted(k for k in a.keys() & b.keys() if a[k] is None or b[k] is None)}
 
 
+def base_metric(metric: str) -> str:
+    """``dice_<structure>`` (and iou_, hd95_) of a multi-class evaluation -> the metric it is."""
+    return metric.split("_", 1)[0] if metric.startswith(("dice_", "iou_", "hd95_")) else metric
+
+
 def compare(a: str | Path, b: str | Path, metric: str = "dice", n_bootstrap: int = 10000, seed: int = 0,
             ci: float = 0.95) -> dict:
     """Evaluation A against evaluation B (folders or ``per_image.csv`` files), paired by image name.
@@ -87,7 +92,7 @@ def compare(a: str | Path, b: str | Path, metric: str = "dice", n_bootstrap: int
     Returns :func:`compare_values`' numbers plus the metric, both paths and, where the folders' ``summary.json`` say
     it, whether both scored the same data and split (``same_data``: a pairing of two datasets' images that happen to
     share names would be meaningless)."""
-    base = metric.split("_", 1)[0] if metric.startswith(("dice_", "iou_", "hd95_")) else metric
+    base = base_metric(metric)
     if base not in HIGHER_IS_BETTER:  # dice_<structure> etc.: one structure of a multi-class evaluation
         raise ValueError(f"metric {metric!r}: choose one of {sorted(HIGHER_IS_BETTER)}, or for a multi-class "
                          "evaluation dice_<structure>, iou_<structure> or hd95_<structure>")
@@ -107,7 +112,7 @@ def compare(a: str | Path, b: str | Path, metric: str = "dice", n_bootstrap: int
 def compare_text(result: dict) -> str:
     """What ``leafseg compare`` prints: one paragraph a reader can quote."""
     m, pct = result["metric"], 100 * result["ci"]
-    scale, unit = (100, " points") if HIGHER_IS_BETTER[m] else (1, "")  # HD95 / ASSD: in their own units
+    scale, unit = (100, " points") if HIGHER_IS_BETTER[base_metric(m)] else (1, "")  # HD95 / ASSD: in their own units
     lines = [f"A: {result['a']}", f"B: {result['b']}",
              f"{m} over {result['n']} images scored by both: A {result['mean_a']:.4f}, B {result['mean_b']:.4f}; "
              f"A - B {scale * result['difference']:+.2f}{unit} [{pct:.0f}% paired bootstrap CI "
@@ -115,7 +120,7 @@ def compare_text(result: dict) -> str:
              f"A better on {result['a_better']} images, B better on {result['b_better']}, equal on "
              f"{result['equal']}"]
     lo, hi = result["ci_low"], result["ci_high"]
-    better = "A" if (lo > 0) == HIGHER_IS_BETTER[m] else "B"
+    better = "A" if (lo > 0) == HIGHER_IS_BETTER[base_metric(m)] else "B"
     lines.append(f"{better} is better on these images (the CI excludes 0)" if lo > 0 or hi < 0 else
                  "no difference shown on these images (the CI includes 0)")
     for key, what in (("only_in_a", "only in A"), ("only_in_b", "only in B"), ("undefined", f"{m} undefined")):
