@@ -1,6 +1,7 @@
 """``leafseg serve`` in a real browser: Debian's chromium, headless, driven by playwright. The mask downloaded from
 the page must equal ``leafseg predict``'s for the same file and options (a 2D image and a NIfTI volume), a broken
-file must show the CLI's message in the page, and the page must load nothing from outside the machine.
+file must show the CLI's message in the page, the page must say what the model finds, that it is for research use,
+and what its colours mean, and it must load nothing from outside the machine.
 
 Skipped with a reason where the app extra, playwright or chromium is absent (``.ci/run`` installs them; under
 CI=true a missing piece fails instead)."""
@@ -78,6 +79,12 @@ def test_the_page_mask_is_predicts_mask_and_nothing_comes_from_outside(app):
         got = download_mask(page, root / "from-page.png")
         page.locator("#overlay img").first.wait_for()
         assert page.locator("#summary").inner_text().startswith("frame.png (image): mask")
+        described = page.locator("#model-description").inner_text()  # what it finds, its data, its scores
+        assert "What it segments: one structure" in described and "Measured" in described
+        assert "Research use only: not for diagnosis" in described
+        assert "the predicted mask, tinted and outlined in orange-red" in page.locator("#overlay-legend").inner_text()
+        legend = page.locator("#legend").inner_text()
+        assert "how sure the model is" in legend and "how much the ensemble's masks disagree" in legend
     expected = np.asarray(Image.open(_predict(app, "frame.png", "predicted") / "frame_mask.png"))
     mask = np.asarray(Image.open(got))
     assert mask.shape == (40, 48) and 0 < (mask > 0).mean() < 1

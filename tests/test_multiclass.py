@@ -341,3 +341,12 @@ def test_label_volume_written_with_the_tables_values(tmp_path):
     data = np.asarray(written.dataobj)
     assert data.shape == (6, 5, 3) and [int(data[0, 0, k]) for k in range(3)] == [0, 1, 7]
     assert np.allclose(written.affine, affine)
+
+
+def test_the_served_page_names_each_structure():
+    from leafseg import app
+
+    multi = _multi()
+    assert "several structures: " + ", ".join(multi.label_table.foreground.values()) in app.model_description(
+        "no-such-model", multi)
+    assert "named in the strip under the picture" in app.overlay_legend(multi)

@@ -70,3 +70,41 @@ def test_views_draw_each_slice_with_colour_bars():
     assert probability.ndim == 3 and probability.shape[-1] == 3 and probability.shape[1] > probability.shape[0]
     assert uncertainty is not None and uncertainty.shape == probability.shape
     assert app.views(Segmentation(images[:1], masks[:1], probabilities[:1], None), 5)[2] is None
+
+
+def test_the_page_says_what_the_model_finds_its_data_its_scores_and_research_use(tmp_path):
+    import json
+
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from leafseg.evaluation.evaluate import model_digest
+    from tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(resolution=32)
+    model = tmp_path / "run" / "model-best"
+    pipe.save_pretrained(model)
+    bare = app.model_description(model, pipe)
+    assert "not recorded (no model card)" in bare and "no evaluation found" in bare
+    assert "Research use only: not for diagnosis" in bare
+
+    data = ModelCardData(datasets=["cvc-clinicdb"], model_name="leafseg-leaf", eval_results=[EvalResult(
+        task_type="image-segmentation", dataset_type="cvc-clinicdb", dataset_name="cvc-clinicdb", dataset_split="val",
+        metric_type="dice", metric_value=0.8525)])
+    ModelCard(f"---\n{data.to_yaml()}\n---\n# card\n").save(model / "README.md")
+    dice = {"mean": 0.8661, "ci_low": 0.83, "ci_high": 0.9}
+
+    def evaluation(name, digest, n, **metrics):
+        folder = model.parent / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({
+            "model": str(model), "checkpoint_sha256": digest, "data": f"/data/{name}", "split": "test",
+            "n_images": n, "metrics": {"dice": dice, **metrics}}))
+
+    evaluation("eval-cvc-test", model_digest(model), 122)
+    evaluation("eval-other-model", "0" * 64, 50)  # another model's: not this one's score
+    evaluation("eval-negatives", model_digest(model), 40, empty={"gt_empty": 40, "both_empty": 31})
+    text = app.model_description(model, pipe)
+    assert "**Trained on**: cvc-clinicdb." in text and "one structure" in text
+    assert "val Dice 0.853" in text and "eval-cvc-test test (122 images): Dice 0.866 [0.830, 0.900]" in text
+    assert "31 of 40 frames without it left empty" in text and "eval-other-model" not in text
+    assert "orange-red" in app.overlay_legend(pipe)

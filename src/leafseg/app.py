@@ -2,7 +2,9 @@
 
 Drop a PNG/JPG, a NIfTI file or the files of a DICOM series; choose steps, ensemble size, seed and threshold; see
 the overlay, the probability and (ensembles) the uncertainty with colour bars, slice by slice for volumes; download
-the mask (PNG, or NIfTI in the input's space). The masks are ``leafseg predict``'s: the page calls the same
+the mask (PNG, or NIfTI in the input's space). The page says what the model segments, on what data it was trained
+and how it scored (its model card and the evaluations found beside it), that it is for research use and not for
+diagnosis, and what the overlay's colours and the two maps mean. The masks are ``leafseg predict``'s: the page calls the same
 :func:`leafseg.prediction.segment_file`. gradio (the ``app`` extra) is imported only here, when the command runs; its
 page, scripts and fonts come from the installed package, so the app works offline.
 """
@@ -10,6 +12,7 @@ page, scripts and fonts come from the installed package, so the app works offlin
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import shutil
@@ -25,6 +28,15 @@ from .prediction import Segmentation, overlay_file_array, segment_file
 logger = logging.getLogger(__name__)
 
 STEPS_MAX, ENSEMBLE_MAX = 50, 16
+
+NOTICE = "**Research use only: not for diagnosis.** A model's masks are suggestions to be checked by a person."
+#: the overlay's colour for a one-structure model (:func:`leafseg.figures.overlay`'s default)
+MASK_COLOUR = "#ff4000"
+PROBABILITY_LEGEND = ("**Probability**: how sure the model is, pixel by pixel, that the structure is there "
+                      "(dark 0, bright 1); the mask is where it passes the threshold.")
+UNCERTAINTY_LEGEND = ("**Uncertainty** (ensemble of 2 or more): how much the ensemble's masks disagree at each "
+                      "pixel: dark where they agree, bright where they do not (the spread of their probabilities, "
+                      "0 to 0.5). Bright areas deserve a closer look.")
 
 
 def _import_gradio():
@@ -85,7 +97,7 @@ def views(seg: Segmentation, index: int) -> tuple[np.ndarray, np.ndarray, np.nda
         probability = colour_bar_figure(prob, 1.0, "foreground probability")
     uncertainty = None
     if seg.uncertainty is not None:  # std of values in [0, 1] is at most 0.5
-        uncertainty = colour_bar_figure(seg.uncertainty[index], 0.5, "std over the ensemble")
+        uncertainty = colour_bar_figure(seg.uncertainty[index], 0.5, "disagreement of the ensemble (std)")
     return picture, probability, uncertainty
 
 
@@ -100,6 +112,79 @@ def summary(seg: Segmentation, name: str, seconds: float, pipe) -> str:
                   else f" ({cleared} slice(s) cleared by the model's frame-level decision)")
     return (f"**{name}** ({what}): mask {found}; {seconds:.2f} s on {pipe.device} "
             f"({getattr(pipe, 'precision', 'fp32')}).")
+
+
+def _card_metadata(model: Path) -> dict:
+    """The YAML header of the model's card (``README.md``, written at export), or {} without one."""
+    card = model / "README.md"
+    if not card.is_file():
+        return {}
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(card).data.to_dict()
+    except Exception as err:  # a hand-edited card must not stop the page; say why the description is short
+        logger.warning(f"leafseg serve: {card}: model card not read ({err})")
+        return {}
+
+
+def _evaluations(model: Path) -> list[str]:
+    """One line per ``leafseg evaluate`` of these weights found beside them (``eval-*/summary.json`` in the run
+    folder, matched by the weights' hash): data, split, images and mean Dice with its 95% CI, or for frames without
+    the structure how many were left empty."""
+    from .evaluation.evaluate import model_digest
+
+    found = sorted([*model.parent.glob("eval-*/summary.json"), *model.glob("eval-*/summary.json")])
+    digest, lines = model_digest(model) if found else None, []
+    for summary_file in found:
+        try:
+            summary = json.loads(summary_file.read_text())
+            if summary["checkpoint_sha256"] != digest:  # another model's (or an older export's) evaluation
+                continue
+            metrics = summary["metrics"]
+            dice = metrics["dice"] if "dice" in metrics else metrics["mean_foreground"]["dice"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an evaluation of this model, or not one this version reads
+        where = f"{Path(summary['data']).name} {summary['split']}"
+        empty = metrics.get("empty") or {}
+        if empty.get("gt_empty") and empty["gt_empty"] == summary["n_images"]:  # frames without the structure
+            lines.append(f"{where}: {empty['both_empty']} of {empty['gt_empty']} frames without it left empty")
+            continue
+        what = "Dice" if "dice" in metrics else "mean Dice over the structures"
+        lines.append(f"{where} ({summary['n_images']} images): {what} "
+                     f"{dice['mean']:.3f} [{dice['ci_low']:.3f}, {dice['ci_high']:.3f}]")
+    return lines
+
+
+def model_description(model: str | Path, pipe) -> str:
+    """Markdown for the top of the page: what the model finds, what it was trained on, how well it did (the val
+    Dice on its card and every evaluation found in its run folder), and the research-use notice."""
+    model = Path(model)
+    meta = _card_metadata(model)
+    table = getattr(pipe, "label_table", None)
+    if table is not None and not table.binary:
+        finds = "several structures: " + ", ".join(table.foreground.values())
+    else:
+        finds = "one structure (the mask)"
+    datasets = ", ".join(meta.get("datasets") or []) or "not recorded (no model card)"
+    lines = [f"**What it segments**: {finds}. **Trained on**: {datasets}."]
+    val = [m["value"] for result in meta.get("model_index", meta.get("model-index", [])) or []
+           for res in result.get("results", []) for m in res.get("metrics", []) if m.get("type") == "dice"]
+    measured = ([f"val Dice {val[0]:.3f} (the split the model was chosen on)"] if val else []) + _evaluations(model)
+    lines.append("**Measured** (per-image, 95% CI):" + ("\n" + "".join(f"\n- {m}" for m in measured) if measured
+                 else " no evaluation found beside the model (run `leafseg evaluate`)."))
+    lines.append(NOTICE)
+    return "\n\n".join(lines)
+
+
+def overlay_legend(pipe) -> str:
+    """Words for the overlay's colours: one-structure models tint the mask in one colour; label maps carry a
+    legend strip drawn under the picture."""
+    table = getattr(pipe, "label_table", None)
+    if table is not None and not table.binary:
+        return "**Overlay**: each structure tinted and outlined in its colour, named in the strip under the picture."
+    return (f"**Overlay**: <span style='color:{MASK_COLOUR}'>&#9632;</span> the predicted mask, tinted and outlined "
+            "in orange-red on the image.")
 
 
 def build_app(model: str | Path, device: str | None = None, precision: str = "fp32"):
@@ -150,6 +235,7 @@ def build_app(model: str | Path, device: str | None = None, precision: str = "fp
     with gr.Blocks(title="leafseg", analytics_enabled=False) as page:
         gr.Markdown(f"## leafseg: segment your own image\nModel `{Path(model).name}` ({kind}). Drop a PNG/JPG, a "
                     "NIfTI file or all files of one DICOM series, then press **Segment**.")
+        gr.Markdown(model_description(model, pipe), elem_id="model-description")
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
@@ -171,12 +257,14 @@ def build_app(model: str | Path, device: str | None = None, precision: str = "fp
                 download = gr.File(label="mask (PNG, or NIfTI in the input's space)", elem_id="mask-file")
             with gr.Column(scale=2):
                 slice_index = gr.Slider(0, 1, value=0, step=1, label="slice", visible=False, elem_id="slice")
+                picture = gr.Image(label="overlay", type="numpy", format="png", height=600, elem_id="overlay")
+                gr.Markdown(overlay_legend(pipe), elem_id="overlay-legend")
                 with gr.Row():
-                    picture = gr.Image(label="overlay", type="numpy", format="png", height=380, elem_id="overlay")
                     probability = gr.Image(label="probability", type="numpy", format="png", height=380,
                                            elem_id="probability")
-                uncertainty = gr.Image(label="uncertainty", type="numpy", format="png", height=380, visible=False,
-                                       elem_id="uncertainty")
+                    uncertainty = gr.Image(label="uncertainty", type="numpy", format="png", height=380,
+                                           visible=False, elem_id="uncertainty")
+                gr.Markdown(PROBABILITY_LEGEND + "\n\n" + UNCERTAINTY_LEGEND, elem_id="legend")
         button.click(run, [files, steps, ensemble, seed, threshold],
                      [state, picture, probability, uncertainty, slice_index, download, info])
         slice_index.change(show_slice, [state, slice_index], [picture, probability, uncertainty])
