@@ -15,11 +15,6 @@ def test_readme_is_short_and_ci_runs_its_test_command():
     assert ci[-1] == "make test"
 
 
-def test_readme_links_point_to_files_that_exist():
-    links = re.findall(r"\]\(([^)#]+)\)", README)
-    assert links and all((REPO / link).exists() for link in links), [x for x in links if not (REPO / x).exists()]
-
-
 def test_the_project_speaks_of_itself_not_of_how_it_was_built():
     """README, docs, benchmark scripts and records, and the package: no sessions, lent machines or issue numbers as
     a reader's context (an API's identifiers, such as ONNX Runtime's sessions, are code, not wording)."""
@@ -37,3 +32,41 @@ def test_the_project_speaks_of_itself_not_of_how_it_was_built():
 
     found = {str(f.relative_to(REPO)): hits for f in files if (hits := wording.findall(text(f)))}
     assert not found, found
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    anchors = set()
+    in_code = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        if in_code or not (m := re.match(r"#{1,6} (.+)", line)):
+            continue
+        slug = _slug(m.group(1))
+        anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")  # repeated headings get -1, -2, ...
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_every_relative_link_and_anchor_in_readme_docs_and_experiments_resolves():
+    pages = [REPO / "README.md", *(REPO / "docs").rglob("*.md"), *(REPO / "experiments").rglob("*.md")]
+    dead = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)  # code is not links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):  # http(s):, mailto:: not checked offline
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                dead.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                dead.append(f"{page.relative_to(REPO)}: {target} (no heading with that anchor)")
+    assert not dead, "\n".join(dead)

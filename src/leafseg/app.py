@@ -4,9 +4,9 @@ Drop a PNG/JPG, a NIfTI file or the files of a DICOM series; choose steps, ensem
 the overlay, the probability and (ensembles) the uncertainty with colour bars, slice by slice for volumes; download
 the mask (PNG, or NIfTI in the input's space). The page says what the model segments, on what data it was trained
 and how it scored (its model card and the evaluations found beside it), that it is for research use and not for
-diagnosis, and what the overlay's colours and the two maps mean. The masks are ``leafseg predict``'s: the page calls the same
-:func:`leafseg.prediction.segment_file`. gradio (the ``app`` extra) is imported only here, when the command runs; its
-page, scripts and fonts come from the installed package, so the app works offline.
+diagnosis, and what the overlay's colours and the two maps mean. The masks are ``leafseg predict``'s: the page calls
+the same :func:`leafseg.prediction.segment_file`. gradio (the ``app`` extra) is imported only here, when the command
+runs; its page, scripts and fonts come from the installed package, so the app works offline.
 """
 
 from __future__ import annotations
