@@ -65,3 +65,42 @@ def test_the_readme_quick_start_runs_as_written(tmp_path, monkeypatch):
     exec(compile(python, "README.md (Python)", "exec"), scope)  # noqa: S102 - the README's own snippet
     out = scope["out"]
     assert out.masks[0].shape == (288, 384) and out.masks[0].dtype == bool
+
+
+def test_without_taef2_the_readme_says_what_is_missing_and_the_demo_autoencoder_runs_it(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """A newcomer with the clone alone (no shared folder, no TAEF2 in the cache): the README's config stops before
+    any work with the place to put TAEF2; with the demo's fitted mask autoencoder instead (docs/pretrained.md) the
+    same commands run on a folder of PNGs (the demo's synthetic images)."""
+    import numpy as np
+    import torch
+
+    from leafseg.demo import fit_mask_autoencoder, make_synthetic_dataset
+
+    for name in ("LEAFSEG_SHARED", "LEAFSEG_WEIGHTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.chdir(tmp_path)
+    data = make_synthetic_dataset(tmp_path / "my-data", n=30, seed=0)
+    (tmp_path / "new-images").mkdir()
+    shutil.copy(sorted((data / "images").iterdir())[0], tmp_path / "new-images" / "case001.png")
+    [config] = [s for s in _snippets("yaml") if s.startswith("base:")]
+    commands = [line.split("#")[0].strip() for block in _snippets("bash") for line in block.splitlines()
+                if line.startswith("leafseg ")]
+
+    (tmp_path / "my-config.yaml").write_text(config.replace("/path/to/taef2", "null") + SHORT_RUN)
+    assert main(shlex.split(commands[0])[1:]) != 0
+    said = capsys.readouterr().err
+    assert "TAEF2's weights were not found" in said and "empty-cache/leafseg/weights/taef2" in said
+    assert not (tmp_path / "runs").exists()  # refused before any work
+
+    from PIL import Image
+
+    masks = torch.from_numpy(np.stack([np.asarray(Image.open(f)) > 0 for f in sorted((data / "masks").iterdir())]))
+    fit_mask_autoencoder(masks, tmp_path / "leafseg-demo" / "mask-autoencoder", steps=20)
+    demo_autoencoder = "autoencoder:\n  kind: diffusers\n  path: leafseg-demo/mask-autoencoder\n"
+    (tmp_path / "my-config.yaml").write_text(
+        re.sub(r"autoencoder:\n  path: .*\n", demo_autoencoder, config) + SHORT_RUN)
+    for command in commands:
+        assert main(shlex.split(command)[1:]) == 0, command
+    assert (tmp_path / "predictions" / "case001_mask.png").is_file()

@@ -474,12 +474,37 @@ def test_autoencoder_path_never_comes_from_the_working_directory(tmp_path, monke
     from leafseg.config import load_config
     from leafseg.training.leaf import autoencoder_path
 
-    monkeypatch.delenv("LEAFSEG_SHARED", raising=False)
+    for name in ("LEAFSEG_SHARED", "LEAFSEG_WEIGHTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="autoencoder.path is not set"):
-        autoencoder_path(load_config("cpu", ["data.root=x"]).autoencoder)
+    for files in ("taef2", "cache/leafseg/weights/taef2"):  # in the working directory: never used
+        (tmp_path / files).mkdir(parents=True)
+        for name in ("taef2_encoder.pth", "taef2_decoder.pth"):
+            (tmp_path / files / name).write_bytes(b"")
+    ae = load_config("cpu", ["data.root=x"]).autoencoder
+    assert autoencoder_path(ae) == tmp_path / "cache/leafseg/weights/taef2"  # the user's cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(ValueError, match="TAEF2's weights were not found .*github.com/madebyollin/taesd"):
+        autoencoder_path(ae)
     monkeypatch.setenv("LEAFSEG_SHARED", str(tmp_path / "shared"))
-    assert autoencoder_path(load_config("cpu", ["data.root=x"]).autoencoder) == tmp_path / "shared/weights/taef2"
+    (tmp_path / "shared" / "weights").mkdir(parents=True)
+    (tmp_path / "taef2").rename(tmp_path / "shared" / "weights" / "taef2")
+    assert autoencoder_path(ae) == tmp_path / "shared/weights/taef2"
+    monkeypatch.setenv("LEAFSEG_WEIGHTS", str(tmp_path / "cache/leafseg/weights"))  # the first place looked in
+    assert autoencoder_path(ae) == tmp_path / "cache/leafseg/weights/taef2"
+
+
+def test_taef2_files_that_are_not_the_published_ones_are_refused(tmp_path):
+    from leafseg.models.autoencoder import load_autoencoder
+
+    for name in ("taef2_encoder.pth", "taef2_decoder.pth"):
+        (tmp_path / name).write_bytes(b"a truncated download")
+    with pytest.raises(ValueError, match=r"taef2_encoder.pth: sha256 [0-9a-f]{64} is not the published TAEF2"):
+        load_autoencoder("taef2", tmp_path)
+    (tmp_path / "taef2_decoder.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="taef2_decoder.pth: not found"):
+        load_autoencoder("taef2", tmp_path)
 
 
 def test_cli_starts_without_torch_and_has_a_version():

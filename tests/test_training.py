@@ -319,10 +319,15 @@ def test_a_config_builds_on_a_packaged_recipe(tmp_path):
 
 
 def test_model_card_names_the_autoencoder_folder_it_trained_with(tmp_path, monkeypatch):
-    """A TAEF2 folder found through $LEAFSEG_SHARED is named on the card (not `None`); kl is leafseg's own."""
+    """A TAEF2 folder found without autoencoder.path is named on the card (not `None`); kl is leafseg's own."""
     from leafseg.training.model_card import model_card
 
     monkeypatch.setenv("LEAFSEG_SHARED", str(tmp_path / "shared"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("LEAFSEG_WEIGHTS", raising=False)
+    (tmp_path / "shared" / "weights" / "taef2").mkdir(parents=True)
+    for name in ("taef2_encoder.pth", "taef2_decoder.pth"):
+        (tmp_path / "shared" / "weights" / "taef2" / name).write_bytes(b"")
     cfg = tiny_config(tmp_path / "run", tmp_path / "data", "autoencoder.kind=taef2", "autoencoder.path=null")
     card = model_card(cfg, {"step": 3, "best_val_dice": 0.5, "best_step": 3}, "ab12", "best")
     assert f"taef2 (`{(tmp_path / 'shared' / 'weights' / 'taef2').resolve()}`)" in card and "None" not in card

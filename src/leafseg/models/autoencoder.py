@@ -88,37 +88,80 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+#: sha256 of the published TAEF2 weight files (github.com/madebyollin/taesd, MIT), checked before they are loaded
+TAEF2_SHA256 = {
+    "taef2_encoder.pth": "10a4e1021e89d7551eaf161352da8dbd0b1aa83872ae28b150c1df1ce2f147b6",
+    "taef2_decoder.pth": "0a44a31e1ae59eb9dbf9359d24942fd3ef5928162c1800d97a28c61d51be0ab5",
+}
+TAEF2_SOURCE = "taef2_encoder.pth and taef2_decoder.pth from github.com/madebyollin/taesd (MIT)"
+
+
+def taef2_folders() -> list[Path]:
+    """Where TAEF2's two files are looked for when ``autoencoder.path`` is not set, in order:
+    ``$LEAFSEG_WEIGHTS/taef2``, the user's cache (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``leafseg/weights/taef2``)
+    and ``$LEAFSEG_SHARED/weights/taef2``."""
+    folders = []
+    if os.environ.get("LEAFSEG_WEIGHTS"):
+        folders.append(Path(os.environ["LEAFSEG_WEIGHTS"]) / "taef2")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folders.append(cache / "leafseg" / "weights" / "taef2")
+    if os.environ.get("LEAFSEG_SHARED"):
+        folders.append(Path(os.environ["LEAFSEG_SHARED"]) / "weights" / "taef2")
+    return [f.expanduser() for f in folders]
+
+
 def autoencoder_folder(kind: str, path: str | Path | None) -> Path | None:
-    """Where a mask autoencoder's weights are: ``path``, or for TAEF2 without one ``$LEAFSEG_SHARED/weights/taef2``;
-    absolute, never relative to wherever a command happens to run. None for ``kl`` (built by leafseg)."""
+    """Where a mask autoencoder's weights are: ``path``, or for TAEF2 without one the first of
+    :func:`taef2_folders` that holds both files; absolute, never relative to wherever a command happens to run. None
+    for ``kl`` (built by leafseg)."""
     if kind == "kl":
         return None
-    if path is None and kind == "taef2" and os.environ.get("LEAFSEG_SHARED"):
-        path = Path(os.environ["LEAFSEG_SHARED"]) / "weights" / "taef2"
+    if path is None and kind == "taef2":
+        looked = taef2_folders()
+        found = [f for f in looked if all((f / name).is_file() for name in TAEF2_SHA256)]
+        if not found:
+            raise ValueError("TAEF2's weights were not found (autoencoder.path is not set; looked in "
+                             f"{', '.join(str(f) for f in looked)}): copy {TAEF2_SOURCE} into {looked[0]}, "
+                             "or set autoencoder.path to the folder that holds them")
+        path = found[0]
     if path is None:
-        raise ValueError(f"autoencoder.path is not set: give the {kind} autoencoder folder (for TAEF2, the folder "
-                         "with taef2_encoder.pth and taef2_decoder.pth, or set LEAFSEG_SHARED to the folder that "
-                         "holds weights/taef2)")
+        raise ValueError(f"autoencoder.path is not set: give the {kind} autoencoder folder")
     return Path(path).expanduser().resolve()
+
+
+def check_taef2_files(folder: Path) -> None:
+    """Refuse TAEF2 weight files whose sha256 is not the published one (a truncated copy, another release, another
+    file under the same name), naming the file and both digests."""
+    import hashlib
+
+    for name in TAEF2_SHA256:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name}: not found (the TAEF2 folder must hold {TAEF2_SOURCE})")
+    for name, expected in TAEF2_SHA256.items():
+        file = folder / name
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        if digest != expected:
+            raise ValueError(f"{file}: sha256 {digest} is not the published TAEF2 file's ({expected}); copy it "
+                             f"again from {TAEF2_SOURCE.split(' from ')[1]}")
 
 
 def load_autoencoder(kind: str, path: str | Path | None = None, config: dict | None = None,
                      scaling_factor: float | None = None) -> MaskAutoencoder:
     """Build the frozen mask autoencoder, offline.
 
-    kind ``taef2``: ``path`` is a folder holding ``taef2_encoder.pth`` and ``taef2_decoder.pth`` (or a diffusers
-    folder written by ``save_pretrained``). kind ``diffusers``: ``path`` is a diffusers model folder
-    (``AutoencoderKL`` or ``AutoencoderTiny``, picked from its config.json), e.g. a Stable Diffusion ``vae/``
-    folder. kind ``kl``: a randomly initialised ``AutoencoderKL`` from ``config`` (for tests; or fitted by the demo).
+    kind ``taef2``: ``path`` is a folder holding ``taef2_encoder.pth`` and ``taef2_decoder.pth`` (their sha256
+    checked; None: looked for in :func:`taef2_folders`) or a diffusers folder written by ``save_pretrained``.
+    kind ``diffusers``: ``path`` is a diffusers model folder (``AutoencoderKL`` or ``AutoencoderTiny``, picked from
+    its config.json), e.g. a Stable Diffusion ``vae/`` folder. kind ``kl``: a randomly initialised ``AutoencoderKL``
+    from ``config`` (for tests; or fitted by the demo).
     ``scaling_factor`` overrides the model's own.
     """
     if kind == "taef2":
-        if path is None:
-            raise ValueError("autoencoder.kind=taef2 needs autoencoder.path (folder with taef2_{encoder,decoder}.pth)")
-        folder = Path(path)
-        if (folder / "config.json").is_file():
+        folder = autoencoder_folder(kind, path)  # without a path: the first of taef2_folders() holding the files
+        if (folder / "config.json").is_file():  # a leafseg/diffusers folder (a saved model's copy)
             ae = TAEF2.from_pretrained(folder, local_files_only=True)
         else:
+            check_taef2_files(folder)
             ae = TAEF2.from_taesd_weights(folder / "taef2_encoder.pth", folder / "taef2_decoder.pth")
     elif kind == "diffusers":
         if path is None:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from ..config_schema import check_values
+from ..models.autoencoder import autoencoder_folder
 from ..pipelines.precision import bf16_is_fast
 from .checkpoints import (CHECKPOINT, check_resume_config, lock_run_dir, recover_checkpoint, release_run_dir,
                           save_run_config)
@@ -92,8 +93,9 @@ def check_run_folder(run_dir: Path, data_roots: list, resume: bool) -> None:
 
 def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     """Accelerator, run folder (locked for this run) and config.yaml. Refuses, before writing anything, a config
-    with unset keys, a run folder :func:`check_run_folder` refuses, a folder another training holds, and a folder
-    that holds a run unless resuming."""
+    with unset keys, a run folder :func:`check_run_folder` refuses, a folder another training holds, a folder
+    that holds a run unless resuming, and a mask autoencoder that is not where the config says (or, for TAEF2
+    without a path, in none of the places looked in)."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(f"config value(s) not set: {', '.join(missing)} (give them as key=value or in the config)")
@@ -107,6 +109,10 @@ def start_run(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     run_dir = Path(cfg.run.output_dir)
     roots = [cfg.data.root, *[s.root for s in (cfg.data.get("sources") or [])]]
     check_run_folder(run_dir, [r for r in roots if r], resume)
+    if str(cfg.method) == "leaf":  # the mask autoencoder's folder now, not after the data are decoded
+        folder = autoencoder_folder(str(cfg.autoencoder.kind), cfg.autoencoder.path)
+        if folder is not None and not folder.exists():
+            raise FileNotFoundError(f"autoencoder.path: {folder} not found")
     if tc.num_threads:
         torch.set_num_threads(int(tc.num_threads))
     cuda = use_cuda(str(cfg.run.device))
