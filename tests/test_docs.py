@@ -70,3 +70,9 @@ def test_every_relative_link_and_anchor_in_readme_docs_and_experiments_resolves(
             elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
                 dead.append(f"{page.relative_to(REPO)}: {target} (no heading with that anchor)")
     assert not dead, "\n".join(dead)
+
+
+def test_the_guide_names_every_packaged_recipe():
+    guide = (REPO / "docs" / "guide.md").read_text(encoding="utf-8")
+    recipes = sorted(f.stem for f in (REPO / "src" / "leafseg" / "configs").glob("*.yaml"))
+    assert recipes and not [r for r in recipes if f"`{r}`" not in guide]
