@@ -5,10 +5,12 @@ Two architectures, random weights (speed does not depend on them):
     CompVis kl-f8 autoencoder (its encoder copy as image encoder, its decoder for the mask), 256 x 256;
   * laptop: the `cpu` recipe -- TAEF2 autoencoder and the recipe's UNet, 128 x 128.
 Backends: fp32 eager PyTorch, channels-last PyTorch, bf16 (`--precision bf16`: UNet and mask decoder in bf16,
-channels-last, image encoder fp32), bf16_all (the image encoder in bf16 too), ONNX Runtime (`leafseg export`), and
-OpenVINO running the same ONNX files in f32 and bf16 (`openvino`, `openvino_bf16`; only where the `openvino` package
-can be imported: it is not one of leafseg's dependencies). Each backend's masks are
-compared (Dice) with fp32 eager's on real CVC-ClinicDB frames, so a faster path that changes the answer shows it.
+channels-last, image encoder fp32), bf16_all (the image encoder in bf16 too), compiled and bf16_compiled (fp32 / bf16
+with the networks compiled by torch.compile's inductor, `--compile`; the compile time of the first call at batch 1
+and at the batch size apart, with inductor's kernel cache as it is: run twice to see a warm cache), ONNX Runtime
+(`leafseg export`), and OpenVINO running the same ONNX files in f32 and bf16 (`openvino`, `openvino_bf16`; only where
+the `openvino` package can be imported: it is not one of leafseg's dependencies). Each backend's masks are compared
+(Dice) with fp32 eager's on real CVC-ClinicDB frames, so a faster path that changes the answer shows it.
 The floor: the FLOP count of each part and this machine's measured fp32 matmul rate.
 
     .venv/bin/python benchmarks/speed.py                       # both architectures, every backend (minutes)
@@ -33,7 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
-BACKENDS = ("fp32", "channels_last", "bf16", "bf16_all", "onnxruntime", "openvino", "openvino_bf16")
+BACKENDS = ("fp32", "channels_last", "bf16", "bf16_all", "compiled", "bf16_compiled", "onnxruntime", "openvino",
+            "openvino_bf16")
 
 
 # ------------------------------------------------------------------------------------------------ the models
@@ -141,14 +144,25 @@ def measure(arch: str, backend: str, repeats: int, batch: int, n_images: int, ou
         if backend == "channels_last":
             for m in (pipe.autoencoder, pipe.image_encoder, pipe.unet):
                 m.to(memory_format=torch.channels_last)
-        if backend in ("bf16", "bf16_all"):
+        if backend in ("bf16", "bf16_all", "bf16_compiled"):
             from leafseg.pipelines.precision import BF16_PARTS, CASTABLE_PARTS, set_precision
 
             set_precision(pipe, "bf16", CASTABLE_PARTS if backend == "bf16_all" else BF16_PARTS)
+        if backend.endswith("compiled"):
+            from leafseg.pipelines.compilation import compile_pipeline
+
+            compile_pipeline(pipe)
+            with torch.inference_mode():  # the first call compiles each network: its time apart
+                start = time.perf_counter()
+                pipe(list(x1 * 0.5 + 0.5))
+                result["first_call_s"] = time.perf_counter() - start
+                start = time.perf_counter()
+                pipe(list(xb * 0.5 + 0.5), batch_size=batch)  # another batch size: compiled again
+                result["first_batch_call_s"] = time.perf_counter() - start
         from leafseg.models import autoencoder as ae_ops
 
         with torch.inference_mode():
-            fmt = torch.contiguous_format if backend == "fp32" else torch.channels_last
+            fmt = torch.contiguous_format if backend in ("fp32", "compiled") else torch.channels_last
             x = x1.contiguous(memory_format=fmt).to(pipe.image_encoder.dtype)
             zx = (pipe.image_encoder(x) * ae_ops.latent_scale(pipe.autoencoder)).to(pipe.unet.dtype)
             z = torch.randn_like(zx)
@@ -280,8 +294,8 @@ def main() -> None:
         print(f"\n## {arch}: GFLOP per image -- encoder {flops['encoder']:.1f}, UNet {flops['unet']:.1f}, "
               f"decoder {flops['decoder']:.1f}, total {sum(flops.values()):.1f}")
         print("| backend | encoder s | UNet s | decoder s | pipeline s/image (b1) | images/s (batch "
-              f"{args.batch}) | GFLOP/s (b1) | peak RSS GiB | mask Dice vs fp32 |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              f"{args.batch}) | GFLOP/s (b1) | peak RSS GiB | mask Dice vs fp32 | compile s (b1 + batch) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for backend in args.backend:
             if backend.startswith("openvino") and importlib.util.find_spec("openvino") is None:
                 print(f"| {backend} | not measured: the openvino package is not importable here |||||||")
@@ -295,9 +309,12 @@ def main() -> None:
             unet = r.get("unet_s")
             parts = (f"{r['encoder_s']:.3f} | {unet:.3f} | {r['decoder_s']:.3f}" if unet is not None
                      else f"{r['encoder_s']:.3f} | {r['unet_decoder_s']:.3f} (UNet + decoder) | ")
+            compile_s = (f"{r['first_call_s'] - r['pipeline_b1_s']:.0f} + "
+                         f"{r['first_batch_call_s'] - args.batch / r['pipeline_batch_img_per_s']:.0f}"
+                         if "first_call_s" in r else "")
             print(f"| {backend} | {parts} | {r['pipeline_b1_s']:.3f} | {r['pipeline_batch_img_per_s']:.2f} | "
-                  f"{sum(flops.values()) / r['pipeline_b1_s']:.0f} | {r['peak_rss_gib']:.2f} | {dice:.4f} |",
-                  flush=True)
+                  f"{sum(flops.values()) / r['pipeline_b1_s']:.0f} | {r['peak_rss_gib']:.2f} | {dice:.4f} | "
+                  f"{compile_s} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ def overlay_legend(pipe) -> str:
             "in orange-red on the image.")
 
 
-def build_app(model: str | Path, device: str | None = None, precision: str = "fp32"):
+def build_app(model: str | Path, device: str | None = None, precision: str = "fp32", compile: bool = False):
     """The gradio Blocks page for the saved model folder ``model`` (loaded once, offline)."""
     # users' uploads (gradio's cache too, unless GRADIO_TEMP_DIR says otherwise), series assembled from them and
     # masks to download live in one folder, removed when the server stops (Ctrl-C or SIGTERM)
@@ -197,7 +197,7 @@ def build_app(model: str | Path, device: str | None = None, precision: str = "fp
     gr = _import_gradio()
     from .pipelines import load_pipeline
 
-    pipe = load_pipeline(model, device, precision=precision)
+    pipe = load_pipeline(model, device, precision=precision, compile=compile)
     kind = type(pipe).__name__
     logger.info(f"leafseg serve: uploads and results kept in {workroot} while serving (removed when it stops)")
 
@@ -272,8 +272,8 @@ def build_app(model: str | Path, device: str | None = None, precision: str = "fp
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
-          precision: str = "fp32") -> None:
+          precision: str = "fp32", compile: bool = False) -> None:
     """Serve the page for ``model`` on ``host:port`` until interrupted."""
-    page = build_app(model, device, precision)
+    page = build_app(model, device, precision, compile)
     logger.info(f"leafseg serve: {model} on http://{host}:{port} (Ctrl+C stops)")
     page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, quiet=True)

@@ -38,7 +38,8 @@ def cmd_predict(args) -> int:
 
     report = predict(args.model, args.input, args.output, args.steps, args.ensemble, args.seed, args.batch_size,
                      args.device, args.uncertainty, args.threshold, args.save_probabilities, args.strict,
-                     args.overwrite, args.backend, args.precision, args.tta, not args.no_frame_decision)
+                     args.overwrite, args.backend, args.precision, args.tta, not args.no_frame_decision,
+                     args.compile)
     print(f"wrote masks and overlays of {len(report.written)} image(s) to {args.output}")
     if report.left_out:
         print(f"left out {len(report.left_out)} entr{'y' if len(report.left_out) == 1 else 'ies'} of {args.input}:")
@@ -138,7 +139,7 @@ def cmd_evaluate(args) -> int:
                       overwrite=args.overwrite, backend=args.backend,
                       allow_training_data=args.include_training_data, groups=args.groups,
                       precision=args.precision, overlay_size=args.overlay_size, flip_tta=args.tta,
-                      threshold=args.threshold, frame_decision=not args.no_frame_decision)
+                      threshold=args.threshold, frame_decision=not args.no_frame_decision, compile=args.compile)
     _print_scores(result)
     return 0
 
@@ -170,7 +171,7 @@ def cmd_compare(args) -> int:
 def cmd_serve(args) -> int:
     from .app import serve
 
-    serve(args.model, args.host, args.port, args.device, args.precision)
+    serve(args.model, args.host, args.port, args.device, args.precision, args.compile)
     return 0
 
 
@@ -260,6 +261,9 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
                    help="UNet and mask decoder in bf16 (auto: where the CPU/GPU has bf16 units); the image encoder "
                         "stays fp32")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the networks with torch.compile (needs a C++ compiler on the CPU): the first image "
+                        "pays the compile (cached in ~/.cache/leafseg/inductor for later runs), the rest run faster")
 
 
 def _add_train(sub) -> None:

@@ -85,7 +85,7 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
             seed: int = 0, batch_size: int = 8, device: str | None = None, uncertainty: bool = False,
             threshold: float = 0.5, save_probabilities: bool = False, strict: bool = False,
             overwrite: bool = False, backend: str = "auto", precision: str = "fp32",
-            flip_tta: bool = False, frame_decision: bool = True) -> PredictReport:
+            flip_tta: bool = False, frame_decision: bool = True, compile: bool = False) -> PredictReport:
     """Write ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` for every readable input image (a NIfTI/DICOM
     volume: ``<name>_mask.nii.gz`` in the input's space, see :func:`_predict_volume`); with
     ``uncertainty`` (an ensemble) ``<name>_uncertainty.png`` (per-pixel std scaled from [0, 0.5] to [0, 255]); with
@@ -99,7 +99,7 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
         output: the folder to write into (created; a non-empty one is refused unless ``overwrite``).
         steps, ensemble, seed, threshold, flip_tta, frame_decision: the pipeline call's options (see
             ``LeafSegPipeline.__call__``).
-        batch_size: images per forward pass. device, backend, precision: see :func:`load_pipeline`.
+        batch_size: images per forward pass. device, backend, precision, compile: see :func:`load_pipeline`.
         uncertainty: write the ensemble's uncertainty maps (needs ``ensemble >= 2``).
         save_probabilities: also write the soft masks as ``.npy``.
         strict: stop at the first unreadable file instead of skipping it.
@@ -117,7 +117,7 @@ def predict(model: str | Path, source: str | Path, output: str | Path, steps: in
     check_threshold(threshold)
     if uncertainty and ensemble < 2:
         raise ValueError("--uncertainty needs an ensemble: pass --ensemble N with N >= 2 (e.g. 5)")
-    pipe = load_pipeline(model, device, backend, precision)
+    pipe = load_pipeline(model, device, backend, precision, compile)
     files = input_files(source)
     out = prepare_output(output, overwrite, inputs=[source, model])
     names, report = output_names(files), PredictReport()

@@ -353,7 +353,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
              worst_k: int = 8, spacing: tuple[float, float] | None = None, overwrite: bool = False,
              backend: str = "auto", allow_training_data: bool = False, groups: str | None = None,
              precision: str = "fp32", overlay_size: int | None = OVERLAY_SIZE, flip_tta: bool = False,
-             threshold: float = 0.5, frame_decision: bool = True) -> dict:
+             threshold: float = 0.5, frame_decision: bool = True, compile: bool = False) -> dict:
     """Metrics on one split at each image's original size, into ``output``, which must be empty or absent
     (``overwrite``: emptied first). The default, ``eval-<model folder name>-SPLIT`` beside the model folder, is
     outside it: a run that goes on training replaces its model-best folder whole, and would take the results along.
@@ -411,7 +411,7 @@ def evaluate(model_dir: str, data_root: str, split: str, split_file: str | None,
     chosen, split_path = _chosen_pairs(model, data_root, split, split_file, layout, images_dir, masks_dir, source,
                                        allow_training_data)
     table = read_group_table(groups) if groups is not None else None  # checked before any work
-    pipe = load_pipeline(model_dir, device, backend, precision)
+    pipe = load_pipeline(model_dir, device, backend, precision, compile)
     labels = _same_labels(getattr(pipe, "label_table", None), chosen, model, data_root)
     metrics = MultiClassMetrics(labels.foreground, spacing) if labels else SegmentationMetrics(spacing=spacing)
     paper = PaperMetrics()

@@ -25,7 +25,8 @@ PIPELINES = {cls.__name__: cls for cls in (LeafSegPipeline, SupervisedSegPipelin
 LEGACY_MODULES = {"leafseg.convert": "leafseg.models.ldm_unet"}
 
 
-def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str = "auto", precision: str = "fp32"):
+def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str = "auto", precision: str = "fp32",
+                  compile: bool = False):
     """A saved LEAF pipeline or supervised-UNet baseline folder (by model_index.json's class), offline, on
     ``device`` (default: cuda if available), progress bars off; or a folder written by
     ``leafseg export --format onnx``, run by ONNX Runtime (``backend``: ``auto`` picks by the folder, ``torch`` or
@@ -44,6 +45,8 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str
         device: ``cpu``, ``cuda``, ``cuda:1`` ...; default CUDA when available.
         backend: ``auto`` (by the folder), ``torch`` or ``onnx``.
         precision: ``fp32``, ``bf16`` or ``auto``.
+        compile: compile the networks with torch.compile (:mod:`leafseg.pipelines.compilation`): the first image
+            pays the compile, later ones run fused kernels; refused for an ONNX export and without a compiler.
 
     Returns:
         A pipeline (``LeafSegPipeline``, ``SupervisedSegPipeline``, ``MonaiSegPipeline`` or ``OnnxSegPipeline``):
@@ -55,6 +58,9 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str
     """
     resolve_precision(precision, "cpu")  # a wrong name is refused before anything is loaded
     folder = Path(model_dir)
+    if compile and (folder / "leafseg_onnx.json").is_file():
+        raise ValueError(f"{folder}: an ONNX export runs in ONNX Runtime, which fuses its own graph; --compile is "
+                         "for the saved PyTorch model")
     if backend not in ("auto", "torch", "onnx"):
         raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
     exported = (folder / "leafseg_onnx.json").is_file()
@@ -116,4 +122,9 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, backend: str
     pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe.precision = set_precision(pipe, precision)
     pipe.set_progress_bar_config(disable=True)
+    pipe.compiled = None
+    if compile:
+        from .compilation import compile_pipeline
+
+        compile_pipeline(pipe)
     return pipe

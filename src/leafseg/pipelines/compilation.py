@@ -1,0 +1,90 @@
+"""torch.compile for a pipeline's networks: the image encoder, the UNet and the mask decoder (a peer's network),
+compiled in place by TorchInductor into fused kernels (C++ on the CPU, Triton on CUDA).
+
+Compiling happens on the first call of each network (and again for a new input shape: the first batch of another
+size), so the first image is slow and later ones fast. Inductor keeps the compiled kernels in a folder that outlives
+the process, so a second run pays only part of it: :func:`kernel_cache` says where (``$TORCHINDUCTOR_CACHE_DIR``, or
+``~/.cache/leafseg/inductor``). The weights are untouched (``nn.Module.compile`` keeps the module and its state
+dict as they were), so a compiled pipeline saves and loads as an ordinary one.
+
+On the CPU inductor needs a C++ compiler (``g++``, ``clang++`` or ``$CXX``); :func:`compiler_missing` says when there
+is none, and :func:`compile_pipeline` refuses with that reason instead of failing on the first image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: torch.compile modes leafseg offers (CUDA graphs are left out: leafseg calls its networks with varying batches)
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
+def kernel_cache() -> Path:
+    """The folder inductor keeps compiled kernels in across runs: ``$TORCHINDUCTOR_CACHE_DIR`` when set, else
+    ``$XDG_CACHE_HOME/leafseg/inductor`` (``~/.cache/leafseg/inductor``), which is then set for this process."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leafseg" / "inductor"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
+
+
+def compiler_missing(device: str | torch.device) -> str | None:
+    """Why torch.compile cannot run on ``device`` here, or None when it can."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        candidates = [os.environ.get("CXX"), "g++", "clang++", "c++"]
+        if not any(c and shutil.which(c) for c in candidates):
+            return "no C++ compiler found (g++, clang++ or $CXX), which torch.compile needs on the CPU"
+    elif device.type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            return "the triton package is not installed, which torch.compile needs on CUDA"
+    else:
+        return f"torch.compile is not offered on {device.type}"
+    return None
+
+
+def compiled_parts(pipe) -> dict[str, torch.nn.Module]:
+    """The networks :func:`compile_pipeline` compiles, by name: the image encoder, the UNet and the autoencoder's
+    decoder (LEAF), or the network (a peer's)."""
+    parts = {}
+    for name in ("image_encoder", "unet", "network"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            parts[name] = module
+    decoder = getattr(getattr(pipe, "autoencoder", None), "decoder", None)
+    if isinstance(decoder, torch.nn.Module):  # decode() is not forward(): compile the network decode() calls
+        parts["mask_decoder"] = decoder
+    return parts
+
+
+def compile_pipeline(pipe, mode: str = "default") -> list[str]:
+    """Compile ``pipe``'s networks in place (:func:`compiled_parts`) with inductor; returns their names.
+
+    Raises:
+        ValueError: an unknown ``mode``. RuntimeError: no compiler for the pipeline's device (the reason).
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+    if getattr(pipe, "sessions", None) is not None:
+        raise ValueError("an ONNX export runs in ONNX Runtime, which fuses its own graph; compile the PyTorch model")
+    reason = compiler_missing(pipe.device)
+    if reason:
+        raise RuntimeError(f"cannot compile: {reason}")
+    cache = kernel_cache()
+    parts = compiled_parts(pipe)
+    for module in parts.values():
+        module.compile(backend="inductor", mode=mode)
+    pipe.compiled = mode
+    logger.info(f"compiling {', '.join(parts)} with torch.compile ({mode}) on the first call: that call takes longer "
+                f"(minutes on a small CPU); kernels kept in {cache} for later runs")
+    return list(parts)
