@@ -81,7 +81,7 @@ def _sync(device) -> None:
 
 
 def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int, batch: int | None,
-            overrides: list[str] = ()) -> dict:
+            overrides: list[str] = (), compile: bool = False) -> dict:
     import torch
     from accelerate import Accelerator
 
@@ -105,6 +105,10 @@ def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int
     scale = ae_ops.latent_scale(ae)
     channels, latent = ae_ops.latent_channels(ae), int(unet.config.sample_size)
     model = LeafTrainingModel(encoder, unet, projector, scheduler, cfg, scale)
+    if compile:
+        from leafseg.pipelines.compilation import compile_for_training
+
+        compile_for_training(encoder, unet)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tuple(tc.adam_betas))
     lr_scheduler = make_lr_scheduler(optimizer, tc)
@@ -132,11 +136,14 @@ def measure(arch: str, precision: str, device_name: str, steps: int, warmup: int
             raise FloatingPointError(f"{arch} {precision}: non-finite loss")
         return time.perf_counter() - start
 
-    for _ in range(warmup):
+    start = time.perf_counter()
+    for _ in range(warmup):  # compiled: the first step compiles forward and backward
         step()
+    warmup_s = time.perf_counter() - start
     times = [step() for _ in range(steps)]
     result = {"arch": arch, "precision": precision, "device": str(device), "batch": bs, "resolution": r,
-              "step_s": statistics.median(times), "max_steps": int(tc.max_steps),
+              "step_s": statistics.median(times), "max_steps": int(tc.max_steps), "compiled": compile,
+              "compile_s": warmup_s - warmup * statistics.median(times) if compile else None,
               "unet_mparams": sum(p.numel() for p in unet.parameters()) / 1e6}
     result["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     result["infer_img_per_s"] = _inference_rate(accelerator.unwrap_model(model), ae, scheduler, device, r)
@@ -168,11 +175,12 @@ def _inference_rate(model, ae, scheduler, device, r: int, batch: int = 16) -> fl
     return batch / statistics.median(times)
 
 
-def _measure_in_child(arch: str, precision: str, args) -> dict:
-    """One (architecture, precision) in its own process, so that peak memory and the allocator's cache are its own."""
+def _measure_in_child(arch: str, precision: str, args, compile: bool = False) -> dict:
+    """One (architecture, precision, eager or compiled) in its own process, so that peak memory and the allocator's
+    cache are its own."""
     cmd = [sys.executable, __file__, "--one", arch, precision, "--device", args.device, "--steps", str(args.steps),
            "--warmup", str(args.warmup), *(["--batch", str(args.batch)] if args.batch else []),
-           *(["--set", *args.set] if args.set else [])]
+           *(["--set", *args.set] if args.set else []), *(["--compiled"] if compile else [])]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -205,10 +213,15 @@ def main() -> None:
                     help="config overrides, e.g. image_encoder.frozen_layers=6 (the paper "
                     "architecture's network shapes come from its key listing, not from the config)")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time each row with train.compile (the networks compiled by torch.compile), the "
+                    "compile time apart")
     ap.add_argument("--one", nargs=2, metavar=("ARCH", "PRECISION"), help=argparse.SUPPRESS)  # child process
+    ap.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)  # child process
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(*args.one, args.device, args.steps, args.warmup, args.batch, args.set)))
+        print(json.dumps(measure(*args.one, args.device, args.steps, args.warmup, args.batch, args.set,
+                                 args.compiled)))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to torch")
@@ -216,20 +229,22 @@ def main() -> None:
 
     precisions = args.precision or (["no", "bf16"] if bf16_is_fast(args.device) else ["no"])
     print(f"device: {machine(args.device)}" + (f"; overrides: {' '.join(args.set)}" if args.set else ""))
-    print("| arch | precision | batch | s/step | images/s | steps of the config | time for them | peak GPU GiB | "
-          "inference images/s (fp32, b16) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| arch | precision | kernels | batch | s/step | images/s | steps of the config | time for them | "
+          "peak GPU GiB | inference images/s (fp32, b16) | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for arch in args.arch:
         for precision in precisions:
-            r = _measure_in_child(arch, precision, args)
-            rows.append(r)
-            hours = r["step_s"] * r["max_steps"] / 3600
-            peak = "-" if r["peak_gpu_gib"] is None else f"{r['peak_gpu_gib']:.1f}"
-            print(f"| {arch} ({r['unet_mparams']:.0f} M UNet, {r['resolution']} px) | "
-                  f"{'fp32' if precision == 'no' else precision} | {r['batch']} | {r['step_s']:.3f} | "
-                  f"{r['batch'] / r['step_s']:.1f} | {r['max_steps']} | {hours:.2f} h | {peak} | "
-                  f"{r['infer_img_per_s']:.1f} |", flush=True)
+            for compiled in ([False, True] if args.compile else [False]):
+                r = _measure_in_child(arch, precision, args, compiled)
+                rows.append(r)
+                hours = r["step_s"] * r["max_steps"] / 3600
+                peak = "-" if r["peak_gpu_gib"] is None else f"{r['peak_gpu_gib']:.1f}"
+                compile_s = "" if r["compile_s"] is None else f"{r['compile_s']:.0f}"
+                print(f"| {arch} ({r['unet_mparams']:.0f} M UNet, {r['resolution']} px) | "
+                      f"{'fp32' if precision == 'no' else precision} | {'compiled' if compiled else 'eager'} | "
+                      f"{r['batch']} | {r['step_s']:.3f} | {r['batch'] / r['step_s']:.1f} | {r['max_steps']} | "
+                      f"{hours:.2f} h | {peak} | {r['infer_img_per_s']:.1f} | {compile_s} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -270,6 +270,7 @@ class TrainConfig:
     val_at_start: bool = _value(resumable=True)
     log_samples: bool = _value(resumable=True)
     num_threads: Optional[int] = _value(resumable=True)
+    compile: bool = _value(resumable=True)
 
 
 @dataclass

@@ -88,3 +88,39 @@ def compile_pipeline(pipe, mode: str = "default") -> list[str]:
     logger.info(f"compiling {', '.join(parts)} with torch.compile ({mode}) on the first call: that call takes longer "
                 f"(minutes on a small CPU); kernels kept in {cache} for later runs")
     return list(parts)
+
+
+def unet_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """A diffusers UNet's compute blocks (ResNet, attention, down- and upsampling), in module order: what training
+    compiles one by one, so that a hook on a down block (the alignment features) stays outside every compiled graph
+    and the blocks' own graphs do not depend on it."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+
+    kinds = (ResnetBlock2D, Attention, Downsample2D, Upsample2D)
+    return [m for m in unet.modules() if isinstance(m, kinds)]
+
+
+def compile_module(*modules: torch.nn.Module, mode: str = "default") -> None:
+    """Compile ``modules`` in place for training. Random ops in compiled graphs (dropout) draw from torch's
+    generator as eager does (inductor's ``fallback_random``), so a compiled run draws eager's masks and resumes bit
+    for bit. Refuses as :func:`compile_pipeline` does."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+    reason = compiler_missing(next(modules[0].parameters()).device)
+    if reason:
+        raise RuntimeError(f"cannot compile: {reason}")
+    kernel_cache()
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    for module in modules:
+        module.compile(backend="inductor", mode=mode)
+
+
+def compile_for_training(image_encoder: torch.nn.Module, unet: torch.nn.Module, mode: str = "default") -> int:
+    """Compile a LEAF training run's networks in place (:func:`compile_module`): the image encoder whole and the
+    UNet block by block (:func:`unet_blocks`). Returns the number of modules compiled."""
+    modules = [image_encoder, *unet_blocks(unet)]
+    compile_module(*modules, mode=mode)
+    return len(modules)

@@ -28,6 +28,7 @@ from .. import data as D
 from ..config import flatten, to_container
 from ..data.loader import StepSampler, TrainBatch, TrainSamples, dataset_weights, step_generator, train_loader
 from ..models.weights import assert_finite
+from ..pipelines.compilation import kernel_cache
 from .bookkeeping import StepBookkeeping, TrainResult
 from .checkpoints import BEST, CHECKPOINT, ScheduleAndEMA, load_trainer_state, release_run_dir, save_pipeline
 from .clock import WallTime
@@ -54,6 +55,10 @@ class TrainingMethod(Protocol):
 
     def ema_module(self, model: torch.nn.Module) -> torch.nn.Module:
         """The part of the (unwrapped) trained module that EMA averages and the pipeline exports."""
+
+    def compile_networks(self, model: torch.nn.Module) -> int:
+        """``train.compile``: compile the networks of ``model`` (from :meth:`build`) in place with torch.compile;
+        returns how many modules were compiled."""
 
     def losses(self, model: torch.nn.Module, batch: TrainBatch, generator: torch.Generator
                ) -> dict[str, torch.Tensor]:
@@ -139,6 +144,11 @@ class Trainer:
         set_seed(int(cfg.run.seed))  # identical initialisation on every rank
         with self.clock.phase("frozen_targets"):
             model = self.method.build(self)
+        if tc.compile:  # lazily: the first step compiles (inside the time budget, which counts from start-up)
+            compiled = self.method.compile_networks(model)
+            if accelerator.is_main_process:
+                say(f"train.compile: {compiled} module(s) compiled by torch.compile on the first step (minutes on a "
+                    f"small CPU; kernels kept in {kernel_cache()} for later runs)")
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay,
                                       betas=tuple(tc.adam_betas))

@@ -29,6 +29,7 @@ from ..models.denoiser import (DownBlockFeatures, build_unet, down_block_grids, 
                                set_unet_dropout)
 from ..models.image_encoder import ImageEncoder
 from ..models.teachers import TEACHERS, build_teacher, features_to_tokens
+from ..pipelines.compilation import compile_for_training
 from ..pipelines.leaf import LeafSegPipeline
 from ..data.loader import TrainBatch
 from .caches import (MaskLatents, TeacherFeatures, cache_backend, cache_rows, cached, flipped_inputs,
@@ -236,6 +237,10 @@ class LeafMethod:
 
     def ema_module(self, model: LeafTrainingModel) -> torch.nn.Module:
         return model.unet
+
+    def compile_networks(self, model: LeafTrainingModel) -> int:
+        """The image encoder whole, the UNet block by block (the alignment hook stays outside compiled graphs)."""
+        return compile_for_training(model.image_encoder, model.unet)
 
     def row_files(self) -> tuple:
         """The cached frozen targets the data loader reads with each batch (None: computed per batch)."""

@@ -51,6 +51,13 @@ class SupervisedMethod:
     def ema_module(self, model: UNet2DModel) -> torch.nn.Module:
         return model
 
+    def compile_networks(self, model: torch.nn.Module) -> int:
+        """The whole network (no hooks on it)."""
+        from ..pipelines.compilation import compile_module
+
+        compile_module(model)
+        return 1
+
     def losses(self, model: torch.nn.Module, batch: TrainBatch, generator: torch.Generator
                ) -> dict[str, torch.Tensor]:
         device, bc = self.trainer.device, self.cfg.baseline
