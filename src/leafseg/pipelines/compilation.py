@@ -27,10 +27,15 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def kernel_cache() -> Path:
-    """The folder inductor keeps compiled kernels in across runs: ``$TORCHINDUCTOR_CACHE_DIR`` when set, else
-    ``$XDG_CACHE_HOME/leafseg/inductor`` (``~/.cache/leafseg/inductor``), which is then set for this process."""
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    """The folder inductor keeps compiled kernels in across runs: ``$TORCHINDUCTOR_CACHE_DIR`` when the user set it,
+    else ``$XDG_CACHE_HOME/leafseg/inductor`` (``~/.cache/leafseg/inductor``), which is then set for this process
+    (inductor's own default is a temp folder, which a reboot empties)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    # inductor writes its default into the environment the first time it is asked: that one is not the user's
+    if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+        return Path(current)
     folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leafseg" / "inductor"
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     return folder
