@@ -168,7 +168,7 @@ def model_description(model: str | Path, pipe) -> str:
         finds = "one structure (the mask)"
     datasets = ", ".join(meta.get("datasets") or []) or "not recorded (no model card)"
     lines = [f"**What it segments**: {finds}. **Trained on**: {datasets}."]
-    val = [m["value"] for result in meta.get("model_index", meta.get("model-index", [])) or []
+    val = [m["value"] for result in meta.get("model-index") or []
            for res in result.get("results", []) for m in res.get("metrics", []) if m.get("type") == "dice"]
     measured = ([f"val Dice {val[0]:.3f} (the split the model was chosen on)"] if val else []) + _evaluations(model)
     lines.append("**Measured** (per-image, 95% CI):" + ("\n" + "".join(f"\n- {m}" for m in measured) if measured

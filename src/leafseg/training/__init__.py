@@ -1,5 +1,5 @@
-"""Training: the shared ``engine`` (a :class:`Trainer` whose steps are overridable hooks) and its rooms
-(``run_setup``: device, precision, run folder; ``optimisation``: schedules, EMA; ``clock``: wall time;
+"""Training: the shared ``engine`` (a :class:`Trainer` whose steps are overridable hooks) and the modules
+it uses (``run_setup``: device, precision, run folder; ``optimisation``: schedules, EMA; ``clock``: wall time;
 ``bookkeeping``: validation, selection, checkpoints, time budget; ``checkpoints``: atomic saves, exact resume),
 one module per method (``leaf``: LEAF; ``supervised``: the plain UNet baseline; ``peers``:
 MONAI networks trained as nnU-Net trains), the ``caches`` of frozen targets and the training ``curves`` figure.

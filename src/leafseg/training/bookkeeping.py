@@ -1,4 +1,4 @@
-"""The room around the steps: progress bar, logging, validation with best-model selection on the val split,
+"""What happens between the steps: progress bar, logging, validation with best-model selection on the val split,
 checkpoints, the time budget's step count (decided at the end of the warm-up, revised in the first half), and the
 end of a run. It calls the run's hooks (:class:`RunHooks`, implemented by :class:`leafseg.training.engine.Trainer`)
 for what depends on the method: validating, exporting, checking the weights.

@@ -1,6 +1,6 @@
 """The training loop every method shares, as a :class:`Trainer` whose steps are named hooks (``load_data``,
 ``on_train_start``, ``train_step``, ``validate``, ``export``, ``check_finite``, ``on_train_end``) that a subclass may
-override, as nnU-Net's trainer's are. The rooms around it: ``run_setup`` (device, precision, run folder),
+override, as nnU-Net's trainer's are. The modules it uses: ``run_setup`` (device, precision, run folder),
 ``optimisation`` (schedules, EMA, the step after a loss), ``clock`` (wall time), ``bookkeeping`` (progress,
 validation and selection, checkpoints, the time budget), ``checkpoints`` (atomic saves, exact resume).
 
