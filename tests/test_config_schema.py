@@ -87,4 +87,4 @@ def test_resumable_is_a_property_of_the_field():
         "run.output_dir", "run.cache_dir", "run.cache_backend", "run.device", "data.root", "data.split_file",
         "data.num_workers", "autoencoder.path", "unet.pretrained", "align.teacher_checkpoint", "train.max_steps",
         "train.val_every", "train.checkpoint_every", "train.log_every", "train.val_at_start", "train.log_samples",
-        "train.num_threads", "train.mixed_precision"}
+        "train.num_threads", "train.mixed_precision", "train.compile"}

@@ -80,7 +80,9 @@ def compile_pipeline(pipe, mode: str = "default") -> list[str]:
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
-    if getattr(pipe, "sessions", None) is not None:
+    from .onnx import OnnxSegPipeline
+
+    if isinstance(pipe, OnnxSegPipeline):
         raise ValueError("an ONNX export runs in ONNX Runtime, which fuses its own graph; compile the PyTorch model")
     reason = compiler_missing(pipe.device)
     if reason:
