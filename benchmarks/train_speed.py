@@ -13,7 +13,8 @@ One step is what `leafseg train` does per step once its caches exist: image enco
 under the run's autocast, L1/L2 + alignment loss, then the engine's own `optimisation_step` (backward, grad clip,
 AdamW, LR schedule, EMA of the UNet). The mask latents and teacher tokens come from the cache in a real run, so here
 they are random tensors of their shapes (the teacher and the mask encoder are not in the step). Data loading is not
-timed (rows read from the sample store on disk: benchmarks/data_scale.py measures it with the whole command).
+timed (rows read from the sample store on disk: experiments/data-scale/data_scale.py measures it with the whole
+command).
 
     python benchmarks/train_speed.py                          # both architectures, fp32 and (where supported) bf16
     python benchmarks/train_speed.py --arch laptop --steps 20 --device cpu

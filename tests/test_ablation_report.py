@@ -1,5 +1,5 @@
-"""The ablation report's paired statistics (benchmarks/ablation.py): per-image Dice kept in a record, the paired
-bootstrap CI of alignment on minus off, and the per-seed table."""
+"""The ablation report's paired statistics (experiments/ablation/ablation.py): per-image Dice kept in a record, the
+paired bootstrap CI of alignment on minus off, and the per-seed table."""
 
 import importlib.util
 import json
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("ablation", Path(__file__).parents[1] / "benchmarks" / "ablation.py")
+SCRIPT = Path(__file__).parents[1] / "experiments" / "ablation" / "ablation.py"
+spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
 ablation = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ablation)
 
@@ -23,12 +24,12 @@ def test_per_image_dice_reads_the_evaluation_csv(tmp_path):
 def test_paired_bootstrap_ci_of_the_mean_difference():
     off = {str(i): 0.5 + 0.01 * i for i in range(40)}
     shifted = {k: v + 0.1 for k, v in off.items()}
-    lo, hi = ablation._paired_bootstrap(shifted, off)  # the same shift on every image: no spread at all
+    lo, hi = ablation.paired_bootstrap(shifted, off)  # the same shift on every image: no spread at all
     assert lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
     noisy = {k: v + (0.2 if int(k) % 2 else 0.0) for k, v in off.items()}  # mean +0.1, half the images moved
-    lo, hi = ablation._paired_bootstrap({**noisy, "x": None}, {**off, "x": 0.3})  # unscored images left out
+    lo, hi = ablation.paired_bootstrap({**noisy, "x": None}, {**off, "x": 0.3})  # unscored images left out
     assert 0.04 < lo < 0.1 < hi < 0.16
-    assert ablation._paired_bootstrap(noisy, off) == (lo, hi)  # fixed seed: the report is reproducible
+    assert ablation.paired_bootstrap(noisy, off) == (lo, hi)  # fixed seed: the report is reproducible
 
 
 def record(dice, val, per_image=None):
@@ -114,12 +115,13 @@ def test_a_resumed_run_shows_its_own_summed_clock_marked(tmp_path):
 
 def test_rebuild_command_names_non_default_folders(tmp_path):
     args = Namespace(recipe="cpu")
-    default = ablation.REPO / "benchmarks" / "results" / "cpu-ablation", ablation.REPO / "docs" / "results.md"
-    assert ablation._rebuild_command(args, *default) == ".venv/bin/python benchmarks/ablation.py --report-only"
-    other = ablation.REPO / "benchmarks" / "results" / "cpu-ablation-3600", ablation.REPO / "docs" / "results-3600.md"
+    default = ablation.HERE / "records-8500", ablation.HERE / "README.md"
+    assert ablation._rebuild_command(args, *default) == (
+        ".venv/bin/python experiments/ablation/ablation.py --report-only")
+    other = ablation.HERE / "records-3600", ablation.HERE / "results-3600.md"
     assert ablation._rebuild_command(args, *other) == (
-        ".venv/bin/python benchmarks/ablation.py --report-only --records benchmarks/results/cpu-ablation-3600 "
-        "--results docs/results-3600.md")
+        ".venv/bin/python experiments/ablation/ablation.py --report-only --records experiments/ablation/records-3600 "
+        "--results experiments/ablation/results-3600.md")
 
 
 def test_budget_words():

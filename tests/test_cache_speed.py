@@ -1,10 +1,10 @@
-"""benchmarks/cache_speed.py keeps running: the start-up caches' functions timed on the CPU, one row per part."""
+"""experiments/speed/cache_speed.py keeps running: the start-up caches' functions timed on the CPU, one row per part."""
 
 import importlib.util
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location("cache_speed", Path(__file__).parents[1] / "benchmarks" /
-                                              "cache_speed.py")
+spec = importlib.util.spec_from_file_location("cache_speed", Path(__file__).parents[1] / "experiments" /
+                                              "speed" / "cache_speed.py")
 cache_speed = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cache_speed)
 

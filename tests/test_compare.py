@@ -137,15 +137,16 @@ def test_compare_errors_name_the_file_and_the_problem(tmp_path):
         compare(a, a, metric="volume")
 
 
-def _benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+def _script(path: str):
+    name = Path(path).stem
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_polyp_records_keep_per_image_dice_and_pair_by_it(tmp_path, capsys):
-    record = _benchmark("polyp_record")
+    record = _script("experiments/polyp-recipe/polyp_record.py")
     names = [str(i) for i in range(20)]
     base = _evaluation(tmp_path / "base", {n: 0.6 + 0.01 * i for i, n in enumerate(names)})
     better = _evaluation(tmp_path / "better", {n: 0.62 + 0.01 * i for i, n in enumerate(names)})

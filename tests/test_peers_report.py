@@ -8,7 +8,7 @@ from argparse import Namespace
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))  # compare.py imports ablation.py from there
+sys.path.insert(0, str(BENCHMARKS))  # compare.py imports run_records.py from there
 spec = importlib.util.spec_from_file_location("compare", BENCHMARKS / "peers" / "compare.py")
 compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare)

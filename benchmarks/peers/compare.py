@@ -19,7 +19,8 @@ joins the table when present.
     .venv/bin/python benchmarks/peers/compare.py --budget-min 15 --train-on kvasir
     .venv/bin/python benchmarks/peers/compare.py --report-only
 
-Records: benchmarks/results/peers/<budget>min[-kvasir]/<method>.json (committed as they come); report: docs/peers.md.
+Records: --records/<budget>min[-kvasir]/<method>.json (default experiments/peers/records; committed as they
+come); report: --report (default experiments/peers/README.md).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from ablation import (MARKER, _manual, _paired_bootstrap, commit, leafseg, machine, per_image_dice,  # noqa: E402
-                      relative, run_logged)
+from run_records import (MARKER, commit, leafseg, machine, manual_analysis, paired_bootstrap,  # noqa: E402
+                         per_image_dice, relative, run_logged)
 
 SHARED = REPO.parent / "shared"
 METHODS = {  # name: (label, overrides on the cpu recipe)
@@ -104,7 +105,7 @@ def _diff(rec: dict, leaf: dict | None, set_name: str) -> str:
     if rec is leaf or not leaf or set_name not in rec.get("sets", {}) or set_name not in leaf["sets"]:
         return ""
     a, b = rec["sets"][set_name]["per_image_dice"], leaf["sets"][set_name]["per_image_dice"]
-    lo, hi = _paired_bootstrap(a, b)
+    lo, hi = paired_bootstrap(a, b)
     mean = rec["sets"][set_name]["dice"]["mean"] - leaf["sets"][set_name]["dice"]["mean"]
     return f" ({100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}])"
 
@@ -172,7 +173,7 @@ Commands (each record keeps its own, with the commit it trained at):
 ```
 """
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(text + "\n" + MARKER + "\n\n" + _manual(report) + "\n")
+    report.write_text(text + "\n" + MARKER + "\n\n" + manual_analysis(report) + "\n")
     print(f"wrote {relative(str(report))}")
 
 
@@ -182,12 +183,14 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=sorted(METHODS), default=None)
     ap.add_argument("--train-on", choices=sorted(SOURCES), default="cvc", help="the dataset every method trains on")
     ap.add_argument("--out", default=None, help="run folders (default benchmarks/runs/peers-<budget>min[-kvasir])")
-    ap.add_argument("--report", default=str(REPO / "docs" / "peers.md"))
+    ap.add_argument("--records", default=str(REPO / "experiments" / "peers" / "records"),
+                    help="folder of the records, one sub-folder per budget and training source")
+    ap.add_argument("--report", default=str(REPO / "experiments" / "peers" / "README.md"))
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     tag = f"{args.budget_min:g}min{SOURCES[args.train_on][2]}"
     out = Path(args.out or REPO / "benchmarks" / "runs" / f"peers-{tag}")
-    root = REPO / "benchmarks" / "results" / "peers"
+    root = Path(args.records)
     records = root / tag
     out.mkdir(parents=True, exist_ok=True)
     for name in [] if args.report_only else (args.only or list(METHODS)):

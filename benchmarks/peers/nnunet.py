@@ -11,9 +11,9 @@ leafseg's layouts and mask rules, and scores with `leafseg score`) and calls nnU
     python benchmarks/peers/nnunet.py plan    --id 501 --work benchmarks/runs/nnunet
     python benchmarks/peers/nnunet.py train   --id 501 --work benchmarks/runs/nnunet --budget-min 57
     python benchmarks/peers/nnunet.py predict --id 501 --work benchmarks/runs/nnunet \\
-        --record benchmarks/results/peers/57min/nnunet.json                          # test split, then scored
+        --record experiments/peers/records/57min/nnunet.json                          # test split, then scored
     python benchmarks/peers/nnunet.py predict --id 501 --work benchmarks/runs/nnunet --data ../shared/data/kvasir-seg \\
-        --layout kvasir-seg --set-name kvasir_all --record benchmarks/results/peers/57min/nnunet.json
+        --layout kvasir-seg --set-name kvasir_all --record experiments/peers/records/57min/nnunet.json
     python benchmarks/peers/nnunet.py all ...                   # convert, plan, train, predict in a row
 
 Trainer: `nnUNetTrainerBudget` (nnunet_budget_trainer.py), nnU-Net's default `nnUNetTrainer` (its plan, data

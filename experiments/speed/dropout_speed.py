@@ -1,7 +1,7 @@
 """Time one dropout mask applied by torch (``F.dropout``) and by leafseg's ``words16`` sampler, on the feature-map
 shapes of the `cpu` recipe's image encoder (batch 4, 64 channels, 128 / 64 / 32 px), fp32 and bf16.
 
-    python benchmarks/dropout_speed.py            # 2 threads, median of 20 after 3
+    python experiments/speed/dropout_speed.py            # 2 threads, median of 20 after 3
 """
 
 from __future__ import annotations

@@ -7,19 +7,19 @@ measured by the process itself (`resource.getrusage` peak RSS; the run's logs/ti
 validation on 64 val slices once at the end. Each size runs with its own cache folder (first pass: decoding, mask
 latents, teacher tokens, all measured) unless --reuse-cache names one already built.
 
-The rows of docs/data-path.md (one job at a time; OUT=benchmarks/results/data-scale; the two aug-w rows were
+The rows of docs/data-path.md (one job at a time; OUT=experiments/data-scale/records; the two aug-w rows were
 recorded at commit c5e0550, where any geometric augmentation computed every target per batch, as
 run.frozen_targets=on_the_fly does now):
 
-    python benchmarks/data_scale.py --steps 300 --out $OUT --sizes 400 --tag stream
-    python benchmarks/data_scale.py --steps 300 --out $OUT --sizes 400 --tag in-memory --baseline-src OLD_CHECKOUT
+    python experiments/data-scale/data_scale.py --steps 300 --out $OUT --sizes 400 --tag stream
+    python experiments/data-scale/data_scale.py --steps 300 --out $OUT --sizes 400 --tag in-memory --baseline-src OLD_CHECKOUT
     AUG="data.augment.crop_scale=[0.5,1.0] data.augment.rotate=20 data.augment.gamma=[0.7,1.5] data.augment.noise=0.02"
-    python benchmarks/data_scale.py --steps 300 --out $OUT --sizes 400 --tag aug-w0 --set $AUG data.num_workers=0 \
+    python experiments/data-scale/data_scale.py --steps 300 --out $OUT --sizes 400 --tag aug-w0 --set $AUG data.num_workers=0 \
         run.frozen_targets=on_the_fly
-    python benchmarks/data_scale.py --steps 300 --out $OUT --sizes 400 --tag aug-w1 --set $AUG data.num_workers=1 \
+    python experiments/data-scale/data_scale.py --steps 300 --out $OUT --sizes 400 --tag aug-w1 --set $AUG data.num_workers=1 \
         run.frozen_targets=on_the_fly
-    python benchmarks/data_scale.py --steps 300 --out $OUT --sizes 4000 --tag stream
-    python benchmarks/data_scale.py --steps 300 --out $OUT --sizes 40000 --tag aug-fly-w1 --set $AUG \
+    python experiments/data-scale/data_scale.py --steps 300 --out $OUT --sizes 4000 --tag stream
+    python experiments/data-scale/data_scale.py --steps 300 --out $OUT --sizes 40000 --tag aug-fly-w1 --set $AUG \
         data.num_workers=1 run.frozen_targets=on_the_fly train.val_max_images=4
 
 --baseline-src PATH runs the same command with another checkout's package (e.g. the in-memory data path of an
@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import cpu_description  # noqa: E402

@@ -1,6 +1,6 @@
 # leafseg on a GPU: the recipe's real step against benchmarks/train_speed.py's, phase by phase, then the tests
 # that train. Run from the repository root; the bundle folder (this file's, made by
-# benchmarks/gpu_bundle.py) holds wheels, data and weights.
+# experiments/gpu/gpu_bundle.py) holds wheels, data and weights.
 export PYTHONUNBUFFERED=1
 B=$(cd "$(dirname "$0")" && pwd); OUT=${OUT:-$B/out}; mkdir -p $OUT
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $B/whl/*.whl || exit 1

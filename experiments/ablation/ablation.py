@@ -5,36 +5,35 @@ Every run: one packaged recipe (default `cpu`) at its own step budget (unless --
 test split. x0 and x0 + alignment (the paper's central claim) run with 3 training seeds, the other variants with 1;
 the seeded pairs run first, seed by seed (x0 + alignment, then x0), so that a partial ablation already pairs them.
 
-Each finished run leaves a small record, `benchmarks/results/<recipe>-ablation/<run>.json` (commands, wall times,
+Each finished run leaves a small record, `experiments/ablation/records-<recipe>/<run>.json` (commands, wall times,
 val curve, test metrics, the run's wall-time split), which is meant to be committed as it comes: a later invocation
 skips every run that has a record, and an interrupted run resumes from its checkpoint (`--resume`) while its run
-folder exists. The report, docs/results.md, is rebuilt from the records alone. (Two earlier ablations are kept beside
-it: at the recipe of experiment E1 -- teacher at 128 px, 3000 steps, torch caches -- in docs/results-e1.md with its
-records in benchmarks/results/cpu-ablation-e1/, and at today's recipe cut to 3600 steps in docs/results-3600.md with
-its records in benchmarks/results/cpu-ablation-3600/.)
+folder exists. The report, experiments/ablation/README.md, is rebuilt from the records alone. (Two earlier ablations are kept beside
+it: at the recipe of experiment E1 -- teacher at 128 px, 3000 steps, torch caches -- in experiments/ablation/results-e1.md with its
+records in experiments/ablation/records-e1/, and at today's recipe cut to 3600 steps in experiments/ablation/results-3600.md with
+its records in experiments/ablation/records-3600/.)
 
-    .venv/bin/python benchmarks/ablation.py                    # every run not recorded yet, one at a time (hours)
-    .venv/bin/python benchmarks/ablation.py --only x0-align-s0 # one run
-    .venv/bin/python benchmarks/ablation.py --report-only      # rewrite docs/results.md from the records
+    .venv/bin/python experiments/ablation/ablation.py                    # every run not recorded yet, one at a time (hours)
+    .venv/bin/python experiments/ablation/ablation.py --only x0-align-s0 # one run
+    .venv/bin/python experiments/ablation/ablation.py --report-only      # rewrite experiments/ablation/README.md from the records
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from leafseg.config import load_config
-from leafseg.evaluation.compare import compare_values, read_per_image
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from run_records import (MARKER, commit, leafseg, machine, manual_analysis, paired_bootstrap,  # noqa: E402
+                         per_image_dice, relative, run_logged)
 
 VARIANTS = {  # name: (label, overrides, seeds)
     "x0-align": ("x0 + alignment (LEAF)", ["diffusion.prediction_type=sample", "align.enabled=true"], (0, 1, 2)),
@@ -50,56 +49,6 @@ VARIANTS = {  # name: (label, overrides, seeds)
 RUNS = {f"{v}-s{seed}": (v, seed) for v, seed in sorted(
     ((v, seed) for v, (_, _, seeds) in VARIANTS.items() for seed in seeds),
     key=lambda vs: (len(VARIANTS[vs[0]][2]) == 1, vs[1], list(VARIANTS).index(vs[0])))}
-
-
-def leafseg() -> str:
-    exe = Path(sys.executable).with_name("leafseg")
-    return str(exe) if exe.exists() else "leafseg"
-
-
-def run_logged(cmd: list[str], log: Path) -> float:
-    """Run a command with its output appended to ``log``; returns wall seconds; raises on failure."""
-    started = time.time()
-    with open(log, "a") as f:
-        f.write(f"\n$ {shlex.join(cmd)}\n")
-        f.flush()
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-    if proc.returncode:
-        raise SystemExit(f"command failed ({proc.returncode}), see {log}: {shlex.join(cmd)}")
-    return time.time() - started
-
-
-def commit() -> str:
-    """The repository's commit, with "+changes" when tracked files differ from it (what a run trained with)."""
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
-    head = git("rev-parse", "--short", "HEAD")
-    if head.returncode:
-        return "unknown (not a git checkout)"
-    return head.stdout.strip() + ("" if git("diff", "--quiet", "HEAD").returncode == 0 else "+changes")
-
-
-def machine() -> str:
-    """OS, CPU (:func:`speed.cpu_description`: family, model and vector units), GPU, torch."""
-    import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from speed import cpu_description
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"{platform.system()} {platform.release()}, {cpu_description()}, {os.cpu_count()} logical CPUs, "
-            f"GPU: {gpu}; Python {platform.python_version()}, torch {torch.__version__}")
-
-
-def relative(text: str) -> str:
-    """Paths as a user in the repository would type them."""
-    return text.replace(str(REPO.parent / "shared"), "../shared").replace(str(REPO) + "/", "")
-
-
-def per_image_dice(csv_file: Path) -> dict[str, float | None]:
-    """Each test image's Dice (kept in the record: two runs' differences can then be paired image by image); None
-    where it is undefined (an empty cell or nan, as `leafseg score` and `leafseg evaluate` write it)."""
-    return read_per_image(csv_file, digits=6)
 
 
 def run_one(name: str, args, out: Path, records: Path) -> None:
@@ -163,16 +112,16 @@ def main() -> None:
     ap.add_argument("--cache-backend", default=None, choices=("torch", "onnx"),
                     help="run.cache_backend of every run (default: the recipe's own)")
     ap.add_argument("--records", default=None,
-                    help="folder of the run records (default benchmarks/results/<recipe>-ablation)")
+                    help="folder of the run records (default experiments/ablation/records-<recipe>; the cpu recipe's own at 8500 steps: records-8500)")
     ap.add_argument("--threads", type=int, default=None, help="train.num_threads of every run")
     ap.add_argument("--override", nargs="*", default=[], help="extra key=value for every run")
     ap.add_argument("--only", nargs="*", default=None, choices=sorted(RUNS), help="run a subset")
-    ap.add_argument("--results", default=str(REPO / "docs" / "results.md"))
+    ap.add_argument("--results", default=str(HERE / "README.md"))
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
 
     out = Path(args.out or REPO / "benchmarks" / "runs" / f"{args.recipe}-ablation")
-    records = Path(args.records) if args.records else REPO / "benchmarks" / "results" / f"{args.recipe}-ablation"
+    records = Path(args.records) if args.records else default_records(args.recipe)
     out.mkdir(parents=True, exist_ok=True)
     for name in [] if args.report_only else (args.only or list(RUNS)):
         if (records / f"{name}.json").exists():
@@ -252,22 +201,15 @@ def write_report(records: Path, results: Path, args) -> None:
              + "\n".join(f"# {r['run']} (commit {r.get('commit', 'unknown')})\n{r['train_cmd']}\n{r['eval_cmd']}"
                          for r in recs.values()) + "\n```\n")
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(text + "\n" + MARKER + "\n\n" + _manual(results) + "\n")
+    results.write_text(text + "\n" + MARKER + "\n\n" + manual_analysis(results) + "\n")
     print(f"wrote {relative(str(results))}")
-
-
-def _paired_bootstrap(a: dict, b: dict, n: int = 10000) -> tuple[float, float]:
-    """95% percentile-bootstrap CI of the mean per-image difference a - b over the images both scored (the same
-    test images for both models, resampled together; fixed seed so the report is reproducible): `leafseg compare`'s."""
-    c = compare_values(a, b, n_bootstrap=n)
-    return c["ci_low"], c["ci_high"]
 
 
 def _paired_ci(a: dict, b: dict) -> str:
     """The paired bootstrap CI of run a minus run b over their test images, in Dice points, as a table cell."""
     if "test_per_image_dice" not in a or "test_per_image_dice" not in b:
         return "n/a (per-image Dice not kept for this pair)"
-    lo, hi = _paired_bootstrap(a["test_per_image_dice"], b["test_per_image_dice"])
+    lo, hi = paired_bootstrap(a["test_per_image_dice"], b["test_per_image_dice"])
     return f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
@@ -302,13 +244,6 @@ def _paired_section(recs: dict) -> str:
             "mean ± std row does.\n")
 
 
-def _manual(results: Path) -> str:
-    """Keep the hand-written analysis (after the marker) when the tables are regenerated."""
-    if results.exists() and MARKER in results.read_text():
-        return results.read_text().split(MARKER, 1)[1].strip("\n")
-    return "(to be written after looking at the numbers)"
-
-
 def _baseline_section(recs: dict) -> str:
     """LEAF (x0 + alignment) minus the supervised UNet trained with the same seed (same batches and flips)."""
     rows = []
@@ -327,14 +262,18 @@ def _baseline_section(recs: dict) -> str:
             "steps.\n")
 
 
+def default_records(recipe: str) -> Path:
+    return HERE / ("records-8500" if recipe == "cpu" else f"records-{recipe}")
+
+
 def _rebuild_command(args, records: Path, results: Path) -> str:
     """The command that rebuilds ``results`` from ``records`` (the options only where they are not the defaults)."""
-    cmd = ".venv/bin/python benchmarks/ablation.py --report-only"
+    cmd = ".venv/bin/python experiments/ablation/ablation.py --report-only"
     if args.recipe != "cpu":
         cmd += f" --recipe {args.recipe}"
-    if records.resolve() != (REPO / "benchmarks" / "results" / f"{args.recipe}-ablation").resolve():
+    if records.resolve() != default_records(args.recipe).resolve():
         cmd += f" --records {relative(str(records.resolve()))}"
-    if results.resolve() != (REPO / "docs" / "results.md").resolve():
+    if results.resolve() != (HERE / "README.md").resolve():
         cmd += f" --results {relative(str(results.resolve()))}"
     return cmd
 
@@ -352,11 +291,9 @@ def _budget_words(args, record_steps: set[int]) -> str:
             f"`--steps {ran}` re-runs them)")
 
 
-MARKER = "<!-- analysis: kept when the script rewrites this file -->"
-
 HEADER = """# Results: the LEAF ablation on CVC-ClinicDB, on a 2-core CPU
 
-Built by `benchmarks/ablation.py` from the run records in `{records}/` (one JSON per finished run, committed as
+Built by `experiments/ablation/ablation.py` from the run records in `{records}/` (one JSON per finished run, committed as
 they come); `{rebuild}` rebuilds this file from them.
 
 - Runs recorded: {done} of {total} (a run not recorded yet reads "not run yet" below).

@@ -1,6 +1,6 @@
 """Draw docs/app.png: ``leafseg serve`` on a saved model, one image segmented with an ensemble in Debian's chromium.
 
-    python benchmarks/app_screenshot.py --model runs/polyp/model-best --image frame.png --out docs/app.png
+    python docs/app_screenshot.py --model runs/polyp/model-best --image frame.png --out docs/app.png
 
 Needs the app extra, playwright and /usr/bin/chromium (as the browser test does).
 """

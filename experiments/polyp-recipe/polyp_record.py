@@ -1,18 +1,18 @@
-"""One record (JSON) of a finished polyp-recipe run for benchmarks/results/polyp/: what was trained, the val curve per
+"""One record (JSON) of a finished polyp-recipe run for experiments/polyp-recipe/records/: what was trained, the val curve per
 dataset, the run's own timings, and the evaluations of its model-best with each image's Dice, read from the run
 folder and the evaluation folders `leafseg evaluate` wrote. Nothing is recomputed here.
 
-    python benchmarks/polyp_record.py --run /work/runs/polyp-p0 --name P0 --commit 7446a2c --command "leafseg ..." \
+    python experiments/polyp-recipe/polyp_record.py --run /work/runs/polyp-p0 --name P0 --commit 7446a2c --command "leafseg ..." \
         --what "cpu on CVC-ClinicDB + Kvasir-SEG, no augmentation" \
         --machine "Intel Xeon (family 6 model 167, AVX-512 bf16, AMX), 2 cores, torch 2.13.0+cpu" \
         --eval cvc_test=/work/runs/polyp-p0/eval-cvc-test kvasir_test=/work/runs/polyp-p0/eval-kvasir-test \
-        --out benchmarks/results/polyp/P0.json
+        --out experiments/polyp-recipe/records/P0.json
 
 Two records' evaluations of the same sets, paired image by image (as `leafseg compare` pairs two evaluation
 folders; records keep per-image Dice from 2026-12-04 on, so a later run can be paired with an earlier one whose run
 folder is gone):
 
-    python benchmarks/polyp_record.py --pair benchmarks/results/polyp/X2overlay.json benchmarks/results/polyp/X2.json
+    python experiments/polyp-recipe/polyp_record.py --pair experiments/polyp-recipe/records/X2overlay.json experiments/polyp-recipe/records/X2.json
 """
 
 from __future__ import annotations
