@@ -30,19 +30,6 @@ def test_mean_over_batch_and_tokens_and_quirk():
     assert alignment_loss(s, t, reference_batch_quirk=True).item() == pytest.approx(-cos.mean().item() / 4, abs=1e-6)
 
 
-def test_mean_over_chosen_samples_and_none_chosen_keeps_a_zero_gradient():
-    g = torch.Generator().manual_seed(0)
-    s, t = torch.randn(4, 6, 5, generator=g, requires_grad=True), torch.randn(4, 6, 5, generator=g)
-    keep = torch.tensor([True, False, True, False])
-    expected = alignment_loss(s[keep], t[keep]).item()
-    assert alignment_loss(s, t, samples=keep).item() == pytest.approx(expected, abs=1e-6)
-    assert alignment_loss(s, t, samples=torch.ones(4, dtype=torch.bool)).item() == pytest.approx(
-        alignment_loss(s, t).item(), abs=1e-6)
-    none = alignment_loss(s, t, samples=torch.zeros(4, dtype=torch.bool))
-    none.backward()
-    assert none.item() == 0.0 and s.grad is not None and not s.grad.any()
-
-
 def test_shape_mismatch_is_explained():
     with pytest.raises(ValueError, match="grid"):
         alignment_loss(torch.zeros(1, 4, 3), torch.zeros(1, 16, 3))

@@ -88,3 +88,55 @@ def test_resumable_is_a_property_of_the_field():
         "data.num_workers", "autoencoder.path", "unet.pretrained", "align.teacher_checkpoint", "train.max_steps",
         "train.val_every", "train.checkpoint_every", "train.log_every", "train.val_at_start", "train.log_samples",
         "train.num_threads", "train.mixed_precision", "train.compile"}
+
+
+def test_retired_options_read_their_off_value_and_refuse_any_other(tmp_path):
+    """An option removed after it lost its experiment: a config (or a run folder) that says it was off still loads;
+    one that used it is refused, naming the key and why it went."""
+    from leafseg.config import load_config
+
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  augment:\n    overlay: 0.0\nalign:\n  augmented_views: teacher\n")
+    cfg = load_config(old)
+    assert "overlay" not in cfg.data.augment and "augmented_views" not in cfg.align
+    with pytest.raises(ValueError, match=r"data\.augment\.overlay in an override: this option was removed"):
+        load_config(None, ["data.augment.overlay=0.5"])
+    used = tmp_path / "used.yaml"
+    used.write_text("align:\n  augmented_views: skip\n")
+    with pytest.raises(ValueError, match=rf"align\.augmented_views in {used}: this option was removed"):
+        load_config(used)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.augment.p=2", "data.augment.p must be a finite number in [0, 1], got 2.0"),
+    ("data.augment.crop_scale=[0.8,0.5]", "data.augment.crop_scale must be [lo, hi] with lo <= hi, both in (0, 1]"),
+    ("data.augment.gamma=[0,1.5]", "data.augment.gamma must be [lo, hi] with lo <= hi, both > 0"),
+    ("data.colour_jitter.hue=0.6", "data.colour_jitter.hue must be a finite number in [0, 0.5], got 0.6"),
+    ("unet.dropout=1.5", "unet.dropout must be a finite number in [0, 1], got 1.5"),
+    ("image_encoder.semantic_size=8", "image_encoder.semantic_size must be a whole number >= 16, got 8"),
+])
+def test_ranges_are_checked_at_load_naming_the_key(override, message):
+    """Every range lives on its field in the schema and is checked by load_config, before any data is read."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_an_object_built_from_one_section_takes_the_schemas_defaults_and_checks():
+    """The augmentations built without a whole config: default.yaml's values for what is not given, the schema's
+    types, choices and ranges for what is (no defaults or checks of their own)."""
+    from leafseg.config import section_config
+    from leafseg.data.augment import ColourJitter, SampleAugmentation
+
+    defaults = load_config(None).data.augment
+    assert SampleAugmentation().settings == {k: (tuple(v) if k in ("crop_scale", "gamma") else
+                                                 (str(v) if k == "negative_mode" else v))
+                                             for k, v in defaults.items()}
+    assert section_config("data.augment", {"rotate": 10}).rotate == 10.0
+    with pytest.raises(ValueError, match=r"data\.augment\.crop_scale must be"):
+        SampleAugmentation(crop_scale=(0.5, 1.5))
+    with pytest.raises(ValueError, match=r"negative_mode.*crop.*inpaint"):
+        SampleAugmentation(negative=0.1, negative_mode="paint")
+    with pytest.raises(ValueError, match=r"data\.augment\.zoom: no such key"):
+        SampleAugmentation(zoom=0.5)
+    with pytest.raises(ValueError, match=r"data\.colour_jitter\.hue must be"):
+        ColourJitter(hue=0.6)

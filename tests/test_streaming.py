@@ -25,7 +25,7 @@ from tiny import BITWISE, saved_weights, tiny_config
 needs_kornia = pytest.mark.skipif(importlib.util.find_spec("kornia") is None,
                                   reason="kornia not installed (pip install 'leafseg[augment]')")
 AUGMENT = ["data.augment.p=0.8", "data.augment.crop_scale=[0.5,1.0]", "data.augment.rotate=20",
-           "data.augment.gamma=[0.7,1.5]", "data.augment.noise=0.02", "data.augment.overlay=0.5"]
+           "data.augment.gamma=[0.7,1.5]", "data.augment.noise=0.02"]
 
 
 def test_row_file_round_trip_and_errors(tmp_path):
@@ -105,7 +105,7 @@ def test_batches_depend_on_the_step_only_with_or_without_workers(tmp_path, synth
     pairs = D.find_dataset(synthetic, "folder", "images", "masks")
     store = S.build_sample_store(pairs, 32, tmp_path / "store")
     augmentation = D.SampleAugmentation(p=0.8, crop_scale=(0.5, 1.0), rotate=20, gamma=(0.7, 1.5), noise=0.02,
-                                        negative=0.2, overlay=0.5)
+                                        negative=0.2)
     plain = _loader_batches(store, 0, augmentation)
     workers = _loader_batches(store, 2, augmentation)
     later = _loader_batches(store, 0, augmentation, start=2, steps=2)  # a resumed run's loader
@@ -151,8 +151,6 @@ def test_augmentation_off_is_the_identity_and_config_errors_name_the_key():
         D.SampleAugmentation(crop_scale=(0.5, 1.5))
     with pytest.raises(ValueError, match="data.augment.rotate"):
         D.SampleAugmentation(rotate=-1)
-    with pytest.raises(ValueError, match="data.augment.overlay"):
-        D.SampleAugmentation(overlay=1.5)
 
 
 def test_default_and_paper_configs_do_not_augment():
@@ -232,41 +230,6 @@ def test_on_the_fly_targets_are_the_cached_ones(tmp_path, synthetic, backend):
         torch.testing.assert_close(tokens, cached_tokens, rtol=2e-3, atol=2e-3)  # the cache stores float16
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_skipping_augmented_views_aligns_only_the_unchanged_ones(tmp_path, synthetic, monkeypatch, cache):
-    """align.augmented_views=skip: the teacher never sees an augmented view; the unchanged samples keep the tokens
-    the default path gives them (cached rows, or the teacher's own tokens without a cache), the others are left
-    out of the alignment mean."""
-    cfg = tiny_config(tmp_path / "run", synthetic, BITWISE, "run.cache_backend=torch", "align.augmented_views=skip",
-                      f"align.cache={str(cache).lower()}")
-    method, trainer = built_leaf_method(cfg)
-    store = trainer.data.train
-    views = torch.from_numpy(store.images.read_range(0, 4))
-    codes = torch.tensor([0, 1, 2, 3])
-    views = torch.stack([D.flip(v, *trainer.codes[c]) for v, c in zip(views, codes.tolist())])
-    rows = None if not cache else torch.from_numpy(method.tokens_cache.read(range(4))[np.arange(4), codes.numpy()])
-    unchanged = SimpleNamespace(changed=torch.zeros(4, dtype=torch.bool), view=views, codes=codes, tokens=rows)
-    expected = method._teacher_tokens(unchanged)  # what the default path aligns them to
-
-    seen = []
-    teacher = method.frozen_teacher_tokens
-    monkeypatch.setattr(method, "frozen_teacher_tokens", lambda x: seen.append(len(x)) or teacher(x))
-    changed = torch.tensor([True, False, True, False])
-    batch = SimpleNamespace(changed=changed, view=views, codes=codes, tokens=rows)
-    tokens, aligned = method._unchanged_teacher_tokens(batch)
-    assert aligned.tolist() == [False, True, False, True]
-    assert seen == ([] if cache else [2])  # only the two unchanged views, and only without a cache
-    torch.testing.assert_close(tokens[aligned], expected[aligned])
-    assert not tokens[~aligned].any()
-
-
-def test_skipping_augmented_views_trains(tmp_path, synthetic):
-    """A tiny augmented run with align.augmented_views=skip trains with a finite alignment term."""
-    result = train(tiny_config(tmp_path / "run", synthetic, *AUGMENT, "align.augmented_views=skip", BITWISE))
-    steps = [h for h in result.history if "loss_align" in h]
-    assert result.step == 4 and steps and all(np.isfinite(h["loss_align"]) for h in steps)
-
-
 VOLUME_TRAINING = textwrap.dedent("""
     import json, resource, sys
     from leafseg.training import train
@@ -329,36 +292,6 @@ def test_negative_crops_hold_no_foreground_and_keep_samples_without_room():
     assert not torch.equal(out[0], images[0])
     none, kept, replaced = D.augment.negative_crops(images, masks, 0.0, 0.25, g)
     assert torch.equal(none, images) and torch.equal(kept, masks) and not replaced.any()
-
-
-def test_scope_overlays_mark_the_image_only_and_never_the_foreground():
-    images = torch.full((16, 3, 64, 64), 120, dtype=torch.uint8)  # no overlay colour has a 120 in it
-    masks = torch.zeros(16, 64, 64, dtype=torch.bool)
-    masks[8:15, 28:36, 28:36] = True  # a polyp in the middle
-    masks[15] = True                  # foreground everywhere: no room for a mark
-    aug = D.SampleAugmentation(overlay=1.0)
-    assert aug.enabled and not aug.has_geometric and str(aug) == "augmentation p=0.5 (scope overlays 1)"
-    view, out, kept, changed = aug(images, masks, seed=3)
-    assert view is images and kept is masks and not changed.any()  # cached mask latents and teacher tokens hold
-    marked = (out != images).any(1)
-    assert marked[:8].flatten(1).any(1).all()  # fraction 1: every image without foreground is marked
-    assert not marked[15].any() and not (marked & masks).any()
-    black, bright = (out.amax(1) < 60) & marked, (out.amax(1) > 190) & marked
-    assert black.any() and bright.any()
-    assert torch.equal(aug(images, masks, seed=3)[1], out) and not torch.equal(aug(images, masks, seed=4)[1], out)
-    assert torch.equal(D.SampleAugmentation(overlay=0.0)(images, masks, seed=3)[1], images)
-
-
-@pytest.mark.parametrize("kind", ["box", "cut", "text", "frame"])
-def test_each_overlay_mark_sits_in_one_corner(kind):
-    for seed in range(20):
-        colour, drawn = np.zeros((128, 128, 3), np.uint8), np.zeros((128, 128), bool)
-        D.augment._draw_mark(colour, drawn, kind, np.random.default_rng(seed))
-        ys, xs = np.nonzero(drawn)
-        assert len(ys), (kind, seed)
-        assert ys.max() < 64 or ys.min() >= 64, (kind, seed)  # within one quadrant: the middle stays clear
-        assert xs.max() < 64 or xs.min() >= 64, (kind, seed)
-        assert (colour[~drawn] == 0).all()
 
 
 def test_an_all_negative_batch_trains_and_its_target_is_the_empty_masks_latent(tmp_path, synthetic, monkeypatch):

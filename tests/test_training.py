@@ -138,6 +138,20 @@ def test_resume_refuses_a_changed_recipe_and_records_allowed_changes(tmp_path, s
     assert load_config(run / "config.yaml").train.max_steps == 3  # config.yaml says what the run was resumed with
 
 
+def test_resume_refuses_a_run_that_used_a_removed_option(tmp_path, synthetic):
+    from leafseg.training.checkpoints import check_resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = tiny_config(run, synthetic)
+    (run / "config.yaml").write_text("data:\n  augment:\n    overlay: 0.0\n")  # off: the same run as today's
+    assert check_resume_config(run, cfg) == []
+    (run / "config.yaml").write_text("data:\n  augment:\n    overlay: 0.3\n")
+    with pytest.raises(ValueError, match=r"data\.augment\.overlay in .*config\.yaml: this option was removed.*"
+                                         r"cannot be resumed"):
+        check_resume_config(run, cfg)
+
+
 def test_mirrored_teacher_tokens_and_no_cache(tmp_path, synthetic):
     result = train(tiny_config(tmp_path / "a", synthetic, "align.flip_tokens=mirror", "train.max_steps=2"))
     assert all("loss_align" in h for h in result.history if "loss" in h)

@@ -4,6 +4,9 @@ overrides, typed by the structured config of :mod:`leafseg.config_schema`. A con
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from importlib import resources
 from pathlib import Path
@@ -11,7 +14,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config_schema import LeafSegConfig, SourceConfig, check_values
+from .config_schema import (RETIRED_KEYS, LeafSegConfig, SourceConfig, check_ranges, check_values, retired_key_error,
+                            schema_of)
 
 
 def packaged_configs() -> list[str]:
@@ -76,12 +80,45 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(LeafSegConfig), _read("default"))
         if source is not None:
-            cfg = OmegaConf.merge(cfg, _yaml_no(_read_layered(source)))
-        cfg = OmegaConf.merge(cfg, _yaml_no(OmegaConf.from_dotlist(list(overrides))))
+            cfg = OmegaConf.merge(cfg, _yaml_no(drop_retired(_read_layered(source), where)))
+        cfg = OmegaConf.merge(cfg, _yaml_no(drop_retired(OmegaConf.from_dotlist(list(overrides)), " in an override")))
     except OmegaConfBaseException as err:
         raise ValueError(f"invalid configuration{where}: {_describe(err)}") from None
     check_values(cfg)
     return cfg
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> DictConfig:
+    return load_config()
+
+
+def section_config(key: str, given: Mapping | None = None) -> DictConfig:
+    """One section of the configuration (dotted ``key``, e.g. ``data.augment``) as an object built from that section
+    alone takes it: default.yaml's values, ``given`` laid over them, then the schema's types, choices and ranges,
+    with errors naming ``key.field``. So such an object has no defaults and no checks of its own."""
+    section = copy.deepcopy(OmegaConf.select(_defaults(), key))
+    if given:
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(given).items()}
+        try:
+            section = OmegaConf.merge(section, plain)
+        except OmegaConfBaseException as err:
+            raise ValueError(f"invalid configuration: {_describe(err)}") from None
+    check_ranges(section, schema_of(key), key + ".")
+    return section
+
+
+def drop_retired(layer: DictConfig, where: str = "") -> DictConfig:
+    """``layer`` without the retired keys that hold their off value (:data:`leafseg.config_schema.RETIRED_KEYS`);
+    one of them set to anything else is an error naming it."""
+    for key in RETIRED_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        section = OmegaConf.select(layer, parent, default=None)
+        if isinstance(section, DictConfig) and leaf in section:
+            if (err := retired_key_error(key, section[leaf], where)) is not None:
+                raise err
+            section.pop(leaf)
+    return layer
 
 
 def _yaml_no(layer: DictConfig) -> DictConfig:

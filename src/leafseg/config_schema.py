@@ -2,8 +2,10 @@
 choices. :func:`leafseg.config.load_config` lays ``configs/default.yaml`` (which holds every value and says what
 each means) over :class:`LeafSegConfig`, so that a wrong key, type or choice is one error naming the key, the value
 and what is allowed, before anything is read, cached or written; :func:`check_values` adds the ranges a type cannot
-say. The values live in the YAML only (one place); the fields here say what a value may be, and whether it may
-change when a run is resumed (``resumable``, instead of a list kept in step by hand).
+say. The values live in the YAML only (one place); the fields here say what a value may be (its type, its choices,
+its :class:`Range`), and whether it may change when a run is resumed (``resumable``, instead of a list kept in step
+by hand). Objects built from one section (the augmentations) take the same values and checks through
+:func:`leafseg.config.section_config`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, ListConfig
 
 # ------------------------------------------------------------------------------------------------- choices
 # StrEnum members compare, hash, format and serialise as their strings, so code reading ``cfg.train.lr_schedule``
@@ -39,7 +41,6 @@ BetaSchedule = _choices("BetaSchedule", ("linear", "scaled_linear", "squaredcos_
 TimestepSpacing = _choices("TimestepSpacing", ("leading", "trailing", "linspace"))
 LossKind = _choices("LossKind", ("l1", "l2"))
 FlipTokens = _choices("FlipTokens", ("recompute", "mirror"))
-AugmentedViews = _choices("AugmentedViews", ("teacher", "skip"))
 DropoutSampler = _choices("DropoutSampler", ("torch", "words16"))
 NegativeMode = _choices("NegativeMode", ("crop", "inpaint"))
 Condition = _choices("Condition", ("autoencoder", "lite_medsam", "both"))
@@ -48,12 +49,57 @@ LRSchedule = _choices("LRSchedule", ("constant_with_warmup", "cosine", "linear")
 MixedPrecision = _choices("MixedPrecision", ("auto", "no", "bf16", "fp16"))
 
 
-def _value(resumable: bool = False) -> Any:
+@dataclass(frozen=True)
+class Range:
+    """The numbers a field may hold beyond its type: from ``low`` to ``high`` (either may be open-ended), ``low``
+    itself excluded when ``low_open``; a whole number when ``integer``; ``pair``: a ``[lo, hi]`` list, both in the
+    range and lo <= hi."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    integer: bool = False
+    pair: bool = False
+
+    def holds(self, value: Any) -> bool:
+        values = list(value) if self.pair and isinstance(value, (list, tuple, ListConfig)) else [value]
+        if self.pair and (len(values) != 2 or not all(map(_is_number, values)) or values[0] > values[1]):
+            return False
+        return all(self._holds_one(v) for v in values)
+
+    def _holds_one(self, v: Any) -> bool:
+        if not _is_number(v) or (self.integer and not float(v).is_integer()):
+            return False
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or v <= self.high
+
+    def describe(self) -> str:
+        what = "a whole number" if self.integer else "a finite number"
+        if self.low is not None and self.high is not None:
+            bound = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        elif self.low is not None:
+            bound = f"{'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            bound = f"<= {self.high:g}"
+        return f"[lo, hi] with lo <= hi, both {bound}" if self.pair else f"{what} {bound}"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _value(resumable: bool = False, within: Range | None = None) -> Any:
     """A field whose value comes from default.yaml. ``resumable``: it may differ when a run is resumed (where things
     are, how the run is executed and reported). Everything else decides what is learned: a resumed run that changed
     it would be neither the old run nor a new one (a changed train.lr would be overwritten by the checkpoint's
-    optimiser state)."""
-    return field(default=MISSING, metadata={"resumable": resumable})
+    optimiser state). ``within``: the range :func:`check_values` holds it to."""
+    return field(default=MISSING, metadata={"resumable": resumable, "within": within})
+
+
+UNIT = Range(0, 1)  # a probability or fraction
+NON_NEGATIVE = Range(0)
+COUNT = Range(1, integer=True)
 
 
 def _section(cls: type, resumable: bool = False) -> Any:
@@ -88,28 +134,27 @@ class SplitConfig:
 class ColourJitterConfig:
     """``data.colour_jitter``: kornia ColorJitter strengths (0 everywhere: off)."""
 
-    brightness: float = _value()
-    contrast: float = _value()
-    saturation: float = _value()
-    hue: float = _value()
+    brightness: float = _value(within=UNIT)
+    contrast: float = _value(within=UNIT)
+    saturation: float = _value(within=UNIT)
+    hue: float = _value(within=Range(0, 0.5))
 
 
 @dataclass
 class AugmentConfig:
-    """``data.augment``: geometric and intensity augmentation, negative crops, scope overlays."""
+    """``data.augment``: geometric and intensity augmentation, negatives."""
 
-    p: float = _value()
-    crop_scale: list[float] = _value()
-    rotate: float = _value()
-    elastic: float = _value()
-    gamma: list[float] = _value()
-    blur: float = _value()
-    noise: float = _value()
-    negative: float = _value()
-    negative_min: float = _value()
+    p: float = _value(within=UNIT)
+    crop_scale: list[float] = _value(within=Range(0, 1, low_open=True, pair=True))
+    rotate: float = _value(within=Range(0, 180))
+    elastic: float = _value(within=NON_NEGATIVE)
+    gamma: list[float] = _value(within=Range(0, low_open=True, pair=True))
+    blur: float = _value(within=NON_NEGATIVE)
+    noise: float = _value(within=NON_NEGATIVE)
+    negative: float = _value(within=UNIT)
+    negative_min: float = _value(within=Range(0, 1, low_open=True))
     negative_mode: NegativeMode = _value()
-    negative_dilate: float = _value()
-    overlay: float = _value()
+    negative_dilate: float = _value(within=Range(0, 0.5))
 
 
 @dataclass
@@ -172,12 +217,12 @@ class AutoencoderConfig:
 class ImageEncoderConfig:
     """``image_encoder``: the trainable copy of the autoencoder's encoder, and the optional semantic branch."""
 
-    dropout: float = _value()
+    dropout: float = _value(within=Range(0, 1))
     dropout_sampler: DropoutSampler = _value()
-    frozen_layers: int = _value()
+    frozen_layers: int = _value(within=Range(0, integer=True))
     condition: Condition = _value()
-    semantic_size: int = _value()
-    semantic_hidden: int = _value()
+    semantic_size: int = _value(within=Range(16, integer=True))  # pixels: TinyViT needs at least 16
+    semantic_hidden: int = _value(within=COUNT)
 
 
 @dataclass
@@ -194,7 +239,7 @@ class UNetConfig:
     resnet_time_scale_shift: str = _value()
     downsample_type: str = _value()
     upsample_type: str = _value()
-    dropout: float = _value()
+    dropout: float = _value(within=Range(0, 1))
 
 
 @dataclass
@@ -235,7 +280,6 @@ class AlignConfig:
     teacher_antialias: bool = _value()
     teacher_dtype: TeacherDtype = _value()
     cache: bool = _value()
-    augmented_views: AugmentedViews = _value()
 
 
 @dataclass
@@ -252,20 +296,20 @@ class EMAConfig:
 class TrainConfig:
     """``train``: optimiser, schedule, steps or time budget, validation and checkpoints."""
 
-    batch_size: int = _value()
-    max_steps: int = _value(resumable=True)
+    batch_size: int = _value(within=COUNT)
+    max_steps: int = _value(resumable=True, within=COUNT)
     time_budget_min: Optional[float] = _value()
-    lr: float = _value()
-    weight_decay: float = _value()
+    lr: float = _value(within=Range(0, low_open=True))
+    weight_decay: float = _value(within=NON_NEGATIVE)
     adam_betas: list[float] = _value()
-    warmup_steps: int = _value()
+    warmup_steps: int = _value(within=Range(0, integer=True))
     lr_schedule: LRSchedule = _value()
     grad_clip: Optional[float] = _value()
     mixed_precision: MixedPrecision = _value(resumable=True)
     ema: EMAConfig = _section(EMAConfig)
-    log_every: int = _value(resumable=True)
-    val_every: int = _value(resumable=True)
-    checkpoint_every: int = _value(resumable=True)
+    log_every: int = _value(resumable=True, within=COUNT)
+    val_every: int = _value(resumable=True, within=COUNT)
+    checkpoint_every: int = _value(resumable=True, within=COUNT)
     val_max_images: Optional[int] = _value()
     val_at_start: bool = _value(resumable=True)
     log_samples: bool = _value(resumable=True)
@@ -367,43 +411,62 @@ def resumable_keys(schema: type = LeafSegConfig, prefix: str = "") -> frozenset[
     return frozenset(keys)
 
 
+# ------------------------------------------------------------------------------------------------ retired
+
+#: keys that options which lost their experiments once had: the value that meant "off", and why they went. A config
+#: or run folder that still holds the off value loads as before; any other value is refused, naming the key, since
+#: the run it describes can no longer be reproduced.
+RETIRED_KEYS = {
+    "data.augment.overlay": (0.0, "scope overlays cost val Dice on both datasets and gained nothing on another "
+                                  "centre (experiments/polyp-recipe)"),
+    "align.augmented_views": ("teacher", "aligning only the unchanged views trained worse than aligning every view "
+                                         "to the teacher's tokens of it (experiments/polyp-recipe)"),
+}
+
+
+def retired_key_error(key: str, value: Any, where: str) -> ValueError | None:
+    """The error for a retired ``key`` set to ``value`` (None when it holds the off value, which is dropped)."""
+    off, why = RETIRED_KEYS[key]
+    if value == off:
+        return None
+    return ValueError(f"{key}{where}: this option was removed ({why}); only its off value {off!r} is still read, "
+                      f"got {value!r}")
+
+
 # ------------------------------------------------------------------------------------------------- ranges
 
 MIN_WARMUP = 10  # steps timed before the time budget decides (see leafseg.training.budget)
 
-# train.* numbers with their smallest value (int: >= it; float: > it)
-TRAIN_NUMBERS = {"max_steps": (int, 1), "batch_size": (int, 1), "val_every": (int, 1), "checkpoint_every": (int, 1),
-                 "log_every": (int, 1), "warmup_steps": (int, 0), "lr": (float, 0.0)}
-
-
 def check_values(cfg: DictConfig) -> None:
-    """The ranges a type cannot state, one error naming the key, the value and what is allowed. Called by
-    ``load_config`` and again when a run starts (a config may be changed in Python in between)."""
-    check_train_numbers(cfg.train)
+    """Every field's :class:`Range`, then what spans several fields; one error naming the key, the value and what
+    is allowed. Called by ``load_config`` and again when a run starts (a config may be changed in Python in
+    between)."""
+    check_ranges(cfg, LeafSegConfig)
     check_budget_config(cfg.train)
-    check_image_encoder(cfg.image_encoder)
 
 
-def check_image_encoder(ic: DictConfig) -> None:
-    """The semantic branch's sizes: TinyViT needs at least 16 px, the adapter at least one channel."""
-    if int(ic.semantic_size) < 16:
-        raise ValueError(f"image_encoder.semantic_size must be at least 16 (pixels), got {ic.semantic_size}")
-    if int(ic.semantic_hidden) < 1:
-        raise ValueError(f"image_encoder.semantic_hidden must be at least 1, got {ic.semantic_hidden}")
+def check_ranges(section: DictConfig, schema: type, prefix: str = "") -> None:
+    """The ranges of ``section`` (typed by the dataclass ``schema``, dotted name ``prefix``) and its subsections."""
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        if f.default_factory is not NO_DEFAULT and is_dataclass(f.default_factory):
+            check_ranges(section[f.name], f.default_factory, key + ".")
+        elif (within := f.metadata.get("within")) is not None:
+            value = section[f.name]
+            if value is not None and not within.holds(value):
+                shown = list(value) if isinstance(value, (list, tuple, ListConfig)) else value
+                raise ValueError(f"{key} must be {within.describe()}, got {shown!r}")
 
 
-def check_train_numbers(tc: DictConfig) -> None:
-    """One clear error for a train.* count or rate that is not a number of the right kind and size (``lr=abc``,
-    ``batch_size=0``, ``val_every=0``, ``max_steps=0``), before anything is decoded, cached or written."""
-    for key, (kind, least) in TRAIN_NUMBERS.items():
-        value = tc.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and kind is int:
-            ok = float(value).is_integer()
-        if not ok or value < least or (kind is float and not value > least):
-            what = "a whole number" if kind is int else "a finite number"
-            bound = f">= {least}" if kind is int else f"> {least:g}"
-            raise ValueError(f"train.{key} must be {what} {bound}, got {value!r}")
+def schema_of(key: str) -> type:
+    """The dataclass of the section at dotted ``key`` (``"data.augment"`` -> :class:`AugmentConfig`)."""
+    schema: type = LeafSegConfig
+    for part in key.split("."):
+        match = [f for f in fields(schema) if f.name == part and f.default_factory is not NO_DEFAULT]
+        if not match or not is_dataclass(match[0].default_factory):
+            raise KeyError(f"{key}: not a section of the configuration")
+        schema = match[0].default_factory
+    return schema
 
 
 def check_budget_config(tc: DictConfig) -> None:

@@ -23,12 +23,13 @@ class ColourJitter:
     """(B, 3, H, W) uint8 images -> jittered uint8 images, one random draw per image; the identity (drawing nothing
     from the generator) when every strength is 0."""
 
-    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0):
-        strengths = dict(zip(KEYS, (float(brightness), float(contrast), float(saturation), float(hue))))
-        for key, value in strengths.items():
-            if not 0 <= value <= (0.5 if key == "hue" else 1.0):
-                raise ValueError(f"data.colour_jitter.{key} must be in [0, {0.5 if key == 'hue' else 1}], "
-                                 f"got {value}")
+    def __init__(self, **strengths: float):
+        """``strengths``: keys of ``data.colour_jitter``; the others take default.yaml's values (0: off), and the
+        configuration's schema checks them all."""
+        from ..config import section_config
+
+        section = section_config("data.colour_jitter", strengths)
+        strengths = {key: float(section[key]) for key in KEYS}
         self.strengths = strengths
         self.transform = None
         if any(strengths.values()):
@@ -40,7 +41,7 @@ class ColourJitter:
 
     @classmethod
     def from_config(cls, section) -> "ColourJitter":
-        return cls(**{k: section.get(k, 0.0) for k in KEYS}) if section else cls()
+        return cls(**section) if section else cls()
 
     @property
     def enabled(self) -> bool:
@@ -84,40 +85,28 @@ class SampleAugmentation:
     such room is left as it is); ``inpaint``, the whole frame with the object painted out (:func:`inpainted_negatives`:
     the mask dilated by ``negative_dilate`` of the side, filled by OpenCV's Telea inpainting), so the folds, lumen,
     light and scope borders of a full frame are there at their real scale and the model sees the frame it will meet.
-
-    Scope overlays (``overlay``: the fraction of samples, drawn last, on the image only): one to three of the marks
-    that endoscope processors burn into their frames, in random corners (:func:`draw_overlays`). The mask does not
-    change: a sample whose marks would cover its foreground is left as it is, so its cached mask latent and the
-    teacher's tokens of its view (which has no marks, as with the colour jitter) stay valid and cost nothing.
     """
 
-    def __init__(self, p: float = 0.5, crop_scale=(1.0, 1.0), rotate: float = 0.0,
-                 elastic: float = 0.0, gamma=(1.0, 1.0), blur: float = 0.0, noise: float = 0.0,
-                 negative: float = 0.0, negative_min: float = 0.25, overlay: float = 0.0,
-                 negative_mode: str = "crop", negative_dilate: float = 0.03):
-        crop_scale, gamma = (tuple(float(v) for v in x) for x in (crop_scale, gamma))
-        checks = {"p": 0 <= p <= 1, "crop_scale": 0 < crop_scale[0] <= crop_scale[1] <= 1,
-                  "rotate": 0 <= rotate <= 180,
-                  "elastic": elastic >= 0, "gamma": 0 < gamma[0] <= gamma[1], "blur": blur >= 0, "noise": noise >= 0,
-                  "negative": 0 <= negative <= 1, "negative_min": 0 < negative_min <= 1,
-                  "overlay": 0 <= overlay <= 1, "negative_mode": negative_mode in NEGATIVE_MODES,
-                  "negative_dilate": 0 <= negative_dilate <= 0.5}
+    def __init__(self, **settings):
+        """``settings``: keys of ``data.augment``; the others take default.yaml's values (off), and the
+        configuration's schema checks them all (:func:`leafseg.config.section_config`)."""
+        from ..config import section_config
+
+        section = section_config("data.augment", settings)
+        p, rotate, elastic, blur, noise, negative, negative_min, negative_dilate = (
+            float(section[k]) for k in ("p", "rotate", "elastic", "blur", "noise", "negative", "negative_min",
+                                        "negative_dilate"))
+        crop_scale, gamma = (tuple(float(v) for v in section[k]) for k in ("crop_scale", "gamma"))
+        negative_mode = str(section.negative_mode)
         values = {"p": p, "crop_scale": crop_scale, "rotate": rotate, "elastic": elastic,
                   "gamma": gamma, "blur": blur, "noise": noise, "negative": negative, "negative_min": negative_min,
-                  "overlay": overlay, "negative_mode": negative_mode, "negative_dilate": negative_dilate}
-        for key, ok in checks.items():
-            if not ok:
-                raise ValueError(f"data.augment.{key}: {values[key]} is out of range (p in [0, 1]; crop_scale "
-                                 "0 < lo <= hi <= 1; rotate in [0, 180] degrees; elastic, blur, noise >= 0; gamma "
-                                 "0 < lo <= hi; negative, overlay in [0, 1]; negative_min in (0, 1]; "
-                                 "negative_mode crop or inpaint; negative_dilate in [0, 0.5])")
+                  "negative_mode": negative_mode, "negative_dilate": negative_dilate}
         self.settings = values
         self.p = float(p)
         self.negative, self.negative_min = float(negative), float(negative_min)
         self.negative_mode, self.negative_dilate = str(negative_mode), float(negative_dilate)
         if self.negative > 0 and self.negative_mode == "inpaint":
             _cv2()  # refused now, not at the first batch
-        self.overlay = float(overlay)
         self.has_geometric = (p > 0 and (crop_scale != (1.0, 1.0) or rotate > 0 or elastic > 0)) or negative > 0
         self.has_intensity = p > 0 and (gamma != (1.0, 1.0) or blur > 0 or noise > 0)
         self.intensity, self._geo_spec = None, []
@@ -160,13 +149,11 @@ class SampleAugmentation:
 
     @classmethod
     def from_config(cls, section) -> "SampleAugmentation":
-        if not section:
-            return cls()
-        return cls(**{k: section[k] for k in section})
+        return cls(**section) if section else cls()
 
     @property
     def enabled(self) -> bool:
-        return self.has_geometric or self.has_intensity or self.overlay > 0
+        return self.has_geometric or self.has_intensity
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, seed: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -208,8 +195,6 @@ class SampleAugmentation:
                 out = (x.clamp(0, 1) * 255).round().to(torch.uint8)
             else:
                 out = view
-        if self.overlay > 0:
-            out = draw_overlays(out, masks, self.overlay, seed)
         return view, out, masks, changed
 
     def __repr__(self) -> str:
@@ -223,8 +208,7 @@ class SampleAugmentation:
                  f"gamma {s['gamma'][0]:g}-{s['gamma'][1]:g}" if s["gamma"] != (1.0, 1.0) else "",
                  f"blur sigma <= {s['blur']:g}" if s["blur"] else "", f"noise std {s['noise']:g}" if s["noise"] else "",
                  (f"negative {'crops' if s['negative_mode'] == 'crop' else 'inpainted frames'} {s['negative']:g}"
-                  if s["negative"] else ""),
-                 f"scope overlays {s['overlay']:g}" if s["overlay"] else ""]
+                  if s["negative"] else "")]
         return f"augmentation p={s['p']:g} ({', '.join(p for p in parts if p)})"
 
 
@@ -270,7 +254,6 @@ def negative_crops(images: torch.Tensor, masks: torch.Tensor, fraction: float, m
     return images, masks, replaced
 
 
-NEGATIVE_MODES = ("crop", "inpaint")
 #: an object covering more of the frame than this (after dilation) is not painted out: too little is left to paint from
 INPAINT_MAX_AREA = 0.4
 
@@ -324,87 +307,3 @@ def inpainted_negatives(images: torch.Tensor, masks: torch.Tensor, fraction: flo
     return images, masks, replaced
 
 
-OVERLAY_COLOURS = ((0, 0, 0), (255, 255, 255), (230, 230, 230), (40, 220, 60), (240, 220, 40), (60, 200, 230))
-
-
-def draw_overlays(images: torch.Tensor, masks: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """Draw scope overlays on about ``fraction`` of (B, 3, R, R) uint8 images, a new tensor; ``masks`` (B, R, R) bool
-    are only read. Each chosen image gets one to three marks, each in a random corner: a black box (a processor's
-    status panel), a black corner cut (an octagonal field of view), rows of glyph-like text in white, grey, green,
-    yellow or cyan (patient data, time stamps; on a black panel half the time), or a thin coloured frame round a dark
-    box (a picture-in-picture such as a scope position guide). Images whose marks would touch the foreground are
-    left unchanged. The marks are drawn from ``seed`` alone (numpy), so a step's batch is the same on resume."""
-    import numpy as np
-    import torch
-
-    rng = np.random.default_rng([int(seed), 0x0E4])  # its own stream: the other transforms draw as before
-    size = images.shape[-1]
-    chosen = rng.random(len(images)) < fraction
-    out = images.clone()
-    for i in np.nonzero(chosen)[0].tolist():
-        colour = np.zeros((size, size, 3), np.uint8)
-        drawn = np.zeros((size, size), bool)
-        for _ in range(int(rng.integers(1, 4))):
-            _draw_mark(colour, drawn, str(rng.choice(["box", "cut", "text", "frame"])), rng)
-        if (drawn & (masks[i].numpy() != 0)).any():
-            continue
-        where = torch.from_numpy(drawn)
-        out[i][:, where] = torch.from_numpy(colour[drawn].T.copy())
-    return out
-
-
-def _draw_mark(colour: np.ndarray, drawn: np.ndarray, kind: str, rng: np.random.Generator) -> None:
-    """Draw one mark of ``kind`` into an (R, R, 3) canvas and its (R, R) coverage, in a random corner."""
-    import numpy as np
-
-    size = colour.shape[0]
-    flip_y, flip_x = rng.random(2) < 0.5
-
-    def place(top: int, left: int, h: int, w: int) -> tuple[slice, slice]:  # corner-relative -> absolute rows, cols
-        y0 = size - top - h if flip_y else top
-        x0 = size - left - w if flip_x else left
-        return slice(max(y0, 0), min(y0 + h, size)), slice(max(x0, 0), min(x0 + w, size))
-
-    def orient(a: np.ndarray) -> np.ndarray:  # a shape drawn for the corner (0, 0) -> the same for the chosen corner
-        return a[::-1 if flip_y else 1, ::-1 if flip_x else 1]
-
-    def paint(rows: slice, cols: slice, rgb, where=None) -> None:
-        region = np.ones((rows.stop - rows.start, cols.stop - cols.start), bool) if where is None else where
-        colour[rows, cols][region] = rgb
-        drawn[rows, cols] |= region
-
-    if kind == "box":
-        h, w = (rng.uniform([0.08, 0.12], [0.30, 0.35]) * size).astype(int) + 1
-        paint(*place(0, 0, h, w), (0, 0, 0))
-    elif kind == "cut":
-        leg = int(rng.uniform(0.08, 0.25) * size) + 1
-        tri = np.add.outer(np.arange(leg), np.arange(leg)) < leg  # the triangle at the corner (0, 0)
-        paint(*place(0, 0, leg, leg), (0, 0, 0), orient(tri))
-    elif kind == "text":
-        glyph_h = max(3, round(size * rng.uniform(0.025, 0.045)))
-        glyph_w, gap = max(2, round(glyph_h * 0.6)), max(1, glyph_h // 3)
-        rows_n = int(rng.integers(1, 5))
-        chars = int(rng.integers(4, max(5, int(0.4 * size - gap) // (glyph_w + 1) + 1)))  # lines <= 40% of the side
-        h, w = rows_n * (glyph_h + gap) + gap, chars * (glyph_w + 1) + gap
-        margin = int(rng.uniform(0.0, 0.06) * size)
-        rows, cols = place(margin, margin, h, w)
-        if rng.random() < 0.5:
-            paint(rows, cols, (0, 0, 0))
-        ink = np.zeros((h, w), bool)
-        for r in range(rows_n):
-            n = int(rng.integers(2, chars + 1))  # rows of text end at different lengths
-            for c in range(n):
-                if rng.random() < 0.15:  # a space
-                    continue
-                y, x = gap + r * (glyph_h + gap), gap + c * (glyph_w + 1)
-                ink[y:y + glyph_h, x:x + glyph_w] = rng.random((glyph_h, glyph_w)) < 0.45
-        ink = orient(ink)[:rows.stop - rows.start, :cols.stop - cols.start]  # the block's corner at the frame's
-        paint(rows, cols, OVERLAY_COLOURS[int(rng.integers(1, len(OVERLAY_COLOURS)))], ink)
-    else:  # frame
-        h, w = (rng.uniform([0.15, 0.15], [0.35, 0.35]) * size).astype(int) + 2
-        margin = int(rng.uniform(0.0, 0.08) * size)
-        rows, cols = place(margin, margin, h, w)
-        paint(rows, cols, tuple(int(v) for v in rng.integers(0, 50, 3)))
-        border = np.zeros((rows.stop - rows.start, cols.stop - cols.start), bool)
-        border[[0, -1], :] = border[:, [0, -1]] = True
-        paint(rows, cols, OVERLAY_COLOURS[int(rng.integers(1, len(OVERLAY_COLOURS)))], border)

@@ -34,24 +34,18 @@ def feature_map_to_tokens(h: torch.Tensor) -> torch.Tensor:
     return h.flatten(2).transpose(1, 2)
 
 
-def alignment_loss(projected: torch.Tensor, teacher_tokens: torch.Tensor, reference_batch_quirk: bool = False,
-                   samples: torch.Tensor | None = None) -> torch.Tensor:
+def alignment_loss(projected: torch.Tensor, teacher_tokens: torch.Tensor, reference_batch_quirk: bool = False
+                   ) -> torch.Tensor:
     """Mean negative cosine similarity between (B, N, D) projected student tokens and teacher tokens.
 
     ``reference_batch_quirk`` reproduces the authors' code, which divides this mean once more by the batch size
-    (an effective weight of lambda / B); the paper's formula is the plain mean. ``samples`` (B,) bool: average over
-    these samples only (none: a zero that keeps the graph, so every rank's projector still gets a gradient).
+    (an effective weight of lambda / B); the paper's formula is the plain mean.
     """
     if projected.shape != teacher_tokens.shape:
         raise ValueError(f"student tokens {tuple(projected.shape)} and teacher tokens "
                          f"{tuple(teacher_tokens.shape)} differ: the alignment layer's grid must match the teacher's")
     cos = F.cosine_similarity(projected.float(), teacher_tokens.float(), dim=-1)
-    if samples is None:
-        loss = -cos.mean()
-    elif samples.any():
-        loss = -cos[samples].mean()
-    else:
-        loss = cos.sum() * 0.0
+    loss = -cos.mean()
     if reference_batch_quirk:
         loss = loss / projected.shape[0]
     return loss

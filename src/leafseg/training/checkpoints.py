@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file, save_file
 
 from ..config import flatten, read_yaml, to_container
-from ..config_schema import resumable_keys
+from ..config_schema import RETIRED_KEYS, resumable_keys, retired_key_error
 from ..files import atomic_dir, replace_dir, write_error, write_json, write_text
 from ..models.weights import assert_finite
 from .run_log import say
@@ -103,6 +103,9 @@ def check_resume_config(run_dir: Path, cfg: DictConfig) -> list[str]:
     if not path.is_file():
         return []
     saved, given = _flat(read_yaml(path, "run configuration")), _flat(cfg)
+    for key in RETIRED_KEYS.keys() & saved.keys():  # an option the run used and leafseg no longer has
+        if (err := retired_key_error(key, saved[key], f" in {path}")) is not None:
+            raise ValueError(f"{err}; the run cannot be resumed") from None
     changed = sorted(k for k in saved.keys() & given.keys() if saved[k] != given[k])
     resumable = resumable_keys()
     refused = [k for k in changed if k not in resumable]

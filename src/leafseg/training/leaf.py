@@ -103,9 +103,8 @@ class LeafTrainingModel(torch.nn.Module):
             raise ValueError(f"loss.kind must be l1 or l2, got {self.loss_kind!r}")
 
     def forward(self, images: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                teacher_tokens: torch.Tensor | None = None, aligned: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
-        """Loss terms of a batch; ``aligned`` (B,) bool: the samples the alignment term averages over (None: all)."""
+                teacher_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Loss terms of a batch (the alignment term when the projector and teacher tokens are there)."""
         zx = self.image_encoder(images) * self.latent_scale
         z_t = add_noise(self.scheduler, z0, noise, t)
         with DownBlockFeatures(self.unet, self.align_layer) as features:
@@ -116,7 +115,7 @@ class LeafTrainingModel(torch.nn.Module):
         out = {"loss_main": loss_main, "loss": loss_main}
         if self.projector is not None and teacher_tokens is not None:
             projected = self.projector(feature_map_to_tokens(features.value))
-            loss_align = alignment_loss(projected, teacher_tokens, self.quirk, aligned)
+            loss_align = alignment_loss(projected, teacher_tokens, self.quirk)
             out["loss_align"] = loss_align
             out["loss"] = loss_main + self.align_weight * loss_align
         return out
@@ -144,7 +143,6 @@ class LeafMethod:
         unet: UNet2DModel = self.components["unet"]
         self.grid = down_block_grids(unet, int(unet.config.sample_size))[int(ac.layer)]
         self.teacher = projector = None
-        self.skip_augmented = ac.augmented_views == "skip"
         if ac.enabled:
             self.teacher = build_alignment_teacher(ac, device)
             channels = unet.down_blocks[int(ac.layer)].resnets[-1].out_channels
@@ -275,17 +273,6 @@ class LeafMethod:
             return self._teacher(batch.view)
         return self._unchanged_tokens(batch.view, batch.codes)
 
-    @torch.no_grad()
-    def _unchanged_teacher_tokens(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``align.augmented_views: skip``: tokens of the views augmentation left unchanged (zeros elsewhere) and
-        which samples those are; the teacher never runs on an augmented view."""
-        keep, device = ~batch.changed, self.trainer.device
-        tokens = torch.zeros(len(keep), self.grid * self.grid, self.teacher.feature_dim, device=device)
-        if keep.any():
-            tokens[keep.to(device)] = (batch.tokens[keep].float().to(device) if batch.tokens is not None else
-                                       self._unchanged_tokens(batch.view[keep], batch.codes[keep]))
-        return tokens, keep.to(device)
-
     def losses(self, model: torch.nn.Module, batch: TrainBatch, g: torch.Generator) -> dict[str, torch.Tensor]:
         device = self.trainer.device
         t = torch.randint(0, self.components["scheduler"].config.num_train_timesteps, (len(batch.indices),),
@@ -303,15 +290,11 @@ class LeafMethod:
                 z0 = z0.clone()
                 z0[fresh] = latents
         noise = torch.randn(z0.shape, generator=g)
-        # the teacher's view of the un-jittered image, as cached
-        if self.teacher is not None and self.skip_augmented and batch.changed.any():
-            tokens, aligned = self._unchanged_teacher_tokens(batch)
-        else:
-            tokens, aligned = self._teacher_tokens(batch), None
+        tokens = self._teacher_tokens(batch)  # the teacher's view of the un-jittered image, as cached
         images = self.trainer.colour_jitter(batch.images, g)  # drawn after t and noise: those stay as without jitter
         x = images.to(device).float() / 255 * 2 - 1
         with self.trainer.accelerator.autocast():
-            return model(x, z0.to(device), noise.to(device), t.to(device), tokens, aligned)
+            return model(x, z0.to(device), noise.to(device), t.to(device), tokens)
 
     @property
     def num_classes(self) -> int:
