@@ -19,7 +19,8 @@ def test_the_project_speaks_of_itself_not_of_how_it_was_built():
     """README, docs, benchmark scripts and records, and the package: no sessions, lent machines or issue numbers as
     a reader's context (an API's identifiers, such as ONNX Runtime's sessions, are code, not wording)."""
     files = [REPO / "README.md", *(REPO / "docs").rglob("*.md"), *(REPO / "src" / "leafseg").rglob("*.py"),
-             *(f for f in (REPO / "benchmarks").rglob("*") if f.suffix in (".md", ".py", ".json", ".sh", ".yaml")
+             *(f for folder in ("benchmarks", "experiments") for f in (REPO / folder).rglob("*")
+               if f.suffix in (".md", ".py", ".json", ".sh", ".yaml")
                and not any(part.startswith(".") for part in f.relative_to(REPO).parts))]  # e.g. nnU-Net's venv
     wording = re.compile(r"(?<![.\w])(?:sessions?|lent|issue \d+)(?![\w\[])", flags=re.IGNORECASE)
     api_keys = ('"session.intra_op.allow_spinning"',)  # ONNX Runtime's configuration keys are code
@@ -31,6 +32,27 @@ def test_the_project_speaks_of_itself_not_of_how_it_was_built():
         return t
 
     found = {str(f.relative_to(REPO)): hits for f in files if (hits := wording.findall(text(f)))}
+    assert not found, found
+
+
+def test_the_product_speaks_of_the_product_not_of_the_lab_notebook():
+    """README, docs/, the shipped configs and the package's docstrings describe what leafseg does: no experiment run
+    ids (E8, X2S1r), no "still to run", goals, issues, or the layout's rooms and floors. The history behind a choice
+    lives in experiments/, which the product's pages link to."""
+    files = [REPO / "README.md", *(REPO / "docs").rglob("*.md"), *(REPO / "src" / "leafseg").rglob("*.py"),
+             *(REPO / "src" / "leafseg" / "configs").glob("*.yaml")]
+    files = [f for f in files if f.name != "changelog.md"]  # a changelog is history by nature
+    words = re.compile(r"\b(?:still to run|goals?|issues?|rooms|floors?)\b", flags=re.IGNORECASE)
+    # experiment run ids: a capital letter and digits, maybe twice, maybe a lower-case tail (E8, P4s1, X2S1r)
+    run_id = re.compile(r"(?<![\w.-])[A-Z]\d{1,3}(?:[A-Z]\d{1,3})?[a-z]*\b")
+    not_run_ids = {"L1", "L2", "H100", "H200", "A100", "F401", "F811", "E402", "E501"}  # losses, GPUs, ruff codes
+
+    found = {}
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        hits = words.findall(text) + [h for h in run_id.findall(text) if h not in not_run_ids]
+        if hits:
+            found[str(f.relative_to(REPO))] = hits
     assert not found, found
 
 

@@ -4,8 +4,8 @@
 kept independently with probability 1 - p, from 16-bit slices of 64-bit random words: four elements per word
 instead of one draw per element. On a CPU, torch's Bernoulli sampling is sequential and was the largest single
 operator of the `cpu` recipe's forward (10 masks of the image encoder a step; 17% of the step's CPU time under
-torch.profiler on 2 Zen 4 cores); ``words16`` applies a mask 1.8-4.8x faster there (benchmarks/dropout_speed.py). The
-keep probability is quantised to 1/65536 (0.8 -> 52429/65536 = 0.800003) and the kept values are scaled by its
+torch.profiler on 2 cores); ``words16`` applies a mask 1.8-4.8x faster there (experiments/speed/dropout_speed.py).
+The keep probability is quantised to 1/65536 (0.8 -> 52429/65536 = 0.800003) and the kept values are scaled by its
 inverse, so the output's expectation is the input exactly. Both draw from the default generator, as
 ``torch.manual_seed`` and a resumed run's saved RNG state expect; the numbers differ.
 """

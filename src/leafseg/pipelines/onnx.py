@@ -107,7 +107,7 @@ class OnnxFunction:
     """A frozen module run by ONNX Runtime on the CPU: ``OnnxFunction(module, example)(x)`` == ``module(x)`` up to
     float rounding, for float32 ``x`` shaped like ``example`` except in the batch size. Exported in memory (the
     legacy TorchScript exporter, as ``leafseg export``), nothing written to disk. Training uses it for its frozen
-    caches, where ONNX Runtime is 1.5-1.9x faster than PyTorch on a CPU (docs/cpu-recipe.md)."""
+    caches, where ONNX Runtime is 1.5-1.9x faster than PyTorch on a CPU (experiments/cpu-recipe/README.md)."""
 
     def __init__(self, module: torch.nn.Module, example: torch.Tensor, threads: int | None = None, opset: int = 17):
         import onnxruntime as ort

@@ -21,9 +21,8 @@ from __future__ import annotations
 import statistics
 
 GRANULARITY = 100  # decided counts are multiples of this: two runs on one machine rarely land a step apart
-# The warm-up's steps run faster than a run's average (the cpu recipe on a 2-core Zen 5: 0.298 s timed over steps
-# 50-100 in the budget check of docs/cpu-recipe.md, 0.322 s averaged over E8's 8500 steps): the timed step is
-# taken this much longer.
+# The warm-up's steps run faster than a run's average (the cpu recipe on 2 cores: 0.298 s timed over steps 50-100,
+# 0.322 s averaged over all 8500 steps of the same run): the timed step is taken this much longer.
 STEP_SLACK = 1.10
 REVISE_TOLERANCE = 0.05  # a revised count within 5% of the decided one is noise: the schedule is left alone
 
