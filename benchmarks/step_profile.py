@@ -108,7 +108,7 @@ def profile(cfg, steps: int, skip: int, torch_profile: int = 0, output_dir: str 
     from omegaconf import OmegaConf
 
     from leafseg import train
-    from leafseg.training import bookkeeping, engine
+    from leafseg.training import engine
 
     total = skip + 2 * steps + torch_profile + 1  # the last step validates and checkpoints: not counted
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([
@@ -186,7 +186,7 @@ def profile(cfg, steps: int, skip: int, torch_profile: int = 0, output_dir: str 
             finally:
                 clock.leave()
 
-    original_after_step = bookkeeping.StepBookkeeping.after_step
+    original_after_step = engine.Trainer.after_step
 
     def after_step(self, *args, **kwargs):
         if not clock.active:
@@ -198,13 +198,13 @@ def profile(cfg, steps: int, skip: int, torch_profile: int = 0, output_dir: str 
             clock.leave()
 
     engine.train_loader = timed_loader
-    bookkeeping.StepBookkeeping.after_step = after_step
+    engine.Trainer.after_step = after_step
     try:
         t0 = time.perf_counter()
         train(cfg, trainer_class=ProfiledTrainer)
         result["run_s"] = time.perf_counter() - t0
     finally:
-        engine.train_loader, bookkeeping.StepBookkeeping.after_step = original_loader, original_after_step
+        engine.train_loader, engine.Trainer.after_step = original_loader, original_after_step
 
     plain = [b - a for a, b in zip(starts[skip:skip + steps], starts[skip + 1:skip + steps + 1])]
     phases = dict(clock.totals)

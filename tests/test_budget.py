@@ -7,7 +7,7 @@ import torch
 from diffusers.optimization import get_scheduler
 from omegaconf import OmegaConf
 
-from leafseg.training import bookkeeping, train
+from leafseg.training import budget, handlers, train
 from leafseg.training.budget import STEP_SLACK, events_after, step_seconds, steps_in_budget, worth_revising
 from leafseg.training.optimisation import retarget_lr_schedule
 from tiny import BITWISE, saved_weights, tiny_config
@@ -96,26 +96,26 @@ def test_a_budgeted_run_resumes_with_its_decision(tmp_path, synthetic, monkeypat
     """Interrupted before the decision, the resumed run decides; after it, the resumed run keeps the saved count and
     the LR schedule stretched to it, although its config allows more steps. Either way it ends where and as the
     uninterrupted run does."""
-    monkeypatch.setattr(bookkeeping, "steps_in_budget", decide(14))
+    monkeypatch.setattr(budget, "steps_in_budget", decide(14))
     cfg = ("train.time_budget_min=60", "train.max_steps=16", BITWISE)
     straight = train(budget_config(tmp_path / "a", synthetic, *cfg))
     assert straight.step == 14
     lrs = [h["lr"] for h in straight.history if "lr" in h]
     assert lrs[-1] == 0.0 and lrs[9] == pytest.approx(1e-3)  # the cosine ends at the decided step 14
 
-    real_save = bookkeeping.save_checkpoint
+    real_save = handlers.save_checkpoint
 
     def save_then_die(accelerator, run_dir, state, *rest):
         real_save(accelerator, run_dir, state, *rest)
         if state["step"] == interrupted_at:
             raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(bookkeeping, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(handlers, "save_checkpoint", save_then_die)
     with pytest.raises(RuntimeError, match="interrupted"):
         train(budget_config(tmp_path / "b", synthetic, *cfg))
-    monkeypatch.setattr(bookkeeping, "save_checkpoint", real_save)
+    monkeypatch.setattr(handlers, "save_checkpoint", real_save)
     if interrupted_at > 10:  # a second decision would train to 16 steps
-        monkeypatch.setattr(bookkeeping, "steps_in_budget", decide(16))
+        monkeypatch.setattr(budget, "steps_in_budget", decide(16))
     resumed = train(budget_config(tmp_path / "b", synthetic, *cfg), resume=True)
     assert resumed.step == 14
     assert [h["lr"] for h in resumed.history if "lr" in h] == lrs
@@ -140,7 +140,7 @@ def test_a_misjudged_warm_up_is_revised_at_the_next_validations(tmp_path, synthe
         calls.append(step)
         return 30 if len(calls) == 1 else cap
 
-    monkeypatch.setattr(bookkeeping, "steps_in_budget", slow_then_fast)
+    monkeypatch.setattr(budget, "steps_in_budget", slow_then_fast)
     result = train(budget_config(tmp_path / "run", synthetic, "train.time_budget_min=60", "train.max_steps=40",
                                  "train.val_every=2"))
     out = capsys.readouterr().out

@@ -14,9 +14,9 @@ spec.loader.exec_module(step_profile)
 
 
 def test_a_tiny_run_is_timed_phase_by_phase(tmp_path, synthetic, capsys):
-    from leafseg.training import bookkeeping, engine
+    from leafseg.training import engine
 
-    loader, after_step = engine.train_loader, bookkeeping.StepBookkeeping.after_step
+    loader, after_step = engine.train_loader, engine.Trainer.after_step
     cfg = tiny_config(tmp_path / "unused", synthetic, BITWISE)
     r = step_profile.profile(cfg, steps=3, skip=1, torch_profile=1, output_dir=tmp_path / "run")
     phases = r["phases_step_s"]
@@ -28,6 +28,6 @@ def test_a_tiny_run_is_timed_phase_by_phase(tmp_path, synthetic, capsys):
     state = tmp_path / "run" / "checkpoint-last" / "trainer_state.json"
     assert state.is_file() and '"step": 8' in state.read_text()  # 1 + 2 x 3 + 1 + 1
     # ... and the engine is as it was
-    assert engine.train_loader is loader and bookkeeping.StepBookkeeping.after_step is after_step
+    assert engine.train_loader is loader and engine.Trainer.after_step is after_step
     step_profile.print_report(r)
     assert "| forward |" in capsys.readouterr().out

@@ -194,7 +194,7 @@ def built_leaf_method(cfg):
     method = LeafMethod(cfg)
     trainer = Trainer(method, cfg, accelerator, run_dir)
     trainer.load_data()
-    method.build(trainer)
+    method.build(trainer.context())
     return method, trainer
 
 

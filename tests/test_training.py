@@ -86,7 +86,7 @@ def test_resume_continues_exactly(tmp_path, synthetic):
 
 def test_a_trainer_subclass_overrides_hooks_and_keeps_the_numbers(tmp_path, synthetic):
     """The loop's steps are methods a subclass replaces (nnU-Net's trainer hooks): one that only watches gets the
-    weights of the plain trainer, bit for bit, and is called where the bookkeeping says."""
+    weights of the plain trainer, bit for bit, and is called where the handlers say."""
     from leafseg.training import Trainer
 
     calls = []
@@ -100,9 +100,9 @@ def test_a_trainer_subclass_overrides_hooks_and_keeps_the_numbers(tmp_path, synt
             calls.append(("validate", self.state["step"]))
             return super().validate()
 
-        def on_train_end(self, book, seen):
+        def on_train_end(self, seen):
             calls.append(("end", self.state["step"]))
-            return super().on_train_end(book, seen)
+            return super().on_train_end(seen)
 
     plain = train(tiny_config(tmp_path / "a", synthetic, BITWISE))
     watched = train(tiny_config(tmp_path / "b", synthetic, BITWISE), trainer_class=Watching)

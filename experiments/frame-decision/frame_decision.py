@@ -78,7 +78,6 @@ def main() -> None:
             kv_with = np.mean([applied(d, kv_s, kv_d)[1].mean() for d, _ in parts])
             kv_lost = np.mean([int(applied(d, kv_s, kv_d)[0].sum()) for d, _ in parts])
             gained = int((empty_after & ~empty_before).sum())
-            n = len(ff_d)
             pays = (100 * (empty_after.mean() - empty_before.mean()) >= 20) and (100 * (kv_d.mean() - kv_with) <= 2)
             rows.append(f"| {label} | {arm} | {int(empty_before.sum())} ({100 * empty_before.mean():.1f}%) | "
                         f"{int(empty_after.sum())} ({100 * empty_after.mean():.1f}%) | +{gained} | "
@@ -86,7 +85,7 @@ def main() -> None:
                         f"{len(kv_d)} cleared) | {'yes' if pays else 'no'} |")
             decisions += [f"- {label}, arm {arm}: " + "; ".join(describe(d) for d, _ in parts)]
     print("| model | arm | full frames left empty, no decision | with the decision (judged out of sample) | frames "
-          f"changed | CVC val Dice without / with | Kvasir val Dice without / with | pays |\n"
+          "changed | CVC val Dice without / with | Kvasir val Dice without / with | pays |\n"
           "|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\nDecisions chosen (`max_drop` 0.01):\n")

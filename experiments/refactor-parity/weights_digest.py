@@ -3,9 +3,10 @@
 Trains `cpu-small` and `cpu-polyp` (fixed step counts, no time budget) on a subset of CVC-ClinicDB's committed
 split, with validation and checkpoints inside the run so that those code paths take part, and prints one sha256 per
 weights file of model-last and model-best, plus the logged losses. Run it at two commits on the same machine and
-compare the outputs: equal digests mean bit-identical weights.
+compare the outputs: equal digests mean bit-identical weights. The digests go to OUT_DIR/digest.json (the
+trainings' own lines to the console).
 
-    python experiments/refactor-parity/weights_digest.py OUT_DIR > digest.json
+    python experiments/refactor-parity/weights_digest.py OUT_DIR
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main(out: Path) -> None:
             "model-last": digest(result.run_dir / "model-last"),
             "model-best": digest(result.run_dir / "model-best"),
         }
-    json.dump(report, sys.stdout, indent=1)
+    (out / "digest.json").write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Training: the shared ``engine`` (a :class:`Trainer` whose steps are overridable hooks) and the modules
 it uses (``run_setup``: device, precision, run folder; ``optimisation``: schedules, EMA; ``clock``: wall time;
-``bookkeeping``: validation, selection, checkpoints, time budget; ``checkpoints``: atomic saves, exact resume),
+``handlers``: progress, logging, validation and selection, checkpoints; ``budget``: the time budget;
+``checkpoints``: atomic saves, exact resume),
 one module per method (``leaf``: LEAF; ``supervised``: the plain UNet baseline; ``peers``:
 MONAI networks trained as nnU-Net trains), the ``caches`` of frozen targets and the training ``curves`` figure.
 :func:`train` picks the method from the config."""

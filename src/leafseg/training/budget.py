@@ -14,11 +14,23 @@ decided schedule, from the median of all steps timed so far, when it moves by mo
 the LR schedule is stretched again from where it is. The decision is saved with each checkpoint, so a resumed run
 keeps it. On a machine fast enough for ``train.max_steps`` inside the budget the run is the fixed-step run, bit for
 bit; elsewhere two runs may decide counts a hundred apart (their step times differ), which the run folder records.
+:class:`TimeBudget` is the engine's handler that does all of this; the functions below are its arithmetic.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
+from typing import TYPE_CHECKING
+
+from accelerate.utils import broadcast_object_list
+
+from ..config_schema import MIN_WARMUP
+from .handlers import Handler, Validation
+from .run_log import say
+
+if TYPE_CHECKING:
+    from .engine import Trainer
 
 GRANULARITY = 100  # decided counts are multiples of this: two runs on one machine rarely land a step apart
 # The warm-up's steps run faster than a run's average (the cpu recipe on 2 cores: 0.298 s timed over steps 50-100,
@@ -61,3 +73,102 @@ def steps_in_budget(budget_s: float, elapsed_s: float, step: int, step_s: float,
     while n > step and cost(n) > left:  # a few iterations: validations only shorten the first guess a little
         n -= GRANULARITY
     return max(n, step)
+
+
+class TimeBudget(Handler):
+    """``train.time_budget_min``: times the steps (validations and checkpoints left out), refuses a warm-up that
+    cannot end inside the budget, decides the step count at the end of the warm-up (timing a validation there),
+    revises it at the validations of the first half, and keeps a resumed run's decision. It validates through the
+    engine's :class:`~leafseg.training.handlers.Validation` handler, which then skips that step."""
+
+    def __init__(self, validation: Validation):
+        self.validation = validation
+        # seconds of each step since half-way through the warm-up: what the count is decided and revised from
+        self.step_times: list[float] = []
+        self._tick: float | None = None  # when the step now running began
+
+    def started(self, engine: Trainer) -> None:
+        tc = engine.cfg.train
+        self.budget_s = None if tc.time_budget_min is None else tc.time_budget_min * 60
+        if self.budget_s is not None and engine.state.get("budget_steps") is not None:  # decided before the resume
+            engine.set_max_steps(min(engine.max_steps, int(engine.state["budget_steps"])))
+
+    def step_started(self, engine: Trainer) -> None:
+        if self.budget_s is not None:
+            self._tick = time.perf_counter()
+
+    def step_done(self, engine: Trainer, losses, extra_logs) -> None:
+        if self.budget_s is None:
+            return
+        tc, state, step = engine.cfg.train, engine.state, engine.state["step"]
+        warmup = int(tc.warmup_steps)
+        if self._tick is not None and (step > warmup // 2 or "budget_steps" not in state):
+            self.step_times.append(time.perf_counter() - self._tick)
+        if "budget_steps" not in state:
+            if step == MIN_WARMUP < warmup:
+                self._check_warmup_fits(engine, step)
+            if step == warmup:
+                self._decide(engine, step)
+            elif step == warmup // 2:
+                self.step_times.clear()  # decided from the second half of the warm-up, at full LR
+        elif engine.has_val and step % int(tc.val_every) == 0 and step <= engine.max_steps // 2:
+            self.validation.run(engine, step)
+            self._revise(engine, step)
+
+    def _elapsed(self, engine: Trainer) -> float:
+        return sum(s["total_s"] for s in engine.earlier_timings) + engine.clock.elapsed()
+
+    def _count(self, engine: Trainer, step: int) -> tuple[int, float, float]:
+        """(steps that fit the budget, seconds a step, seconds a validation) from the times so far, the same on
+        every rank (the main process's)."""
+        tc = engine.cfg.train
+        step_s = step_seconds(self.step_times)
+        times = self.validation.times
+        validation_s = statistics.mean(times) if times else 0.0
+        decision = [steps_in_budget(self.budget_s, self._elapsed(engine), step, step_s, validation_s,
+                                    int(tc.val_every) if engine.has_val else None, int(tc.max_steps))]
+        broadcast_object_list(decision)  # every rank stops at the main process's count
+        return int(decision[0]), step_s, validation_s
+
+    def _check_warmup_fits(self, engine: Trainer, step: int) -> None:
+        """After :data:`MIN_WARMUP` steps: refuse a budget the LR warm-up cannot end inside (the count is decided
+        at its end), before more of the budget is spent."""
+        tc = engine.cfg.train
+        warmup, step_s = int(tc.warmup_steps), step_seconds(self.step_times)
+        needed = [self._elapsed(engine) + (warmup - step) * step_s]
+        broadcast_object_list(needed)  # every rank stops, or none
+        if needed[0] > self.budget_s:
+            raise ValueError(
+                f"train.time_budget_min={tc.time_budget_min:g}: the LR warm-up (train.warmup_steps={warmup}) "
+                f"would end after {needed[0] / 60:.1f} min at {step_s:.3f} s a step on this machine, "
+                f"and the step count is decided at its end; lower train.warmup_steps, raise the budget, or build on "
+                f"a recipe made for a budget (base: cpu)")
+
+    def _decide(self, engine: Trainer, step: int) -> None:
+        """At the end of the warm-up: the step count that fits the budget, a validation timed first."""
+        tc = engine.cfg.train
+        if engine.has_val:
+            self.validation.run(engine, step)
+        total, step_s, validation_s = self._count(engine, step)
+        self._set(engine, total)
+        fits = "all of them fit" if total == int(tc.max_steps) else f"{total} of them fit"
+        say(f"time budget {tc.time_budget_min:g} min: {self._elapsed(engine) / 60:.1f} min spent, a step takes "
+            f"{step_s:.3f} s and a validation {validation_s:.1f} s; of train.max_steps {tc.max_steps} "
+            f"steps {fits}, the LR schedule ends at step {total}")
+
+    def _revise(self, engine: Trainer, step: int) -> None:
+        """At a validation in the first half of the decided schedule: the count again, from every step timed so
+        far, kept when it moved by more than REVISE_TOLERANCE (a warm-up slowed by another job is corrected)."""
+        if len(self.step_times) < MIN_WARMUP // 2:  # just resumed: fewer steps timed than the decision had
+            return
+        total, step_s, _ = self._count(engine, step)
+        if worth_revising(engine.max_steps, total):
+            say(f"time budget revised at step {step}: a step takes {step_s:.3f} s (median of "
+                f"{len(self.step_times)}); the LR schedule now ends at step {total} instead of {engine.max_steps}")
+            self._set(engine, total)
+
+    def _set(self, engine: Trainer, total: int) -> None:
+        engine.state["budget_steps"] = total
+        engine.set_max_steps(total)
+        engine.progress.total = total
+        engine.progress.refresh()

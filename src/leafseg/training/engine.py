@@ -1,19 +1,23 @@
 """The training loop every method shares, as a :class:`Trainer` whose steps are named hooks (``load_data``,
 ``on_train_start``, ``train_step``, ``validate``, ``export``, ``check_finite``, ``on_train_end``) that a subclass may
-override, as nnU-Net's trainer's are. The modules it uses: ``run_setup`` (device, precision, run folder),
-``optimisation`` (schedules, EMA, the step after a loss), ``clock`` (wall time), ``bookkeeping`` (progress,
-validation and selection, checkpoints, the time budget), ``checkpoints`` (atomic saves, exact resume).
+override, as nnU-Net's trainer's are, and whose work around the steps is done by event handlers with one job each
+(:mod:`leafseg.training.handlers`: progress, loss logging, validation and model selection, checkpoints, the stop on a
+non-finite loss; :class:`leafseg.training.budget.TimeBudget`). The other modules it uses: ``run_setup`` (device,
+precision, run folder), ``optimisation`` (schedules, EMA, the step after a loss), ``clock`` (wall time),
+``checkpoints`` (atomic saves, exact resume).
 
 A method (``leafseg.training.leaf``, ``leafseg.training.supervised``, ``leafseg.training.peers``) plugs in through
-:class:`TrainingMethod`: it builds its networks and frozen targets, computes a batch's losses, validates, and names
-the inference pipeline to export. Everything random in a step (batch order, flips, and whatever the method draws
-after them: t, eps) comes from generators seeded by (seed, step, rank), so a resumed run continues exactly as an
-uninterrupted one, and each rank reads its own shard of every global batch.
+:class:`TrainingMethod`: it builds its networks and frozen targets from a :class:`RunContext` (what it needs of the
+run, given as an argument), computes a batch's losses, validates, and names the inference pipeline to export.
+Everything random in a step (batch order, flips, and whatever the method draws after them: t, eps) comes from
+generators seeded by (seed, step, rank), so a resumed run continues exactly as an uninterrupted one, and each rank
+reads its own shard of every global batch.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
@@ -29,11 +33,14 @@ from ..config import flatten, to_container
 from ..data.loader import StepSampler, TrainBatch, TrainSamples, dataset_weights, step_generator, train_loader
 from ..models.weights import assert_finite
 from ..pipelines.compilation import kernel_cache
-from .bookkeeping import StepBookkeeping, TrainResult
-from .checkpoints import BEST, CHECKPOINT, ScheduleAndEMA, load_trainer_state, release_run_dir, save_pipeline
+from .budget import TimeBudget
+from .checkpoints import BEST, ScheduleAndEMA, load_trainer_state, release_run_dir, save_pipeline
 from .clock import WallTime
+from .handlers import (Checkpointing, Handler, LossLogging, ProgressBar, StopOnNonFiniteLoss, Validation,
+                       last_good_state)
 from .model_card import model_card
-from .optimisation import ema_weights, eval_mode, make_ema, make_lr_scheduler, optimisation_step
+from .optimisation import (ema_weights, eval_mode, make_ema, make_lr_scheduler, optimisation_step,
+                           retarget_lr_schedule)
 from .run_data import RunData, cache_dir, load_run_data
 from .run_log import run_log, say
 from .run_setup import start_run
@@ -44,14 +51,51 @@ def flip_codes(hflip: bool, vflip: bool) -> list[tuple[bool, bool]]:
     return [(h, v) for v in ((False, True) if vflip else (False,)) for h in ((False, True) if hflip else (False,))]
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a training method needs of the run it trains in, handed to :meth:`TrainingMethod.build`.
+
+    Attributes:
+        cfg: the run's configuration.
+        data: the run's samples (train, val, sources, labels).
+        accelerator: accelerate's ``Accelerator`` (device, autocast, main process).
+        cache_dir: where the frozen targets' caches live.
+        codes: the flip combinations a sample may be read in.
+        augmentation: applied by the loader (a method computes targets for the samples it changed).
+        colour_jitter: applied by the method to its training images after the flips and augmentation.
+    """
+
+    cfg: DictConfig
+    data: RunData
+    accelerator: Accelerator
+    cache_dir: Path
+    codes: list[tuple[bool, bool]]
+    augmentation: D.SampleAugmentation
+    colour_jitter: D.ColourJitter
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    best_val_dice: float | None
+    best_step: int | None
+    history: list[dict]
+
+
 class TrainingMethod(Protocol):
     """What a training method provides to :func:`run_training` (see leafseg.training.leaf for the LEAF one)."""
 
     tracker_name: str      # TensorBoard project name
     description: str       # progress-bar label
 
-    def build(self, trainer: Trainer) -> torch.nn.Module:
-        """Networks and frozen targets; returns the module whose trainable parameters are optimised."""
+    def build(self, run: RunContext) -> torch.nn.Module:
+        """Networks and frozen targets; returns the module whose trainable parameters are optimised. ``run`` is
+        what the method may read of the run later too (its losses and validation use it)."""
 
     def ema_module(self, model: torch.nn.Module) -> torch.nn.Module:
         """The part of the (unwrapped) trained module that EMA averages and the pipeline exports."""
@@ -81,9 +125,10 @@ class Trainer:
     """One training run of ``method``: the config, accelerate, the run folder and (after :meth:`load_data`) the
     loaded data, which is also what a method reads while it builds. :meth:`fit` calls the hooks in this order:
     ``load_data``, ``on_train_start`` (networks, optimiser, EMA, the resumed state), then ``train_step`` per step
-    with the bookkeeping calling ``validate``, ``export`` and ``check_finite``, and ``on_train_end``. A subclass
-    overrides any of them and is passed as ``leafseg.train(cfg, trainer_class=...)``; the default ones keep the
-    numerics of every release (the expected-slice and bit-exact resume tests).
+    with the handlers calling ``validate``, ``export`` and ``check_finite``, and ``on_train_end``. A subclass
+    overrides any of them, or :meth:`handlers` to add or drop a handler, and is passed as
+    ``leafseg.train(cfg, trainer_class=...)``; the default ones keep the numerics of every release (the
+    expected-slice and bit-exact resume tests).
 
     Args:
         method: the training method (builds networks and targets, computes losses, validates, exports).
@@ -100,7 +145,7 @@ class Trainer:
         self.description = method.description
         self.data: RunData | None = None
 
-    # ------------------------------------------------------------------- what a method reads while it builds
+    # ------------------------------------------------------------------------- what the run is made of
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +173,30 @@ class Trainer:
         """Applied by the data loader after the flips (``data.augment``; off: the flipped samples themselves)."""
         return D.SampleAugmentation.from_config(self.cfg.data.augment)
 
+    def context(self) -> RunContext:
+        """What the method is given to build from (after :meth:`load_data`)."""
+        return RunContext(self.cfg, self.data, self.accelerator, self.cache_dir, self.codes, self.augmentation,
+                          self.colour_jitter)
+
+    def handlers(self) -> list[Handler]:
+        """The handlers of the run, in the order they hear each event: the time budget first (it times the step
+        and may validate), the progress bar, the stop on a non-finite loss, loss logging, validation, then
+        checkpoints. A subclass may return another list."""
+        validation = Validation()
+        return [TimeBudget(validation), ProgressBar(), StopOnNonFiniteLoss(), LossLogging(), validation,
+                Checkpointing()]
+
+    def fire(self, event: str, *args) -> None:
+        """Call ``event`` on every handler, in order."""
+        for handler in self._handlers:
+            getattr(handler, event)(self, *args)
+
+    def set_max_steps(self, total: int) -> None:
+        """End the run at step ``total``, the LR schedule following the curve it would have over that many steps
+        (the time budget's decision)."""
+        self.max_steps = total
+        retarget_lr_schedule(self.lr_scheduler, self.cfg.train, total)
+
     # ------------------------------------------------------------------------------------------- the hooks
 
     def load_data(self) -> None:
@@ -143,7 +212,7 @@ class Trainer:
         cfg, tc, accelerator = self.cfg, self.cfg.train, self.accelerator
         set_seed(int(cfg.run.seed))  # identical initialisation on every rank
         with self.clock.phase("frozen_targets"):
-            model = self.method.build(self)
+            model = self.method.build(self.context())
         if tc.compile:  # lazily: the first step compiles (inside the time budget, which counts from start-up)
             compiled = self.method.compile_networks(model)
             if accelerator.is_main_process:
@@ -172,13 +241,7 @@ class Trainer:
         """One optimiser step on ``batch``: the method's losses, then backward, clipping, AdamW, schedule and EMA.
         Returns the losses and the gradient norm before clipping (None without clipping)."""
         losses = self.method.losses(self.model, batch, generator)
-        if not torch.isfinite(losses["loss"].detach()).all():
-            has_checkpoint = (self.run_dir / CHECKPOINT / "trainer_state.json").is_file()
-            raise FloatingPointError(
-                f"non-finite training loss at step {self.state['step'] + 1} (lr "
-                f"{self.lr_scheduler.get_last_lr()[0]:.3g}): training stopped; {last_good_state(self.run_dir)} - "
-                + ("lower train.lr and start again, or resume from it" if has_checkpoint else
-                   "lower train.lr and start again in a new run folder"))
+        self.fire("losses_computed", losses)  # a handler may stop the run here, before the weights change
         grad_norm = optimisation_step(self.accelerator, losses["loss"], self.params, self.optimizer,
                                       self.lr_scheduler, self.cfg.train.grad_clip, self.ema, self.averaged)
         return losses, grad_norm
@@ -199,11 +262,22 @@ class Trainer:
         assert_finite(self.base, f"the model at step {self.state['step']} (training stopped; "
                                  f"{last_good_state(self.run_dir)})")
 
-    def on_train_end(self, book: StepBookkeeping, seen: list[int]) -> TrainResult:
-        """Model-best without a val split, curves, timings; with ``train.log_samples``, what each rank read."""
+    def after_step(self, losses: dict[str, torch.Tensor], grad_norm: torch.Tensor | None) -> None:
+        """The handlers' turn after optimiser step ``state["step"]``: logging, validation, checkpoints, budget.
+        The learning rate and gradient norm are read only on logging steps (they may synchronise the device)."""
+        self.fire("step_done", losses, lambda: {"lr": self.lr_scheduler.get_last_lr()[0],
+                                                **({} if grad_norm is None else {"grad_norm": float(grad_norm)})})
+
+    def on_train_end(self, seen: list[int]) -> TrainResult:
+        """The handlers' end (model-best without a val split, curves, timings); with ``train.log_samples``, what
+        each rank read."""
         if self.cfg.train.log_samples:  # what each rank read and ended with: lets tests check sharding and sync
             _log_samples(self.run_dir, self.accelerator.process_index, seen, self.base)
-        return book.finish()
+        self.fire("finished")
+        self.accelerator.end_training()
+        state = self.state
+        return TrainResult(self.run_dir, int(state["step"]), state["best_val_dice"], state["best_step"],
+                           state["history"])
 
     # -------------------------------------------------------------------------------------------- the loop
 
@@ -214,26 +288,30 @@ class Trainer:
         cfg, data, accelerator = self.cfg, self.data, self.accelerator
         rank, world, seed = accelerator.process_index, accelerator.num_processes, int(cfg.run.seed)
         step, seen, n_codes = int(self.state["step"]), [], len(self.codes)
-        book = StepBookkeeping(self)
+        self.first_step, self.earlier_timings = step, list(self.state["wall_time"])  # of the processes resumed from
+        self.max_steps = int(cfg.train.max_steps)
+        self._handlers = self.handlers()
+        self.fire("started")
         samples = TrainSamples(data.train, self.codes, self.augmentation, seed, rank, *self.method.row_files())
         sampler = StepSampler(len(data.train), int(cfg.train.batch_size), world, rank, seed, n_codes,
                               start_step=step, weights=sampling_weights(cfg, data))
         self.model.train()
         self.clock.first_step()
         batches = iter(train_loader(samples, sampler, cfg.data.num_workers))
-        while step < book.max_steps:  # train.max_steps, or fewer where train.time_budget_min decides so
+        while step < self.max_steps:  # train.max_steps, or fewer where train.time_budget_min decides so
+            self.fire("step_started")
             batch = next(batches)
             if batch.step != step:
                 raise RuntimeError(f"data loader out of step: got step {batch.step}'s batch at step {step}")
             g, _ = step_generator(seed, step, rank, len(batch.indices), n_codes)  # past the codes, as drawn
             losses, grad_norm = self.train_step(batch, g)
             step += 1
+            self.state["step"] = step  # before any export: model-best's card names the step it holds
             if cfg.train.log_samples:
                 seen.extend(batch.indices.tolist())
-            book.after_step(step, losses, lambda gn=grad_norm: {
-                "lr": self.lr_scheduler.get_last_lr()[0], **({} if gn is None else {"grad_norm": float(gn)})})
+            self.after_step(losses, grad_norm)
         del batches  # stops the workers
-        return self.on_train_end(book, seen)
+        return self.on_train_end(seen)
 
 
 def source_means(scores: list[float], val_sources: list[tuple[str, int]]) -> tuple[float, dict[str, float]]:
@@ -272,16 +350,6 @@ def run_training(method: TrainingMethod, cfg: DictConfig, resume: bool = False,
     finally:
         if accelerator.is_main_process:
             release_run_dir(run_dir)
-
-
-def last_good_state(run_dir: Path) -> str:
-    """Where a stopped run can go on from: its checkpoint (and the step it holds) or, before the first one, that
-    there is none."""
-    state = run_dir / CHECKPOINT / "trainer_state.json"
-    try:
-        return f"the last good state is {run_dir / CHECKPOINT} (step {json.loads(state.read_text())['step']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"no checkpoint was written yet ({run_dir / CHECKPOINT} does not exist)"
 
 
 def sampling_weights(cfg: DictConfig, data: RunData) -> torch.Tensor | None:

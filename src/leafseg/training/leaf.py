@@ -34,7 +34,7 @@ from ..pipelines.leaf import LeafSegPipeline
 from ..data.loader import TrainBatch
 from .caches import (MaskLatents, TeacherFeatures, cache_backend, cache_rows, cached, flipped_inputs,
                      frozen_function, mirror_tokens, target_cache_key)
-from .engine import Trainer
+from .engine import RunContext
 from .run_data import volume_config
 from .run_log import say
 
@@ -134,10 +134,10 @@ class LeafMethod:
             raise ValueError(f"align.teacher: unknown teacher {cfg.align.teacher!r}; available: {sorted(TEACHERS)}")
         self.cfg = cfg
 
-    def build(self, trainer: Trainer) -> torch.nn.Module:
-        cfg, ac, device = self.cfg, self.cfg.align, trainer.device
-        self.trainer = trainer
-        self.components = build_components(cfg, trainer.data.num_classes)
+    def build(self, run: RunContext) -> torch.nn.Module:
+        cfg, ac, device = self.cfg, self.cfg.align, run.device
+        self.run = run
+        self.components = build_components(cfg, run.data.num_classes)
         self.autoencoder = self.components["autoencoder"].to(device)
         scale = ae_ops.latent_scale(self.autoencoder)
         unet: UNet2DModel = self.components["unet"]
@@ -156,18 +156,18 @@ class LeafMethod:
         """Mask latents and (with alignment) teacher tokens, per training sample and flip code, streamed from the
         sample store into row files. A sample that geometric augmentation changed gets both computed on the fly
         instead (:meth:`losses`), by the same backend (``run.cache_backend``) as the cache."""
-        cfg, ac, trainer = self.cfg, self.cfg.align, self.trainer
-        store, codes, device = trainer.data.train, trainer.codes, trainer.device
+        cfg, ac, run = self.cfg, self.cfg.align, self.run
+        store, codes, device = run.data.train, run.codes, run.device
         self.mask_latents = MaskLatents(self.autoencoder, scale, self.num_classes)
         self.z0_cache = self.tokens_cache = None
         self.backend = cache_backend(str(cfg.run.cache_backend), device,
-                                     say=None if trainer.accelerator.is_main_process else lambda _: None)  # once
+                                     say=None if run.accelerator.is_main_process else lambda _: None)  # once
         # ONNX Runtime for a float32 teacher only (paper.yaml's bf16 teacher stays with torch)
         self.teacher_backend = self.backend if ac.teacher_dtype == "float32" else "torch"
         self.example = torch.zeros(1, 3, store.resolution, store.resolution)  # the teacher's input
         self.mask_example = torch.zeros(1, 3 * self.num_classes, store.resolution, store.resolution)
         self._functions = {}
-        if cfg.run.frozen_targets == "on_the_fly" or trainer.augmentation.has_geometric:
+        if cfg.run.frozen_targets == "on_the_fly" or run.augmentation.has_geometric:
             for name in ("latents", "teacher") if self.teacher is not None else ("latents",):
                 self._frozen(name)  # used per batch: exported now, in the start-up's time, not in step 1's
         if cfg.run.frozen_targets == "on_the_fly":
@@ -175,7 +175,7 @@ class LeafMethod:
         # Everything the cached tensors depend on, so runs can share a cache folder (run.cache_dir) safely.
         key = target_cache_key(store.folder.name, codes, int(cfg.data.resolution), to_container(cfg.autoencoder),
                                scale, backend=self.backend, device=device)
-        cache_dir = trainer.cache_dir
+        cache_dir = run.cache_dir
 
         def read_masks(a: int, b: int) -> torch.Tensor:
             masks = torch.from_numpy(store.masks.read_range(a, b))
@@ -190,7 +190,7 @@ class LeafMethod:
             cache_rows(flipped_inputs(self.frozen_mask_latents, codes, device), read_masks, len(store), 16,
                        "mask latents", len(codes), write)
 
-        self.z0_cache = cached(cache_dir / f"mask-latents-{key}", trainer.accelerator, build_latents, np.float32)
+        self.z0_cache = cached(cache_dir / f"mask-latents-{key}", run.accelerator, build_latents, np.float32)
         teacher, grid = self.teacher, self.grid
         if teacher is None or not ac.cache:
             return
@@ -213,7 +213,7 @@ class LeafMethod:
 
         tkey = target_cache_key(key, teacher.name, grid, ac.flip_tokens, str(ac.teacher_dtype),
                                 backend=self.teacher_backend, device=device)
-        self.tokens_cache = cached(cache_dir / f"teacher-{tkey}", trainer.accelerator, build_tokens, np.float16)
+        self.tokens_cache = cached(cache_dir / f"teacher-{tkey}", run.accelerator, build_tokens, np.float16)
 
     def _frozen(self, name: str):
         """The frozen function ``name`` ("latents": the mask autoencoder's, "teacher": the teacher's features) run
@@ -246,15 +246,15 @@ class LeafMethod:
 
     def _teacher(self, views: torch.Tensor) -> torch.Tensor:
         """What the teacher makes of (B, 3, R, R) uint8 views: float32 tokens on the alignment grid."""
-        x = views.to(self.trainer.device).float().div_(255).contiguous(memory_format=torch.channels_last)
-        return self.frozen_teacher_tokens(x).to(self.trainer.device)
+        x = views.to(self.run.device).float().div_(255).contiguous(memory_format=torch.channels_last)
+        return self.frozen_teacher_tokens(x).to(self.run.device)
 
     def _unchanged_tokens(self, views: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Tokens of views no geometric augmentation changed, without a cache: per flipped view, or (mirror) the
         teacher sees the unflipped image (flips undo themselves) and its token grid is flipped."""
         if self.cfg.align.flip_tokens == "recompute":
             return self._teacher(views)
-        flips = self.trainer.codes
+        flips = self.run.codes
         plain = self._teacher(torch.stack([D.flip(x, *flips[c]) for x, c in zip(views, codes.tolist())]))
         return torch.stack([mirror_tokens(p[None], self.grid, *flips[c])[0] for p, c in zip(plain, codes.tolist())])
 
@@ -263,7 +263,7 @@ class LeafMethod:
         """The batch's alignment targets: cached rows, and the teacher's tokens of the views augmentation changed."""
         if self.teacher is None:
             return None
-        changed, device = batch.changed, self.trainer.device
+        changed, device = batch.changed, self.run.device
         if batch.tokens is not None:
             tokens = batch.tokens.float().to(device)
             if changed.any():  # what the teacher makes of the augmented views
@@ -274,7 +274,7 @@ class LeafMethod:
         return self._unchanged_tokens(batch.view, batch.codes)
 
     def losses(self, model: torch.nn.Module, batch: TrainBatch, g: torch.Generator) -> dict[str, torch.Tensor]:
-        device = self.trainer.device
+        device = self.run.device
         t = torch.randint(0, self.components["scheduler"].config.num_train_timesteps, (len(batch.indices),),
                           generator=g)
         z0 = batch.z0
@@ -291,17 +291,17 @@ class LeafMethod:
                 z0[fresh] = latents
         noise = torch.randn(z0.shape, generator=g)
         tokens = self._teacher_tokens(batch)  # the teacher's view of the un-jittered image, as cached
-        images = self.trainer.colour_jitter(batch.images, g)  # drawn after t and noise: those stay as without jitter
+        images = self.run.colour_jitter(batch.images, g)  # drawn after t and noise: those stay as without jitter
         x = images.to(device).float() / 255 * 2 - 1
-        with self.trainer.accelerator.autocast():
+        with self.run.accelerator.autocast():
             return model(x, z0.to(device), noise.to(device), t.to(device), tokens)
 
     @property
     def num_classes(self) -> int:
-        return self.trainer.data.num_classes
+        return self.run.data.num_classes
 
     def _pipe(self, model: LeafTrainingModel) -> LeafSegPipeline:
-        labels = self.trainer.data.labels
+        labels = self.run.data.labels
         pipe = LeafSegPipeline(self.autoencoder, model.image_encoder, model.unet, self.components["scheduler"],
                                **volume_config(self.cfg), labels=labels.to_dict() if labels is not None else None)
         pipe.set_progress_bar_config(disable=True)
@@ -310,11 +310,11 @@ class LeafMethod:
     def validate(self, model: LeafTrainingModel) -> list[float]:
         """Per-image Dice on the val samples at the processing resolution (single step); with several structures
         the mean over them of each one's Dice."""
-        pipe, device = self._pipe(model), self.trainer.device
+        pipe, device = self._pipe(model), self.run.device
         scores = []
-        for images, masks in self.trainer.data.val.batches(16):
+        for images, masks in self.run.data.val.batches(16):
             x = images.to(device).float() / 255 * 2 - 1
-            with self.trainer.accelerator.autocast():
+            with self.run.accelerator.autocast():
                 latents = pipe.predict_latents(x)[0]
             if self.num_classes > 1:
                 pred = pipe.latents_to_labels(latents).cpu().numpy()

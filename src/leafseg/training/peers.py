@@ -22,7 +22,7 @@ from ..data.loader import TrainBatch
 from ..metrics import mean_class_dice
 from ..models.monai_nets import MonaiSegmenter
 from ..pipelines.supervised import MonaiSegPipeline
-from .engine import Trainer
+from .engine import RunContext
 from .run_data import volume_config
 from .supervised import SupervisedMethod
 
@@ -51,20 +51,20 @@ class MonaiPeerMethod(SupervisedMethod):
         self.architecture = architecture
         self.description = f"training (MONAI {architecture})"
 
-    def build(self, trainer: Trainer) -> torch.nn.Module:
-        self.trainer, pc = trainer, self.cfg.peers
+    def build(self, run: RunContext) -> torch.nn.Module:
+        self.run, pc = run, self.cfg.peers
         options = to_container(pc[self.architecture])
         deep = bool(options.pop("deep_supervision", False))
         self.loss = dice_ce_loss(bool(pc.batch_dice), float(pc.dice_weight), float(pc.ce_weight))
         return MonaiSegmenter(self.architecture, int(self.cfg.data.resolution), zscore_input=bool(pc.zscore_input),
-                              num_classes=trainer.data.num_classes + 1, deep_supervision=deep, network=options)
+                              num_classes=run.data.num_classes + 1, deep_supervision=deep, network=options)
 
     def losses(self, model: torch.nn.Module, batch: TrainBatch, generator: torch.Generator
                ) -> dict[str, torch.Tensor]:
-        device = self.trainer.device
-        images = self.trainer.colour_jitter(batch.images, generator)
+        device = self.run.device
+        images = self.run.colour_jitter(batch.images, generator)
         target = batch.masks.to(device)[:, None].long()
-        with self.trainer.accelerator.autocast():
+        with self.run.accelerator.autocast():
             out = model(images.to(device).float() / 255 * 2 - 1)
         out = out.float()
         if out.ndim == 5:  # deep supervision: (B, heads, classes, R, R)
@@ -74,15 +74,15 @@ class MonaiPeerMethod(SupervisedMethod):
         return {"loss": self.loss(out, target)}
 
     def _foreground(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        if self.trainer.data.num_classes > 1:  # a label map: the most probable class
+        if self.run.data.num_classes > 1:  # a label map: the most probable class
             return model(images).argmax(1).to(torch.uint8)
         return model.foreground_probability(images) > 0.5
 
     def _score(self, pred, gt) -> float:
-        k = self.trainer.data.num_classes
+        k = self.run.data.num_classes
         return mean_class_dice(pred, gt, k) if k > 1 else super()._score(pred, gt)
 
     def pipeline(self, model: MonaiSegmenter) -> MonaiSegPipeline:
-        labels = self.trainer.data.labels
+        labels = self.run.data.labels
         return MonaiSegPipeline(network=model, **volume_config(self.cfg),
                                 labels=labels.to_dict() if labels is not None else None)

@@ -18,7 +18,7 @@ from ..config import to_container
 from ..metrics import dice as dice_score
 from ..pipelines.supervised import SupervisedSegPipeline, build_segmentation_unet, unet_logits
 from ..data.loader import TrainBatch
-from .engine import Trainer
+from .engine import RunContext
 from .run_data import volume_config
 
 
@@ -41,9 +41,9 @@ class SupervisedMethod:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
 
-    def build(self, trainer: Trainer) -> torch.nn.Module:
-        self.trainer = trainer
-        if trainer.data.num_classes > 1:
+    def build(self, run: RunContext) -> torch.nn.Module:
+        self.run = run
+        if run.data.num_classes > 1:
             raise ValueError("method supervised_unet segments one structure; for a multi-class dataset train a MONAI "
                              "peer (method=basicunet or dynunet) or LEAF")
         return build_segmentation_unet(int(self.cfg.data.resolution), **to_container(self.cfg.baseline.unet))
@@ -60,9 +60,9 @@ class SupervisedMethod:
 
     def losses(self, model: torch.nn.Module, batch: TrainBatch, generator: torch.Generator
                ) -> dict[str, torch.Tensor]:
-        device, bc = self.trainer.device, self.cfg.baseline
-        images = self.trainer.colour_jitter(batch.images, generator)
-        with self.trainer.accelerator.autocast():
+        device, bc = self.run.device, self.cfg.baseline
+        images = self.run.colour_jitter(batch.images, generator)
+        with self.run.accelerator.autocast():
             logits = unet_logits(model, images.to(device).float() / 255 * 2 - 1)
         return {"loss": dice_bce_loss(logits, batch.masks.to(device), float(bc.dice_weight), float(bc.bce_weight))}
 
@@ -70,10 +70,10 @@ class SupervisedMethod:
         return None, None  # no frozen targets
 
     def validate(self, model: UNet2DModel) -> list[float]:
-        device, scores = self.trainer.device, []
-        for images, masks in self.trainer.data.val.batches(16):
+        device, scores = self.run.device, []
+        for images, masks in self.run.data.val.batches(16):
             x = images.to(device).float() / 255 * 2 - 1
-            with self.trainer.accelerator.autocast():
+            with self.run.accelerator.autocast():
                 pred = self._foreground(model, x)
             scores += [self._score(p, g) for p, g in zip(pred.cpu().numpy(), masks.numpy())]
         return scores
