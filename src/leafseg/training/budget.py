@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING
 
 from accelerate.utils import broadcast_object_list
+from omegaconf import DictConfig
 
 from ..config_schema import MIN_WARMUP
 from .handlers import Handler, Validation
@@ -37,6 +38,22 @@ GRANULARITY = 100  # decided counts are multiples of this: two runs on one machi
 # 0.322 s averaged over all 8500 steps of the same run): the timed step is taken this much longer.
 STEP_SLACK = 1.10
 REVISE_TOLERANCE = 0.05  # a revised count within 5% of the decided one is noise: the schedule is left alone
+
+
+def planned_steps(tc: DictConfig) -> str:
+    """The steps a run will take, as its start-up line says them."""
+    if tc.time_budget_min is None:
+        return str(tc.max_steps)
+    return (f"{tc.max_steps} or as many as fit in train.time_budget_min={tc.time_budget_min:g} min (decided at the end "
+            f"of the {tc.warmup_steps}-step warm-up)")
+
+
+def budget_note(tc: DictConfig, state: dict) -> str:
+    """What a model card says of the budget's decision ("" without a budget)."""
+    if tc.time_budget_min is None:
+        return ""
+    return (f" (train.max_steps {tc.max_steps}; train.time_budget_min {tc.time_budget_min:g} decided "
+            f"{state.get('budget_steps', 'not yet')})")
 
 
 def step_seconds(times: list[float]) -> float:

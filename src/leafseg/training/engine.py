@@ -33,7 +33,7 @@ from ..config import flatten, to_container
 from ..data.loader import StepSampler, TrainBatch, TrainSamples, dataset_weights, step_generator, train_loader
 from ..models.weights import assert_finite
 from ..pipelines.compilation import kernel_cache
-from .budget import TimeBudget
+from .budget import TimeBudget, planned_steps
 from .checkpoints import BEST, ScheduleAndEMA, load_trainer_state, release_run_dir, save_pipeline
 from .clock import WallTime
 from .handlers import (Checkpointing, Handler, LossLogging, ProgressBar, StopOnNonFiniteLoss, Validation,
@@ -368,7 +368,7 @@ def _announce(method: TrainingMethod, trainer: Trainer) -> None:
     workers = cfg.data.num_workers
     on_disk = data.train.bytes() + (data.val.bytes() if data.val is not None else 0)
     say(f"{method.description}: {len(data.train)} train / {n_val} val samples at "
-          f"{cfg.data.resolution}x{cfg.data.resolution}, steps {_steps(tc)} (batch {tc.batch_size} x "
+          f"{cfg.data.resolution}x{cfg.data.resolution}, steps {planned_steps(tc)} (batch {tc.batch_size} x "
           f"{accelerator.num_processes} process(es)) on {_where(accelerator)}, {_augmentations(trainer)}, "
           f"validation every {tc.val_every}, into {trainer.run_dir}")
     say(f"data: samples read from {trainer.cache_dir} ({on_disk / 2**20:.1f} MiB on disk, {data.first_pass_s:.1f} s "
@@ -379,13 +379,6 @@ def _announce(method: TrainingMethod, trainer: Trainer) -> None:
     say(f"masks: {empty} of {len(data.train)} train and {val_empty} of {n_val} val samples are empty at "
           f"{cfg.data.resolution}x{cfg.data.resolution} (frames without an object: they teach the model to leave such "
           f"frames empty)")
-
-
-def _steps(tc: DictConfig) -> str:
-    if tc.time_budget_min is None:
-        return str(tc.max_steps)
-    return (f"{tc.max_steps} or as many as fit in train.time_budget_min={tc.time_budget_min:g} min (decided at the end "
-            f"of the {tc.warmup_steps}-step warm-up)")
 
 
 def _where(accelerator: Accelerator) -> str:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from .. import __version__
 from ..models.autoencoder import autoencoder_folder
+from .budget import budget_note
 
 LICENCES = {
     "taef2": "TAEF2 autoencoder (Ollin Boer Bohan, MIT)",
@@ -68,9 +69,7 @@ def model_card(cfg: DictConfig, state: dict, split_sha256: str | None, kind: str
     d, tc = cfg.data, cfg.train
     method = cfg.method
     best = state.get("best_val_dice")
-    budget = ("" if tc.time_budget_min is None else
-              f" (train.max_steps {tc.max_steps}; train.time_budget_min {tc.time_budget_min:g} decided "
-              f"{state.get('budget_steps', 'not yet')})")
+    budget = budget_note(tc, state)
     lines = [
         f"# leafseg model ({'LEAF' if method == 'leaf' else method + ' baseline'}, {kind})", "",
         "Load it with `leafseg.load_pipeline(folder)`"
