@@ -17,7 +17,8 @@ from leafseg.pipelines.frame_decision import FRAME_SCORES, calibrate
 
 RUNS = Path(os.environ.get("RUNS", "runs"))
 MODELS = {"X2S1r (recipe)": "polyp-x2-s1r", "N1 (inpainted negatives)": "polyp-n1-s1",
-          "C1 (condition both)": "polyp-c1-s1", "BasicUNet peer": "polyp-basicunet-s1"}
+          "C1 (condition both)": "polyp-c1-s1", "BasicUNet peer": "polyp-basicunet-s1",
+          "CI1 (condition both + inpainted negatives)": "polyp-ci1-s1"}  # CI1: experiments/condition-and-inpaint
 MAX_DROP = 0.01
 
 
@@ -56,6 +57,9 @@ def main() -> None:
     rows, decisions = [], []
     for label, run in MODELS.items():
         folder = RUNS / run
+        if not (folder / "eval-kvasir-all").is_dir():  # a run not evaluated yet (its script evaluates this set last)
+            print(f"{label}: {folder} has no finished evaluations; left out")
+            continue
         _, cvc_s, cvc_d = read(folder / "eval-cvc-val")
         _, kv_s, kv_d = read(folder / "eval-kvasir-val")
         _, crop_s, _ = read(folder / "eval-negatives-val")
