@@ -63,6 +63,16 @@ def relative(text: str) -> str:
     return text.replace(str(REPO.parent / "shared"), "../shared").replace(str(REPO) + "/", "")
 
 
+def run_unrecorded(names: list[str], records: Path, run) -> None:
+    """``run(name)`` for each of ``names`` without a record in ``records`` yet: a later invocation skips what is
+    recorded, so an interrupted series goes on where it stopped."""
+    for name in names:
+        if (records / f"{name}.json").exists():
+            print(f"{name}: recorded already")
+            continue
+        run(name)
+
+
 def per_image_dice(csv_file: Path) -> dict[str, float | None]:
     """Each test image's Dice (kept in the record: two runs' differences can then be paired image by image); None
     where it is undefined (an empty cell or nan, as `leafseg score` and `leafseg evaluate` write it)."""

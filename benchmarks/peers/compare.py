@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from run_records import (MARKER, commit, leafseg, machine, manual_analysis, paired_bootstrap,  # noqa: E402
-                         per_image_dice, relative, run_logged)
+                         per_image_dice, relative, run_logged, run_unrecorded)
 
 SHARED = REPO.parent / "shared"
 METHODS = {  # name: (label, overrides on the cpu recipe)
@@ -193,11 +193,8 @@ def main() -> None:
     root = Path(args.records)
     records = root / tag
     out.mkdir(parents=True, exist_ok=True)
-    for name in [] if args.report_only else (args.only or list(METHODS)):
-        if (records / f"{name}.json").exists():
-            print(f"{name}: recorded already")
-            continue
-        run_method(name, args, out, records)
+    run_unrecorded([] if args.report_only else (args.only or list(METHODS)), records,
+                   lambda name: run_method(name, args, out, records))
     write_report(root, Path(args.report), args.budget_min)
 
 

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from run_records import (MARKER, commit, leafseg, machine, manual_analysis, paired_bootstrap,  # noqa: E402
-                         per_image_dice, relative, run_logged)
+                         per_image_dice, relative, run_logged, run_unrecorded)
 
 VARIANTS = {  # name: (label, overrides, seeds)
     "x0-align": ("x0 + alignment (LEAF)", ["diffusion.prediction_type=sample", "align.enabled=true"], (0, 1, 2)),
@@ -123,11 +123,8 @@ def main() -> None:
     out = Path(args.out or REPO / "benchmarks" / "runs" / f"{args.recipe}-ablation")
     records = Path(args.records) if args.records else default_records(args.recipe)
     out.mkdir(parents=True, exist_ok=True)
-    for name in [] if args.report_only else (args.only or list(RUNS)):
-        if (records / f"{name}.json").exists():
-            print(f"{name}: recorded already")
-            continue
-        run_one(name, args, out, records)
+    run_unrecorded([] if args.report_only else (args.only or list(RUNS)), records,
+                   lambda name: run_one(name, args, out, records))
     write_report(records, Path(args.results), args)
 
 

@@ -123,8 +123,8 @@ class TrainingMethod(Protocol):
 
 class Trainer:
     """One training run of ``method``: the config, accelerate, the run folder and (after :meth:`load_data`) the
-    loaded data, which is also what a method reads while it builds. :meth:`fit` calls the hooks in this order:
-    ``load_data``, ``on_train_start`` (networks, optimiser, EMA, the resumed state), then ``train_step`` per step
+    loaded data, handed to the method as a :class:`RunContext` when it builds. :meth:`fit` calls the hooks in this
+    order: ``load_data``, ``on_train_start`` (networks, optimiser, EMA, the resumed state), then ``train_step`` per step
     with the handlers calling ``validate``, ``export`` and ``check_finite``, and ``on_train_end``. A subclass
     overrides any of them, or :meth:`handlers` to add or drop a handler, and is passed as
     ``leafseg.train(cfg, trainer_class=...)``; the default ones keep the numerics of every release (the

@@ -10,6 +10,7 @@ The events: ``started`` (the state is loaded, before the first step), ``step_sta
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,8 +170,6 @@ class Checkpointing(Handler):
 def last_good_state(run_dir: Path) -> str:
     """Where a stopped run can go on from: its checkpoint (and the step it holds) or, before the first one, that
     there is none."""
-    import json
-
     state = run_dir / CHECKPOINT / "trainer_state.json"
     try:
         return f"the last good state is {run_dir / CHECKPOINT} (step {json.loads(state.read_text())['step']})"
