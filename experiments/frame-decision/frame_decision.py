@@ -18,7 +18,8 @@ from leafseg.pipelines.frame_decision import FRAME_SCORES, calibrate
 RUNS = Path(os.environ.get("RUNS", "runs"))
 MODELS = {"X2S1r (recipe)": "polyp-x2-s1r", "N1 (inpainted negatives)": "polyp-n1-s1",
           "C1 (condition both)": "polyp-c1-s1", "BasicUNet peer": "polyp-basicunet-s1",
-          "CI1 (condition both + inpainted negatives)": "polyp-ci1-s1"}  # CI1: experiments/condition-and-inpaint
+          "CI1 (condition both + inpainted negatives)": "polyp-ci1-s1",  # CI1, CI1T: experiments/condition-and-inpaint
+          "CI1T (CI1 at the peer's 34 min)": "polyp-ci1t-s1"}
 MAX_DROP = 0.01
 
 
