@@ -145,6 +145,11 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def user_cache() -> Path:
+    """leafseg's folder in the user's cache: ``$XDG_CACHE_HOME/leafseg``, else ``~/.cache/leafseg`` (not created)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leafseg"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 
+from ..files import user_cache
 from .taef2 import TAEF2
 from .weights import read_config
 
@@ -103,8 +104,7 @@ def taef2_folders() -> list[Path]:
     folders = []
     if os.environ.get("LEAFSEG_WEIGHTS"):
         folders.append(Path(os.environ["LEAFSEG_WEIGHTS"]) / "taef2")
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folders.append(cache / "leafseg" / "weights" / "taef2")
+    folders.append(user_cache() / "weights" / "taef2")
     if os.environ.get("LEAFSEG_SHARED"):
         folders.append(Path(os.environ["LEAFSEG_SHARED"]) / "weights" / "taef2")
     return [f.expanduser() for f in folders]

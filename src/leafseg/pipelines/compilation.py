@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import user_cache
+
 logger = logging.getLogger(__name__)
 
 #: torch.compile modes leafseg offers (CUDA graphs are left out: leafseg calls its networks with varying batches)
@@ -36,7 +38,7 @@ def kernel_cache() -> Path:
     # inductor writes its default into the environment the first time it is asked: that one is not the user's
     if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
         return Path(current)
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leafseg" / "inductor"
+    folder = user_cache() / "inductor"
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     return folder
 
@@ -56,6 +58,17 @@ def compiler_missing(device: str | torch.device) -> str | None:
     else:
         return f"torch.compile is not offered on {device.type}"
     return None
+
+
+def _ready_to_compile(mode: str, device: str | torch.device) -> Path:
+    """Check ``mode`` and the compiler for ``device`` (ValueError / RuntimeError with the reason); returns the
+    kernel cache folder, set for this process."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+    reason = compiler_missing(device)
+    if reason:
+        raise RuntimeError(f"cannot compile: {reason}")
+    return kernel_cache()
 
 
 def compiled_parts(pipe) -> dict[str, torch.nn.Module]:
@@ -78,16 +91,11 @@ def compile_pipeline(pipe, mode: str = "default") -> list[str]:
     Raises:
         ValueError: an unknown ``mode``. RuntimeError: no compiler for the pipeline's device (the reason).
     """
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
     from .onnx import OnnxSegPipeline
 
     if isinstance(pipe, OnnxSegPipeline):
         raise ValueError("an ONNX export runs in ONNX Runtime, which fuses its own graph; compile the PyTorch model")
-    reason = compiler_missing(pipe.device)
-    if reason:
-        raise RuntimeError(f"cannot compile: {reason}")
-    cache = kernel_cache()
+    cache = _ready_to_compile(mode, pipe.device)
     parts = compiled_parts(pipe)
     for module in parts.values():
         module.compile(backend="inductor", mode=mode)
@@ -112,12 +120,7 @@ def compile_module(*modules: torch.nn.Module, mode: str = "default") -> None:
     """Compile ``modules`` in place for training. Random ops in compiled graphs (dropout) draw from torch's
     generator as eager does (inductor's ``fallback_random``), so a compiled run draws eager's masks and resumes bit
     for bit. Refuses as :func:`compile_pipeline` does."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
-    reason = compiler_missing(next(modules[0].parameters()).device)
-    if reason:
-        raise RuntimeError(f"cannot compile: {reason}")
-    kernel_cache()
+    _ready_to_compile(mode, next(modules[0].parameters()).device)
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
