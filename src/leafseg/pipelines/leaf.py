@@ -173,21 +173,28 @@ class LeafSegPipeline(DiffusionPipeline):
             return self._segment_classes(images, sizes, num_inference_steps, ensemble_size, seed, generator,
                                          batch_size, flip_tta, return_dict)
         probs, stds = [], []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            if flip_tta:
-                chunk = flipped_views(chunk)
-            latents = self.predict_latents(chunk, num_inference_steps, ensemble_size, seed, generator)
-            e, b = latents.shape[:2]
-            soft = self.latents_to_soft_masks(latents.flatten(0, 1))
-            soft = soft.view(e, b, *soft.shape[-2:])
-            if flip_tta:
-                soft = merge_views(soft)
+        for soft in self._member_masks(images, batch_size, flip_tta, self.latents_to_soft_masks,
+                                       num_inference_steps, ensemble_size, seed, generator):
             probs.append(soft.mean(0))
             stds.append(soft.std(0, unbiased=False))
         output = self.image_processor.postprocess(torch.cat(probs), torch.cat(stds) if ensemble_size > 1 else None,
                                                   sizes, threshold, stored_decision(self, frame_decision))
         return output if return_dict else (output.masks, output.probabilities, output.uncertainty)
+
+    def _member_masks(self, images, batch_size, flip_tta, decode, *predict_args):
+        """Per batch of ``images``: each ensemble member's soft masks (E, B, ...) by ``decode``, flipped views merged
+        (:meth:`predict_latents` takes ``predict_args``)."""
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            if flip_tta:
+                chunk = flipped_views(chunk)
+            latents = self.predict_latents(chunk, *predict_args)
+            e, b = latents.shape[:2]
+            soft = decode(latents.flatten(0, 1))
+            soft = soft.view(e, b, *soft.shape[1:])
+            if flip_tta:  # merge_views wants the batch third from the end
+                soft = merge_views(soft.movedim(1, -3)).movedim(-3, 1)
+            yield soft
 
     def _segment_classes(self, images, sizes, num_inference_steps, ensemble_size, seed, generator, batch_size,
                          flip_tta, return_dict):
@@ -197,16 +204,8 @@ class LeafSegPipeline(DiffusionPipeline):
         if flip_tta:
             self.label_table.check_mirroring("flip_tta")
         probs, stds = [], []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            if flip_tta:
-                chunk = flipped_views(chunk)
-            latents = self.predict_latents(chunk, num_inference_steps, ensemble_size, seed, generator)
-            e, b = latents.shape[:2]
-            soft = self.latents_to_class_masks(latents.flatten(0, 1))
-            soft = soft.view(e, b, *soft.shape[1:])
-            if flip_tta:  # merge_views wants the batch third from the end
-                soft = merge_views(soft.transpose(1, 2)).transpose(1, 2)
+        for soft in self._member_masks(images, batch_size, flip_tta, self.latents_to_class_masks,
+                                       num_inference_steps, ensemble_size, seed, generator):
             probs.append(class_probabilities(soft.mean(0)))
             stds.append(soft.std(0, unbiased=False).mean(1))
         output = self.image_processor.postprocess_labels(torch.cat(probs),
