@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--p", type=float, default=0.2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import speed
 
     print(f"device: {speed.machine()}; dropout p={args.p}")
