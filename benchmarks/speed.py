@@ -99,8 +99,10 @@ class _OpenVinoSession:
         return [result[out] for out in self.model.outputs]
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls that are not timed."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -135,9 +137,9 @@ def measure(arch: str, backend: str, repeats: int, batch: int, n_images: int, ou
                                for name in runner.sessions}
         zx = runner.sessions["encode"].run(None, {"images": x1.numpy()})[0]
         noise = np.random.default_rng(0).standard_normal(zx.shape).astype(np.float32)
-        result["encoder_s"] = _median_time(lambda: runner.sessions["encode"].run(None, {"images": x1.numpy()}),
+        result["encoder_s"] = median_time(lambda: runner.sessions["encode"].run(None, {"images": x1.numpy()}),
                                            repeats)
-        result["unet_decoder_s"] = _median_time(
+        result["unet_decoder_s"] = median_time(
             lambda: runner.sessions["denoise_decode"].run(None, {"zx": zx, "noise": noise}), repeats)
         call = runner
     else:
@@ -167,13 +169,13 @@ def measure(arch: str, backend: str, repeats: int, batch: int, n_images: int, ou
             zx = (pipe.image_encoder(x) * ae_ops.latent_scale(pipe.autoencoder)).to(pipe.unet.dtype)
             z = torch.randn_like(zx)
             z_dec = z.to(next(pipe.autoencoder.parameters()).dtype)
-            result["encoder_s"] = _median_time(lambda: pipe.image_encoder(x), repeats)
-            result["unet_s"] = _median_time(lambda: pipe.unet(torch.cat([zx, z], 1), 999), repeats)
-            result["decoder_s"] = _median_time(lambda: ae_ops.decode(pipe.autoencoder, z_dec), repeats)
+            result["encoder_s"] = median_time(lambda: pipe.image_encoder(x), repeats)
+            result["unet_s"] = median_time(lambda: pipe.unet(torch.cat([zx, z], 1), 999), repeats)
+            result["decoder_s"] = median_time(lambda: ae_ops.decode(pipe.autoencoder, z_dec), repeats)
         call = pipe
     with torch.inference_mode():
-        result["pipeline_b1_s"] = _median_time(lambda: call(list(x1 * 0.5 + 0.5)), repeats)
-        result["pipeline_batch_img_per_s"] = batch / _median_time(lambda: call(list(xb * 0.5 + 0.5),
+        result["pipeline_b1_s"] = median_time(lambda: call(list(x1 * 0.5 + 0.5)), repeats)
+        result["pipeline_batch_img_per_s"] = batch / median_time(lambda: call(list(xb * 0.5 + 0.5),
                                                                                 batch_size=batch), repeats)
         masks = call(images, batch_size=batch).masks
     np.savez_compressed(out, *masks)
@@ -212,7 +214,7 @@ def matmul_peak() -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(2):
         a @ b
-    return 2 * n ** 3 / _median_time(lambda: a @ b, 7) / 1e9
+    return 2 * n ** 3 / median_time(lambda: a @ b, 7) / 1e9
 
 
 def low_precision_units() -> str:

@@ -23,27 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks this study builds on
+from speed import build_pipeline, median_time  # noqa: E402
 PARTS = ("graph-break", "peak", "tinyvit", "inference", "training")
 INFERENCE_VARIANTS = ("fp32", "compiled", "compiled_frozen", "bf16", "bf16_compiled", "bf16_compiled_frozen")
 TRAINING_VARIANTS = (("eager", "bf16"), ("whole", "bf16"), ("eager", "no"), ("whole", "no"))
 
 
-def _median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _median_time(fn, repeats: int) -> float:
+    return median_time(fn, repeats, warmup=2)
 
 
 # ------------------------------------------------------------------------------------------------ children
@@ -116,9 +110,6 @@ def tinyvit() -> dict:
 def inference(variant: str) -> dict:
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from speed import build_pipeline  # noqa: E402 (the benchmark's own pipeline builder)
-
     from leafseg.pipelines.compilation import compiled_parts, kernel_cache
     from leafseg.pipelines.precision import BF16_PARTS, set_precision
 
@@ -149,8 +140,7 @@ def inference(variant: str) -> dict:
 def training(mode: str, precision: str, profile: bool) -> dict:
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import train_speed  # noqa: E402
+    import train_speed
 
     import leafseg.pipelines.compilation as compilation
     import leafseg.training.leaf as leaf
@@ -218,8 +208,7 @@ def main() -> None:
             result = {"graph-break": graph_break, "peak": peak, "tinyvit": tinyvit}[part]()
         print(json.dumps(result))
         return
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from run_records import commit, machine  # noqa: E402
+    from run_records import commit, machine
 
     import torch
 

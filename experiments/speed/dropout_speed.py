@@ -7,26 +7,13 @@ shapes of the `cpu` recipe's image encoder (batch 4, 64 channels, 128 / 64 / 32 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from leafseg.models.dropout import dropout_words16
-
-
-def median_ms(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def main() -> None:
@@ -45,8 +32,8 @@ def main() -> None:
     for side in (128, 64, 32):
         for dtype in (torch.float32, torch.bfloat16):
             x = torch.randn(4, 64, side, side).to(dtype)
-            a = median_ms(lambda x=x: F.dropout(x, args.p, True), args.repeats, 3)
-            b = median_ms(lambda x=x: dropout_words16(x, args.p), args.repeats, 3)
+            a = speed.median_time(lambda x=x: F.dropout(x, args.p, True), args.repeats, 3) * 1000
+            b = speed.median_time(lambda x=x: dropout_words16(x, args.p), args.repeats, 3) * 1000
             print(f"| 4 x 64 x {side} x {side} | {str(dtype).removeprefix('torch.')} | {a:.2f} | {b:.2f} | "
                   f"{a / b:.1f}x |", flush=True)
 
