@@ -28,6 +28,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
 RUNS = Path(os.environ.get("RUNS", "runs"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from negative_set import DATASETS  # noqa: E402  (the two polyp datasets, their layouts and split files)
 RESOLUTION = 128
 KEEP = 0.99  # share of CVC-ClinicDB val polyp frames the threshold keeps
 
@@ -56,10 +58,7 @@ def sham_inpaint(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
 def frames(split_name: str, dataset: str, split: str | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
     from leafseg import data as D
 
-    root, layout, split_file = {
-        "cvc": (SHARED / "data" / "cvc-clinicdb", "cvc-clinicdb", REPO / "benchmarks" / "splits" / "cvc-clinicdb.json"),
-        "kvasir": (SHARED / "data" / "kvasir-seg", "kvasir-seg", REPO / "benchmarks" / "splits" / "kvasir-seg.json"),
-    }[dataset]
+    root, layout, split_file = DATASETS[dataset]
     pairs = D.find_dataset(root, layout)
     if split is not None:
         pairs = D.select(pairs, json.loads(split_file.read_text())[split])

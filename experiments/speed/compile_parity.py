@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("LEAFSEG_SHARED", REPO.parent / "shared"))
-SETS = {"cvc-val": (SHARED / "data" / "cvc-clinicdb", "cvc-clinicdb", REPO / "benchmarks/splits/cvc-clinicdb.json"),
-        "kvasir-val": (SHARED / "data" / "kvasir-seg", "kvasir-seg", REPO / "benchmarks/splits/kvasir-seg.json")}
+sys.path.insert(0, str(REPO / "benchmarks"))
+from negative_set import DATASETS  # noqa: E402  (the two polyp datasets, their layouts and split files)
 
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,7 +47,7 @@ def main() -> None:
     from leafseg import data as D
 
     images = []
-    for root, layout, split_file in SETS.values():
+    for root, layout, split_file in DATASETS.values():
         pairs = D.select(D.find_dataset(root, layout), json.loads(split_file.read_text())["val"])
         images += [D.load_image(p.image) for p in pairs]
     reference, ref_s = masks(args.model, "fp32", False, images)
